@@ -1,0 +1,174 @@
+//! In-process stand-ins for the kernel routines the portable logic uses, so that the section
+//! bookkeeping and the IOCTL handlers can be unit-tested on the build host. The real kernel
+//! image is exercised on the test bed instead.
+
+use core::{
+    cell::Cell,
+    ffi::{CStr, c_void},
+    ptr::NonNull,
+    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+};
+use std::{boxed::Box, sync::Mutex, vec::Vec};
+
+use super::Irql;
+
+std::thread_local! {
+    static IRQL: Cell<Irql> = const { Cell::new(super::PASSIVE_LEVEL) };
+}
+
+/// The current IRQL of this thread (a test may raise it with [`set_irql`]).
+#[must_use]
+pub fn current_irql() -> Irql {
+    IRQL.with(Cell::get)
+}
+
+/// Sets this thread's IRQL, for tests.
+pub fn set_irql(irql: Irql) {
+    IRQL.with(|cell| cell.set(irql));
+}
+
+/// Prints to standard error.
+pub fn log_info(message: &CStr) {
+    std::eprintln!("pagelock: {}", message.to_string_lossy());
+}
+
+/// Prints to standard error.
+pub fn log_error(message: &CStr, first: u32, second: u32) {
+    std::eprintln!("pagelock: {} ({first}, {second})", message.to_string_lossy());
+}
+
+/// Nanoseconds since the first call, at 1 GHz.
+#[must_use]
+pub fn performance_counter() -> (u64, u64) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    (u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), 1_000_000_000)
+}
+
+/// Boxes `value`; the host allocator does not fail.
+///
+/// # Errors
+/// Never.
+pub fn try_box<T>(value: T) -> Result<Box<T>, T> {
+    Ok(Box::new(value))
+}
+
+/// Lock counts by section address, kept like the memory manager keeps them.
+static SECTIONS: Mutex<Vec<(usize, &'static AtomicI64)>> = Mutex::new(Vec::new());
+
+/// A handle to a stand-in section: its lock count.
+#[derive(Clone, Copy)]
+pub struct SectionHandle(&'static AtomicI64);
+
+impl SectionHandle {
+    pub(super) fn into_raw(self) -> *mut c_void {
+        core::ptr::from_ref(self.0).cast_mut().cast()
+    }
+
+    /// # Safety
+    /// `raw` must come from [`Self::into_raw`].
+    pub(super) const unsafe fn from_raw(raw: NonNull<c_void>) -> Self {
+        // SAFETY: by the contract `raw` is a leaked `&'static AtomicI64`.
+        Self(unsafe { raw.cast::<AtomicI64>().as_ref() })
+    }
+
+    /// Locks the section containing `address` (one handle per distinct address).
+    ///
+    /// # Panics
+    /// Above `APC_LEVEL`, as the real routine's rule demands.
+    #[must_use]
+    pub fn lock_by_address(address: *const c_void) -> Option<Self> {
+        assert!(current_irql() <= super::APC_LEVEL, "Mm routine above APC_LEVEL");
+        let mut sections = SECTIONS.lock().ok()?;
+        let key = address as usize;
+        let count = match sections.iter().find(|(at, _)| *at == key) {
+            Some((_, count)) => *count,
+            None => {
+                let count: &'static AtomicI64 = Box::leak(Box::new(AtomicI64::new(0)));
+                sections.push((key, count));
+                count
+            }
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        Some(Self(count))
+    }
+
+    /// Adds one lock.
+    ///
+    /// # Panics
+    /// Above `APC_LEVEL`.
+    pub fn lock(self) {
+        assert!(current_irql() <= super::APC_LEVEL, "Mm routine above APC_LEVEL");
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Removes one lock.
+    ///
+    /// # Panics
+    /// Above `APC_LEVEL`, or when the count is already zero (a verifier violation).
+    pub fn unlock(self) {
+        assert!(current_irql() <= super::APC_LEVEL, "Mm routine above APC_LEVEL");
+        let before = self.0.fetch_sub(1, Ordering::SeqCst);
+        assert!(before > 0, "section unlocked more often than locked");
+    }
+
+    /// The stand-in memory manager's count, for tests.
+    #[must_use]
+    pub fn count(self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A spin lock; raising IRQL is modelled per thread.
+pub struct SpinLock {
+    held: AtomicBool,
+}
+
+impl SpinLock {
+    /// A released lock.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { held: AtomicBool::new(false) }
+    }
+
+    /// Raises to `DISPATCH_LEVEL` and takes the lock.
+    pub fn acquire(&self) -> SpinLockGuard<'_> {
+        let previous = current_irql();
+        set_irql(super::DISPATCH_LEVEL);
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        SpinLockGuard { lock: self, previous }
+    }
+}
+
+impl Default for SpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Proof that a [`SpinLock`] is held.
+pub struct SpinLockGuard<'a> {
+    lock: &'a SpinLock,
+    previous: Irql,
+}
+
+impl SpinLockGuard<'_> {
+    /// Whether this guard holds `lock`.
+    #[must_use]
+    pub fn holds(&self, lock: &SpinLock) -> bool {
+        core::ptr::eq(self.lock, lock)
+    }
+}
+
+impl Drop for SpinLockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.held.store(false, Ordering::Release);
+        set_irql(self.previous);
+    }
+}

@@ -1,0 +1,167 @@
+//! The kernel boundary: the only module that touches raw kernel types and calls kernel routines.
+//!
+//! Everything here is a thin, safe wrapper named after what it means. The rest of the driver is
+//! safe Rust over these wrappers and never learns which binding source is in use: with the `wdk`
+//! feature the bindings come from windows-drivers-rs (`wdk-sys`), without it from
+//! `pagelock-ddk` (mingw-w64's headers, for hosts without the WDK). On a non-Windows host the
+//! same API is served by small in-process stand-ins so the portable logic can be unit-tested.
+
+#[cfg(target_os = "windows")]
+mod nt;
+#[cfg(target_os = "windows")]
+pub use nt::*;
+
+#[cfg(not(target_os = "windows"))]
+mod host;
+#[cfg(not(target_os = "windows"))]
+pub use host::*;
+
+use core::{
+    cell::UnsafeCell,
+    ffi::c_void,
+    ptr::NonNull,
+    sync::atomic::{AtomicPtr, Ordering},
+};
+
+/// Major function codes of the IRPs the driver serves (fixed by the kernel ABI).
+pub mod major {
+    /// `IRP_MJ_CREATE`: a handle is being opened.
+    pub const CREATE: u32 = 0x00;
+    /// `IRP_MJ_CLOSE`: the last reference to a file object is gone.
+    pub const CLOSE: u32 = 0x02;
+    /// `IRP_MJ_DEVICE_CONTROL`: `DeviceIoControl`.
+    pub const DEVICE_CONTROL: u32 = 0x0E;
+    /// `IRP_MJ_CLEANUP`: the last handle to a file object was closed.
+    pub const CLEANUP: u32 = 0x12;
+}
+
+/// A slot for one [`SectionHandle`], written once at load and read from any thread.
+pub struct HandleSlot(AtomicPtr<c_void>);
+
+impl HandleSlot {
+    /// An empty slot.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    /// Stores `handle`.
+    pub fn set(&self, handle: SectionHandle) {
+        self.0.store(handle.into_raw(), Ordering::Release);
+    }
+
+    /// The stored handle, if any.
+    #[must_use]
+    pub fn get(&self) -> Option<SectionHandle> {
+        // SAFETY: only `set` writes the slot, with a handle from `into_raw`.
+        NonNull::new(self.0.load(Ordering::Acquire))
+            .map(|raw| unsafe { SectionHandle::from_raw(raw) })
+    }
+}
+
+impl Default for HandleSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Data that may only be touched while a given [`SpinLock`] is held.
+///
+/// The data can live in a pageable section while the lock lives in resident memory: the
+/// type only ties access to the lock, not placement.
+pub struct LockedBy<T> {
+    owner: &'static SpinLock,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: every access to `data` requires a guard of `owner`, which serialises the threads.
+unsafe impl<T: Send> Sync for LockedBy<T> {}
+
+impl<T> LockedBy<T> {
+    /// `data`, guarded by `owner`.
+    pub const fn new(owner: &'static SpinLock, data: T) -> Self {
+        Self { owner, data: UnsafeCell::new(data) }
+    }
+
+    /// The data, for as long as the guard of its owner is held.
+    ///
+    /// # Panics
+    /// If `guard` holds another lock.
+    pub fn access<'a>(&'a self, guard: &'a mut SpinLockGuard<'_>) -> &'a mut T {
+        assert!(guard.holds(self.owner));
+        // SAFETY: the guard proves this thread holds `owner`, and borrowing it mutably for
+        // `'a` keeps any other access through the same guard out for that long.
+        unsafe { &mut *self.data.get() }
+    }
+}
+
+/// UTF-16 of an ASCII string, NUL-terminated; `N` is its length plus one.
+///
+/// # Panics
+/// At compile time, if `ascii` is not ASCII or `N` is not its length plus one.
+#[must_use]
+pub const fn ascii_to_utf16<const N: usize>(ascii: &str) -> [u16; N] {
+    let bytes = ascii.as_bytes();
+    assert!(bytes.len() + 1 == N);
+    let mut wide = [0u16; N];
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii());
+        wide[i] = bytes[i] as u16;
+        i += 1;
+    }
+    wide
+}
+
+/// A [`WideName`] from a constant ASCII string, converted at compile time.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! wide_name {
+    ($ascii:expr) => {{
+        const WIDE: [u16; $ascii.len() + 1] = $crate::kernel::ascii_to_utf16($ascii);
+        $crate::kernel::WideName::new(&WIDE)
+    }};
+}
+
+/// A kernel status code.
+pub type Status = i32;
+
+/// Interrupt request level, as the kernel reports it.
+pub type Irql = u8;
+/// `PASSIVE_LEVEL`: threads run here; anything may page.
+pub const PASSIVE_LEVEL: Irql = 0;
+/// `APC_LEVEL`: the highest level at which pageable code and the Mm lock routines may run.
+pub const APC_LEVEL: Irql = 1;
+/// `DISPATCH_LEVEL`: spin locks hold the processor here; a page fault is a bugcheck.
+pub const DISPATCH_LEVEL: Irql = 2;
+
+/// Status codes the driver returns (the values of `ntstatus.h`).
+pub mod status {
+    use super::Status;
+
+    /// Reinterprets the documented 32-bit pattern as a signed status.
+    const fn code(bits: u32) -> Status {
+        Status::from_ne_bytes(bits.to_ne_bytes())
+    }
+
+    /// `STATUS_SUCCESS`.
+    pub const SUCCESS: Status = code(0);
+    /// `STATUS_INVALID_PARAMETER`.
+    pub const INVALID_PARAMETER: Status = code(0xC000_000D);
+    /// `STATUS_INVALID_DEVICE_REQUEST`.
+    pub const INVALID_DEVICE_REQUEST: Status = code(0xC000_0010);
+    /// `STATUS_BUFFER_TOO_SMALL`.
+    pub const BUFFER_TOO_SMALL: Status = code(0xC000_0023);
+    /// `STATUS_INSUFFICIENT_RESOURCES`.
+    pub const INSUFFICIENT_RESOURCES: Status = code(0xC000_009A);
+    /// `STATUS_INVALID_DEVICE_STATE`.
+    pub const INVALID_DEVICE_STATE: Status = code(0xC000_0184);
+    /// `STATUS_UNSUCCESSFUL`.
+    pub const UNSUCCESSFUL: Status = code(0xC000_0001);
+
+    /// `NT_SUCCESS`.
+    #[must_use]
+    pub const fn is_success(status: Status) -> bool {
+        status >= 0
+    }
+}

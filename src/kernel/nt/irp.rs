@@ -1,0 +1,165 @@
+//! I/O request packets: reading what was asked, and completing them exactly once.
+
+use core::ptr::NonNull;
+
+use super::sys::{self, IO_STACK_LOCATION, IRP};
+use crate::{
+    kernel::{Status, status},
+    open::Open,
+};
+
+/// An IRP the I/O manager sent to this driver.
+///
+/// INVARIANT: `raw` is an IRP owned by this driver until completed; [`Irp::complete`] consumes
+/// the value, so an IRP cannot be completed twice or left uncompleted by safe code.
+pub struct Irp {
+    raw: NonNull<IRP>,
+}
+
+/// The parameters of an `IRP_MJ_DEVICE_CONTROL` request (`METHOD_BUFFERED`).
+pub struct Control<'a> {
+    /// The control code.
+    pub code: u32,
+    /// The caller's input, copied into the system buffer by the I/O manager.
+    pub input: &'a [u8],
+    /// How many reply bytes the caller can take.
+    pub output_capacity: usize,
+}
+
+impl Irp {
+    /// Wraps an IRP handed to a dispatch routine.
+    ///
+    /// # Safety
+    /// `raw` must be an IRP the I/O manager passed to this driver and that it has not completed.
+    pub(super) const unsafe fn from_raw(raw: NonNull<IRP>) -> Self {
+        Self { raw }
+    }
+
+    crate::paged_code! {
+        /// The current stack location, which the I/O manager set up for this driver.
+        fn stack(&self) -> &IO_STACK_LOCATION {
+            // SAFETY: by the invariant the IRP is live; the I/O manager sets the current location
+            // before calling the driver, so the pointer is valid and aligned.
+            unsafe {
+                &*self.raw.as_ref().Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation
+            }
+        }
+    }
+
+    crate::paged_code! {
+        /// The major function code (`IRP_MJ_*`).
+        #[must_use]
+        pub fn major(&self) -> u32 {
+            u32::from(self.stack().MajorFunction)
+        }
+    }
+
+    crate::paged_code! {
+        /// The file object's `FsContext` slot, where the per-open state lives.
+        fn context_slot(&mut self) -> Option<&mut *mut core::ffi::c_void> {
+            let file = self.stack().FileObject;
+            // SAFETY: for create, cleanup, close and device control the I/O manager passes the
+            // file object of the handle, live for the whole request; only this driver's dispatch
+            // routine touches its `FsContext`, and the `&mut self` borrow keeps it exclusive.
+            unsafe { file.as_mut() }.map(|file| &mut file.FsContext)
+        }
+    }
+
+    crate::paged_code! {
+        /// Stores the per-open state in the file object (`IRP_MJ_CREATE`).
+        ///
+        /// # Errors
+        /// Gives the state back when the request has no file object.
+        pub fn set_open(&mut self, open: alloc::boxed::Box<Open>) -> Result<(), alloc::boxed::Box<Open>> {
+            match self.context_slot() {
+                Some(slot) if slot.is_null() => {
+                    *slot = alloc::boxed::Box::into_raw(open).cast();
+                    Ok(())
+                }
+                _ => Err(open),
+            }
+        }
+    }
+
+    crate::paged_code! {
+        /// The per-open state of this request's handle.
+        pub fn open(&mut self) -> Option<&mut Open> {
+            let slot = self.context_slot()?;
+            // SAFETY: a non-null `FsContext` was stored by `set_open` from a live `Box<Open>` and
+            // is only taken back by `take_open` (close), after which the file object is gone.
+            unsafe { slot.cast::<Open>().as_mut() }
+        }
+    }
+
+    crate::paged_code! {
+        /// Takes the per-open state back out of the file object (`IRP_MJ_CLOSE`).
+        pub fn take_open(&mut self) -> Option<alloc::boxed::Box<Open>> {
+            let slot = self.context_slot()?;
+            let raw = core::mem::replace(slot, core::ptr::null_mut()).cast::<Open>();
+            // SAFETY: as in `open`; the slot is cleared so the box has exactly one owner again.
+            (!raw.is_null()).then(|| unsafe { alloc::boxed::Box::from_raw(raw) })
+        }
+    }
+
+    crate::paged_code! {
+        /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
+        pub fn control(&mut self) -> (Option<&mut Open>, Control<'_>) {
+            let stack = self.stack();
+            // SAFETY: the I/O manager fills `DeviceIoControl` for IRP_MJ_DEVICE_CONTROL.
+            let params = unsafe { stack.Parameters.DeviceIoControl };
+            let input_len = params.InputBufferLength as usize;
+            let output_capacity = params.OutputBufferLength as usize;
+            // SAFETY: by the invariant the IRP is live.
+            let buffer = unsafe { self.raw.as_ref().AssociatedIrp.SystemBuffer }.cast::<u8>();
+            let input: &[u8] = if buffer.is_null() || input_len == 0 {
+                &[]
+            } else {
+                // SAFETY: for METHOD_BUFFERED the system buffer holds at least InputBufferLength
+                // bytes copied from the caller, and nothing writes it until this borrow ends
+                // (`complete` takes `self` by value).
+                unsafe { core::slice::from_raw_parts(buffer, input_len) }
+            };
+            let code = params.IoControlCode;
+            let file = stack.FileObject;
+            // SAFETY: as in `open`; the context is a different object from the system buffer, so
+            // the two borrows do not overlap.
+            let open = unsafe { file.as_ref() }
+                // SAFETY: as in `open`.
+                .and_then(|file| unsafe { file.FsContext.cast::<Open>().as_mut() });
+            (open, Control { code, input, output_capacity })
+        }
+    }
+
+    crate::paged_code! {
+        /// Completes the request with `status`, copying `reply` to the caller's output buffer
+        /// first when the status is a success. Returns `status` for the dispatch routine.
+        pub fn complete(self, status: Status, reply: &[u8]) -> Status {
+            let mut information = 0;
+            if status::is_success(status) && !reply.is_empty() {
+                // SAFETY: by the invariant the IRP is live.
+                let buffer = unsafe { self.raw.as_ref().AssociatedIrp.SystemBuffer }.cast::<u8>();
+                // SAFETY: as in `control`; callers pass a reply no longer than `output_capacity`.
+                let capacity = unsafe { self.stack().Parameters.DeviceIoControl.OutputBufferLength } as usize;
+                if buffer.is_null() || reply.len() > capacity {
+                    return self.complete(status::BUFFER_TOO_SMALL, &[]);
+                }
+                // SAFETY: the system buffer holds at least OutputBufferLength bytes for
+                // METHOD_BUFFERED, and no borrow of it is alive (`control`'s ended).
+                unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
+                information = reply.len() as u64;
+            }
+            let raw = self.raw.as_ptr();
+            // SAFETY: the IRP is live and owned by this driver until IofCompleteRequest below.
+            unsafe {
+                (*raw).IoStatus.__bindgen_anon_1.Status = status;
+            }
+            // SAFETY: as above.
+            unsafe {
+                (*raw).IoStatus.Information = information;
+            }
+            // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
+            unsafe { sys::ntddk::IofCompleteRequest(raw, 0) };
+            status
+        }
+    }
+}

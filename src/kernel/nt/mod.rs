@@ -1,0 +1,457 @@
+//! The Windows kernel, through whichever binding source the build selected.
+
+use core::{
+    cell::UnsafeCell,
+    ffi::{CStr, c_void},
+    ptr::{self, NonNull},
+};
+
+#[cfg(feature = "wdk")]
+use wdk_sys as sys;
+
+#[cfg(all(not(feature = "wdk"), feature = "mingw-ddk"))]
+use pagelock_ddk as sys;
+
+#[cfg(not(any(feature = "wdk", feature = "mingw-ddk")))]
+compile_error!(
+    "select a binding source: feature `wdk` (Windows + WDK) or `mingw-ddk` (cross build)"
+);
+
+#[cfg(not(feature = "wdk"))]
+mod runtime;
+
+mod irp;
+mod security;
+
+pub use irp::{Control, Irp};
+use sys::{DEVICE_OBJECT, DRIVER_OBJECT, IRP, NTSTATUS, PCUNICODE_STRING, UNICODE_STRING, ntddk};
+
+use super::{Irql, Status, status};
+
+/// `DPFLTR_IHVDRIVER_ID`: the debug-print component for third-party drivers.
+const DPFLTR_IHVDRIVER_ID: u32 = 77;
+/// `DPFLTR_ERROR_LEVEL`: always shown.
+const DPFLTR_ERROR_LEVEL: u32 = 0;
+/// `DPFLTR_INFO_LEVEL`: shown when the component's filter asks for it.
+const DPFLTR_INFO_LEVEL: u32 = 3;
+
+/// The current IRQL of this processor.
+#[inline(never)]
+#[must_use]
+pub fn current_irql() -> Irql {
+    // SAFETY: KeGetCurrentIrql has no preconditions and is callable at any IRQL.
+    unsafe { ntddk::KeGetCurrentIrql() }
+}
+
+crate::paged_code! {
+    /// Writes a line to the kernel debugger at informational level.
+    pub fn log_info(message: &CStr) {
+        // SAFETY: the format is ours and takes exactly the one NUL-terminated string passed.
+        unsafe {
+            ntddk::DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_INFO_LEVEL, c"pagelock: %s\n".as_ptr(), message.as_ptr());
+        }
+    }
+}
+
+crate::paged_code! {
+    /// Writes a line with two numbers to the kernel debugger at error level (always shown).
+    pub fn log_error(message: &CStr, first: u32, second: u32) {
+        // SAFETY: the format is ours and takes exactly one string and two 32-bit integers.
+        unsafe {
+            ntddk::DbgPrintEx(
+                DPFLTR_IHVDRIVER_ID,
+                DPFLTR_ERROR_LEVEL,
+                c"pagelock: %s (%u, %u)\n".as_ptr(),
+                message.as_ptr(),
+                first,
+                second,
+            );
+        }
+    }
+}
+
+crate::paged_code! {
+    /// The performance counter now, and its frequency in ticks per second.
+    #[must_use]
+    pub fn performance_counter() -> (u64, u64) {
+        let mut frequency = sys::LARGE_INTEGER::default();
+        // SAFETY: callable at any IRQL; `frequency` is a valid out-parameter.
+        let now = unsafe { ntddk::KeQueryPerformanceCounter(&raw mut frequency) };
+        // SAFETY: LARGE_INTEGER is a union whose every member covers the same 64 bits.
+        let now = unsafe { now.QuadPart };
+        // SAFETY: as above.
+        let frequency = unsafe { frequency.QuadPart };
+        (now.cast_unsigned(), frequency.cast_unsigned())
+    }
+}
+
+/// Moves `value` into nonpaged pool, or gives it back if the pool is exhausted.
+///
+/// `Box::new` would bugcheck on failure; a driver must fail the request instead.
+///
+/// # Errors
+/// Returns `value` when the allocation fails.
+pub fn try_box<T>(value: T) -> Result<alloc::boxed::Box<T>, T> {
+    const { assert!(size_of::<T>() != 0) };
+    let layout = core::alloc::Layout::new::<T>();
+    // SAFETY: `layout` has a non-zero size (asserted at compile time above), as `alloc` requires.
+    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
+    if raw.is_null() {
+        return Err(value);
+    }
+    // SAFETY: `raw` is a fresh allocation of `T`'s layout from the global allocator, which is
+    // exactly what `Box::from_raw` requires once it holds a valid `T`.
+    unsafe {
+        raw.write(value);
+    }
+    // SAFETY: see above; `raw` now holds an initialised `T`.
+    Ok(unsafe { alloc::boxed::Box::from_raw(raw) })
+}
+
+/// A handle to one of this image's pageable sections, as `MmLockPagableDataSection` returns it.
+///
+/// INVARIANT: the value came from `MmLockPagableDataSection` for this driver's image, and so
+/// stays valid until the driver unloads, whatever its lock count.
+#[derive(Clone, Copy)]
+pub struct SectionHandle(NonNull<c_void>);
+
+// SAFETY: the handle is an opaque token the memory manager accepts from any thread.
+unsafe impl Send for SectionHandle {}
+// SAFETY: as above; sharing it only lets other threads pass it to the Mm routines.
+unsafe impl Sync for SectionHandle {}
+
+impl SectionHandle {
+    /// The raw handle, for [`super::HandleSlot`].
+    pub(super) fn into_raw(self) -> *mut c_void {
+        self.0.as_ptr()
+    }
+
+    /// A handle back from [`Self::into_raw`].
+    ///
+    /// # Safety
+    /// `raw` must come from `into_raw` of a handle of this image.
+    pub(super) const unsafe fn from_raw(raw: NonNull<c_void>) -> Self {
+        Self(raw)
+    }
+
+    /// Locks the section that contains `address` (the expensive path) and returns its handle.
+    /// The section's count goes up by one. Call at IRQL <= `APC_LEVEL`.
+    #[must_use]
+    pub fn lock_by_address(address: *const c_void) -> Option<Self> {
+        // SAFETY: the callers pass the address of an item of this image's own pageable
+        // sections, at PASSIVE_LEVEL (asserted by the section placement of every caller).
+        let raw = unsafe { ntddk::MmLockPagableDataSection(address.cast_mut()) };
+        NonNull::new(raw).map(Self)
+    }
+
+    /// Adds one lock by handle (the cheap path). Call at IRQL <= `APC_LEVEL`.
+    pub fn lock(self) {
+        // SAFETY: by the type's invariant the handle is valid while the driver is loaded.
+        unsafe { ntddk::MmLockPagableSectionByHandle(self.0.as_ptr()) }
+    }
+
+    /// Removes one lock; at zero the section may be paged out. Call at IRQL <= `APC_LEVEL`,
+    /// and only to release a lock this driver took.
+    pub fn unlock(self) {
+        // SAFETY: by the type's invariant the handle is valid; the lock-count bookkeeping in
+        // `sections` pairs every call with an earlier lock.
+        unsafe { ntddk::MmUnlockPagableImageSection(self.0.as_ptr()) }
+    }
+}
+
+/// A kernel spin lock. It lives in resident memory; the data it guards may be pageable.
+pub struct SpinLock {
+    raw: UnsafeCell<sys::KSPIN_LOCK>,
+}
+
+// SAFETY: a KSPIN_LOCK is made to be shared between processors; every access goes through the
+// kernel's acquire and release routines.
+unsafe impl Sync for SpinLock {}
+
+impl SpinLock {
+    /// A released spin lock (`KeInitializeSpinLock` only zeroes it).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { raw: UnsafeCell::new(0) }
+    }
+
+    /// Raises to `DISPATCH_LEVEL` and takes the lock; the guard releases it when dropped.
+    ///
+    /// Never inlined: the acquire must run from resident code whatever section its caller
+    /// is in.
+    #[inline(never)]
+    pub fn acquire(&self) -> SpinLockGuard<'_> {
+        // SAFETY: `raw` is a valid, initialised spin lock for the life of `self`; the caller
+        // runs at IRQL <= DISPATCH_LEVEL, as every path to here does.
+        let previous = unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(self.raw.get()) };
+        SpinLockGuard { lock: self, previous }
+    }
+}
+
+impl Default for SpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Proof that a [`SpinLock`] is held; dropping it releases the lock and restores the IRQL.
+///
+/// INVARIANT: `lock` is held by this thread and `previous` is the IRQL from before the acquire.
+pub struct SpinLockGuard<'a> {
+    lock: &'a SpinLock,
+    previous: Irql,
+}
+
+impl SpinLockGuard<'_> {
+    /// Whether this guard holds `lock`.
+    #[must_use]
+    pub fn holds(&self, lock: &SpinLock) -> bool {
+        ptr::eq(self.lock, lock)
+    }
+}
+
+impl Drop for SpinLockGuard<'_> {
+    #[inline(never)]
+    fn drop(&mut self) {
+        // SAFETY: by the invariant this thread holds the lock and `previous` is the IRQL to
+        // return to.
+        unsafe { ntddk::KeReleaseSpinLock(self.lock.raw.get(), self.previous) }
+    }
+}
+
+/// A NUL-terminated UTF-16 kernel object name, built at compile time by [`crate::wide_name`].
+pub struct WideName(&'static [u16]);
+
+impl WideName {
+    /// Wraps a NUL-terminated UTF-16 name.
+    ///
+    /// # Panics
+    /// At compile time, if `wide` is not NUL-terminated.
+    #[must_use]
+    pub const fn new(wide: &'static [u16]) -> Self {
+        assert!(!wide.is_empty() && wide[wide.len() - 1] == 0);
+        Self(wide)
+    }
+
+    /// A `UNICODE_STRING` over this name.
+    fn unicode(&self) -> UNICODE_STRING {
+        #[allow(clippy::cast_possible_truncation)] // names are a few dozen characters
+        let length = ((self.0.len() - 1) * 2) as u16;
+        UNICODE_STRING {
+            Length: length,
+            MaximumLength: length + 2,
+            Buffer: self.0.as_ptr().cast_mut(),
+        }
+    }
+}
+
+/// The driver object the I/O manager handed to `DriverEntry`.
+///
+/// INVARIANT: points to this driver's live `DRIVER_OBJECT`.
+pub struct Driver(NonNull<DRIVER_OBJECT>);
+
+impl Driver {
+    /// The bounds of the loaded image in memory.
+    fn image(&self) -> (*const u8, usize) {
+        // SAFETY: by the invariant the object is live; these fields are set before DriverEntry.
+        let driver = unsafe { self.0.as_ref() };
+        (driver.DriverStart.cast::<u8>().cast_const(), driver.DriverSize as usize)
+    }
+
+    crate::init_code! {
+        /// Size of the image section called `name`, from the image's own section table, if
+        /// `address` lies inside it.
+        #[must_use]
+        pub fn section_size(&self, name: &[u8; 8], address: *const c_void) -> Option<u32> {
+            let (base, size) = self.image();
+            // SAFETY: the image stays mapped while the driver is loaded, and its headers were
+            // validated by the loader; every read below stays inside the first page of headers
+            // (asserted through `headers`' bounds).
+            let headers = unsafe { core::slice::from_raw_parts(base, size.min(4096)) };
+            let read_u32 = |at: usize| -> Option<u32> {
+                Some(u32::from_le_bytes(headers.get(at..at + 4)?.try_into().ok()?))
+            };
+            let read_u16 = |at: usize| -> Option<u16> {
+                Some(u16::from_le_bytes(headers.get(at..at + 2)?.try_into().ok()?))
+            };
+            let nt = read_u32(0x3C)? as usize;
+            let sections = usize::from(read_u16(nt + 6)?);
+            let table = nt + 24 + usize::from(read_u16(nt + 20)?);
+            let offset = (address as usize).checked_sub(base as usize)?;
+            (0..sections).find_map(|i| {
+                let entry = table + i * 40;
+                let size = read_u32(entry + 8)?;
+                let rva = read_u32(entry + 12)? as usize;
+                let inside = offset >= rva && offset < rva + size as usize;
+                (headers.get(entry..entry + 8)? == name && inside).then_some(size)
+            })
+        }
+    }
+
+    crate::init_code! {
+        /// Routes the four major functions the driver serves to the dispatch trampoline, and sets
+        /// the unload routine.
+        fn set_routines(&mut self) {
+            // SAFETY: by the invariant the object is live, and DriverEntry owns it exclusively.
+            let driver = unsafe { self.0.as_mut() };
+            for major in [sys::IRP_MJ_CREATE, sys::IRP_MJ_CLEANUP, sys::IRP_MJ_CLOSE, sys::IRP_MJ_DEVICE_CONTROL] {
+                driver.MajorFunction[major as usize] = Some(dispatch_irp);
+            }
+            driver.DriverUnload = Some(driver_unload);
+        }
+    }
+}
+
+/// A device object this driver created, deleted when the value drops.
+///
+/// INVARIANT: points to a device created by `IoCreateDevice` and not yet deleted.
+pub struct Device(NonNull<DEVICE_OBJECT>);
+
+// SAFETY: device objects are kernel objects usable from any thread.
+unsafe impl Send for Device {}
+
+impl Device {
+    crate::init_code! {
+        /// Creates an unnamed-extension device `name` of `device_type`, opened only with
+        /// `FILE_DEVICE_SECURE_OPEN` semantics, and gives it a DACL that admits only
+        /// Administrators and SYSTEM.
+        ///
+        /// # Errors
+        /// The status of the routine that failed; nothing is left behind.
+        pub fn create(driver: &Driver, name: &WideName, device_type: u32) -> Result<Self, Status> {
+            let mut unicode = name.unicode();
+            let mut raw: *mut DEVICE_OBJECT = ptr::null_mut();
+            // SAFETY: the driver object is live; `unicode` points to a NUL-terminated name that
+            // outlives the call; `raw` is a valid out-parameter. PASSIVE_LEVEL (DriverEntry).
+            let status = unsafe {
+                ntddk::IoCreateDevice(
+                    driver.0.as_ptr(),
+                    0,
+                    &raw mut unicode,
+                    device_type,
+                    sys::FILE_DEVICE_SECURE_OPEN,
+                    0,
+                    &raw mut raw,
+                )
+            };
+            if !status::is_success(status) {
+                return Err(status);
+            }
+            let device = Self(NonNull::new(raw).ok_or(status::UNSUCCESSFUL)?);
+            security::admit_only_administrators_and_system(device.0.as_ptr().cast())?;
+            Ok(device)
+        }
+    }
+
+    /// Keeps the device until unload: the I/O manager owns it through the driver object.
+    pub fn keep(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for Device {
+    crate::paged_code! {
+        fn drop(&mut self) {
+            // SAFETY: by the invariant the device exists and nothing else deletes it.
+            unsafe { ntddk::IoDeleteDevice(self.0.as_ptr()) }
+        }
+    }
+}
+
+crate::paged_code! {
+    /// Deletes every device this driver still owns (at unload).
+    pub fn delete_devices(driver: &Driver) {
+        loop {
+            // SAFETY: the driver object is live; its device list is only changed by this driver,
+            // and Unload runs with no other routine of it active.
+            let first = unsafe { driver.0.as_ref() }.DeviceObject;
+            let Some(device) = NonNull::new(first) else { break };
+            drop(Device(device));
+        }
+    }
+}
+
+/// A symbolic link from a DOS name to a device, removed when the value drops.
+///
+/// INVARIANT: the link `name` exists and was created by this value.
+pub struct SymbolicLink {
+    name: &'static WideName,
+}
+
+impl SymbolicLink {
+    crate::init_code! {
+        /// Links `name` to `target`.
+        ///
+        /// # Errors
+        /// The status of `IoCreateSymbolicLink`.
+        pub fn create(name: &'static WideName, target: &WideName) -> Result<Self, Status> {
+            let mut link = name.unicode();
+            let mut device = target.unicode();
+            // SAFETY: both strings are valid for the call; PASSIVE_LEVEL (DriverEntry).
+            let status = unsafe { ntddk::IoCreateSymbolicLink(&raw mut link, &raw mut device) };
+            if status::is_success(status) { Ok(Self { name }) } else { Err(status) }
+        }
+    }
+
+    /// Keeps the link until [`remove_link`] at unload.
+    pub fn keep(self) {
+        core::mem::forget(self);
+    }
+}
+
+/// Removes a link kept with [`SymbolicLink::keep`].
+pub fn remove_link(name: &'static WideName) {
+    drop(SymbolicLink { name });
+}
+
+impl Drop for SymbolicLink {
+    crate::paged_code! {
+        fn drop(&mut self) {
+            let mut link = self.name.unicode();
+            // SAFETY: the string is valid for the call; the link exists (invariant). The status
+            // is ignored: a driver can do nothing about a link that is already gone.
+            let _ = unsafe { ntddk::IoDeleteSymbolicLink(&raw mut link) };
+        }
+    }
+}
+
+crate::init_code! {
+    /// The driver's entry point, called once at PASSIVE_LEVEL when the driver loads.
+    ///
+    /// # Safety
+    /// Called only by the I/O manager, with its driver object and registry path.
+    #[unsafe(export_name = "DriverEntry")]
+    pub unsafe extern "C" fn driver_entry(driver: *mut DRIVER_OBJECT, _registry_path: PCUNICODE_STRING) -> NTSTATUS {
+        let Some(raw) = NonNull::new(driver) else {
+            return status::INVALID_PARAMETER;
+        };
+        let mut driver = Driver(raw);
+        match crate::device::load(&driver) {
+            Ok(()) => {
+                driver.set_routines();
+                status::SUCCESS
+            }
+            Err(status) => status,
+        }
+    }
+}
+
+crate::paged_code! {
+    /// Unload: called at PASSIVE_LEVEL after every handle is closed.
+    unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+        if let Some(raw) = NonNull::new(driver) {
+            crate::device::unload(&Driver(raw));
+        }
+    }
+}
+
+crate::paged_code! {
+    /// Every IRP the driver serves arrives here at PASSIVE_LEVEL, in the caller's thread.
+    unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+        match NonNull::new(irp) {
+            // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
+            Some(raw) => crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) }),
+            None => status::INVALID_PARAMETER,
+        }
+    }
+}

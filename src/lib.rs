@@ -1,0 +1,39 @@
+//! # pagelock
+//!
+//! A WDM driver whose code and data stay pageable while nobody uses it, and are locked in
+//! memory, by handle, exactly while a handle is open.
+//!
+//! - [`sections`]: where code and data live, and lock values that unlock on drop.
+//! - `device`: load (section handles, device, link) and unload.
+//! - `dispatch`: create, cleanup, close and device control.
+//! - [`ioctl`]: the control codes of `pagelock-protocol`.
+//! - [`work`]: the work that runs under the spin lock, from locked sections.
+//! - [`kernel`]: the kernel boundary, the only module with `unsafe` code.
+//!
+//! Built for Windows, this is the kernel image; built for any other host, the portable parts
+//! compile against in-process stand-ins so their logic can be unit-tested.
+
+#![cfg_attr(target_os = "windows", no_std)]
+
+extern crate alloc;
+
+#[cfg(all(target_os = "windows", feature = "wdk"))]
+extern crate wdk_panic;
+
+#[cfg(all(target_os = "windows", feature = "wdk"))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+
+pub mod kernel;
+pub mod sections;
+
+#[cfg(target_os = "windows")]
+mod device;
+#[cfg(target_os = "windows")]
+mod dispatch;
+pub mod ioctl;
+pub mod open;
+pub mod work;
+
+#[cfg(test)]
+mod tests;

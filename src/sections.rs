@@ -1,0 +1,291 @@
+//! The driver's pageable sections: where each function and datum lives, the handles taken at
+//! load, and lock values that unlock when they drop.
+//!
+//! | section    | holds                                         | may run at           |
+//! |------------|-----------------------------------------------|----------------------|
+//! | `INIT`     | `DriverEntry` and what only it calls          | load, then discarded |
+//! | `PAGE`     | dispatch routines, unload                     | `PASSIVE_LEVEL`      |
+//! | `PAGELK`   | the work done under the spin lock             | any, while locked    |
+//! | `PAGEDATA` | the table and counters that work touches      | any, while locked    |
+//!
+//! `PAGELK` and `PAGEDATA` are the lockable sections: each open handle holds one lock on each,
+//! taken by handle in `IRP_MJ_CREATE` and released in `IRP_MJ_CLOSE`, so an idle driver is
+//! entirely pageable. Everything else (the spin lock, these counts, the handles) stays in the
+//! ordinary, resident sections.
+
+use core::{
+    ffi::c_void,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+};
+
+use crate::kernel::{self, HandleSlot, SectionHandle};
+
+/// Places a function in `INIT`, discarded once `DriverEntry` returns. Never inlined, so its
+/// code cannot leak into a resident caller or pull a resident callee into `INIT`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! init_code {
+    ($($item:tt)*) => { $crate::place_fn! { "INIT", (); $($item)* } };
+}
+
+/// Places a function in `PAGE`, pageable code for `PASSIVE_LEVEL`. Never inlined; in debug
+/// builds it asserts IRQL <= `APC_LEVEL` on entry, as the WDK's `PAGED_CODE()` does.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! paged_code {
+    ($($item:tt)*) => {
+        $crate::place_fn! { "PAGE", $crate::sections::assert_pageable_irql(); $($item)* }
+    };
+}
+
+/// Places a function in `PAGELK`, the lockable code section. Never inlined; in debug builds it
+/// asserts on entry that the section is locked at that moment, which the WDK's
+/// `PAGED_CODE_LOCKED()` only annotates.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! locked_code {
+    ($($item:tt)*) => {
+        $crate::place_fn! {
+            "PAGELK",
+            $crate::sections::assert_locked(&$crate::sections::LOCKED_CODE);
+            $($item)*
+        }
+    };
+}
+
+/// Shared expansion of the placement macros.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! place_fn {
+    ($section:literal, $check:expr;
+     $(#[$attr:meta])* $vis:vis fn $name:ident ($($args:tt)*) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        #[unsafe(link_section = $section)]
+        #[inline(never)]
+        $vis fn $name($($args)*) $(-> $ret)? {
+            $check;
+            $body
+        }
+    };
+    ($section:literal, $check:expr;
+     $(#[$attr:meta])* $vis:vis unsafe extern "C" fn $name:ident ($($args:tt)*) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        #[unsafe(link_section = $section)]
+        #[inline(never)]
+        $vis unsafe extern "C" fn $name($($args)*) $(-> $ret)? {
+            $check;
+            $body
+        }
+    };
+}
+
+/// `PAGED_CODE()`: pageable code must not run above `APC_LEVEL` (debug builds).
+#[inline]
+pub fn assert_pageable_irql() {
+    debug_assert!(kernel::current_irql() <= kernel::APC_LEVEL, "pageable code above APC_LEVEL");
+}
+
+/// Lockable code must only run while its section is locked (debug builds).
+#[inline]
+pub fn assert_locked(section: &LockableSection) {
+    debug_assert!(section.lock_count() > 0, "lockable code ran while its section was unlocked");
+}
+
+/// A lockable section: its handle and the locks the driver holds on it, kept resident.
+pub struct LockableSection {
+    name: [u8; 8],
+    anchor: fn() -> *const c_void,
+    handle: HandleSlot,
+    size: AtomicU32,
+    locks: AtomicU32,
+}
+
+/// How often each Mm routine was called since load.
+pub struct Counters {
+    /// `MmLockPagableDataSection`.
+    pub lock_by_address: AtomicU64,
+    /// `MmLockPagableSectionByHandle`.
+    pub lock_by_handle: AtomicU64,
+    /// `MmUnlockPagableImageSection`.
+    pub unlock: AtomicU64,
+}
+
+/// The Mm call counters.
+pub static COUNTERS: Counters = Counters {
+    lock_by_address: AtomicU64::new(0),
+    lock_by_handle: AtomicU64::new(0),
+    unlock: AtomicU64::new(0),
+};
+
+/// The lockable code section.
+pub static LOCKED_CODE: LockableSection =
+    LockableSection::new(*b"PAGELK\0\0", crate::work::code_anchor);
+/// The pageable data section.
+pub static PAGED_DATA: LockableSection =
+    LockableSection::new(*b"PAGEDATA", crate::work::data_anchor);
+/// Both, in the order `QUERY_STATE` reports them.
+pub static LOCKABLE: [&LockableSection; 2] = [&LOCKED_CODE, &PAGED_DATA];
+
+impl LockableSection {
+    const fn new(name: [u8; 8], anchor: fn() -> *const c_void) -> Self {
+        Self {
+            name,
+            anchor,
+            handle: HandleSlot::new(),
+            size: AtomicU32::new(0),
+            locks: AtomicU32::new(0),
+        }
+    }
+
+    /// The PE section name, NUL-padded.
+    #[must_use]
+    pub const fn name(&self) -> [u8; 8] {
+        self.name
+    }
+
+    /// An address inside the section, for `MmLockPagableDataSection`.
+    #[must_use]
+    pub fn anchor(&self) -> *const c_void {
+        (self.anchor)()
+    }
+
+    /// The section's size in bytes, read from the image at load.
+    #[must_use]
+    pub fn size(&self) -> u32 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Locks the driver holds on the section now.
+    #[must_use]
+    pub fn lock_count(&self) -> u32 {
+        self.locks.load(Ordering::SeqCst)
+    }
+
+    crate::init_code! {
+        /// Takes the section's handle with `MmLockPagableDataSection` and releases it at once, so
+        /// the section stays pageable until a handle opens. Called once, from `DriverEntry`.
+        ///
+        /// # Errors
+        /// When the memory manager returns no handle.
+        pub fn take_handle(&self, size: u32) -> Result<(), kernel::Status> {
+            let handle = self.lock_by_address().ok_or(kernel::status::UNSUCCESSFUL)?;
+            self.unlock(handle);
+            self.size.store(size, Ordering::Relaxed);
+            self.handle.set(handle);
+            Ok(())
+        }
+    }
+
+    crate::paged_code! {
+        /// `MmLockPagableDataSection` (the expensive path): locks the section, returns its handle.
+        pub fn lock_by_address(&self) -> Option<SectionHandle> {
+            let handle = SectionHandle::lock_by_address(self.anchor())?;
+            COUNTERS.lock_by_address.fetch_add(1, Ordering::Relaxed);
+            self.locks.fetch_add(1, Ordering::SeqCst);
+            Some(handle)
+        }
+    }
+
+    crate::paged_code! {
+        /// `MmLockPagableSectionByHandle` (the cheap path). False before the handle was taken.
+        fn lock_by_handle(&self) -> bool {
+            let Some(handle) = self.handle.get() else { return false };
+            handle.lock();
+            COUNTERS.lock_by_handle.fetch_add(1, Ordering::Relaxed);
+            self.locks.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+    }
+
+    crate::paged_code! {
+        /// `MmUnlockPagableImageSection` of one lock the driver holds.
+        pub fn unlock(&self, handle: SectionHandle) {
+            self.locks.fetch_sub(1, Ordering::SeqCst);
+            COUNTERS.unlock.fetch_add(1, Ordering::Relaxed);
+            handle.unlock();
+        }
+    }
+
+    /// The handle taken at load, if any.
+    #[must_use]
+    pub fn handle(&self) -> Option<SectionHandle> {
+        self.handle.get()
+    }
+
+    crate::paged_code! {
+        /// At unload: releases locks that are still held. A correct driver has none by then,
+        /// since Windows unloads only after the last handle's close; if some remain, this logs
+        /// the bug loudly and releases them, so the section is not locked forever.
+        pub fn release_leftovers(&self) {
+            let left = self.lock_count();
+            if left == 0 {
+                return;
+            }
+            kernel::log_error(c"BUG: section still locked at unload; releasing (locks, name bytes)", left, u32::from_le_bytes([self.name[0], self.name[1], self.name[2], self.name[3]]));
+            if let Some(handle) = self.handle() {
+                for _ in 0..left {
+                    self.unlock(handle);
+                }
+            }
+        }
+    }
+}
+
+/// Locks held on one section by one open handle; dropping the value releases them all.
+///
+/// INVARIANT: the driver holds exactly `held` locks on `section` on behalf of this value.
+pub struct SectionLocks {
+    section: &'static LockableSection,
+    held: u32,
+}
+
+impl SectionLocks {
+    /// Holds no lock yet.
+    #[must_use]
+    pub const fn none(section: &'static LockableSection) -> Self {
+        Self { section, held: 0 }
+    }
+
+    crate::paged_code! {
+        /// Takes one more lock by handle.
+        ///
+        /// # Errors
+        /// When the handle was never taken (the driver did not finish loading).
+        pub fn add(&mut self) -> Result<(), kernel::Status> {
+            if self.section.lock_by_handle() {
+                self.held += 1;
+                Ok(())
+            } else {
+                Err(kernel::status::INVALID_DEVICE_STATE)
+            }
+        }
+    }
+
+    crate::paged_code! {
+        /// Releases one lock; false when none is held.
+        pub fn remove(&mut self) -> bool {
+            match (self.held, self.section.handle()) {
+                (1.., Some(handle)) => {
+                    self.section.unlock(handle);
+                    self.held -= 1;
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// How many locks this value holds.
+    #[must_use]
+    pub const fn held(&self) -> u32 {
+        self.held
+    }
+}
+
+impl Drop for SectionLocks {
+    crate::paged_code! {
+        fn drop(&mut self) {
+            while self.remove() {}
+        }
+    }
+}

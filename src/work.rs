@@ -1,0 +1,66 @@
+//! The work that runs at `DISPATCH_LEVEL` under the driver's spin lock: code in the lockable
+//! section `PAGELK`, data in `PAGEDATA`. It may only run while a handle holds both locked.
+
+use core::ffi::c_void;
+
+use pagelock_protocol::{TABLE_LEN, checksum_round};
+
+use crate::kernel::{self, Irql, LockedBy, SpinLock};
+
+/// The driver's spin lock. Resident: it is touched at `DISPATCH_LEVEL` before and after the
+/// locked work, and by the acquire and release routines themselves.
+static DRIVER_LOCK: SpinLock = SpinLock::new();
+
+/// The lookup table the locked work reads; pageable data.
+#[unsafe(link_section = "PAGEDATA")]
+static TABLE: [u32; TABLE_LEN] = pagelock_protocol::TABLE;
+
+/// Counters the locked work writes; pageable data, guarded by the spin lock.
+#[unsafe(link_section = "PAGEDATA")]
+static STATS: LockedBy<Stats> = LockedBy::new(&DRIVER_LOCK, Stats { runs: 0 });
+
+/// What the locked work keeps between runs.
+pub struct Stats {
+    runs: u64,
+}
+
+crate::locked_code! {
+    /// `RUN_LOCKED`: takes the spin lock, runs `iterations` rounds of the protocol's checksum
+    /// over the pageable table, counts the run, releases the lock. Returns the checksum and
+    /// the IRQL the rounds ran at.
+    pub fn run_locked(seed: u64, iterations: u32) -> (u64, Irql) {
+        // Raises to DISPATCH_LEVEL: from here to the guard's drop nothing may page, which is
+        // why this function and the table live in sections the open handle holds locked.
+        let mut guard = DRIVER_LOCK.acquire();
+        let irql = kernel::current_irql();
+        let mut state = seed;
+        for round in 0..iterations {
+            state = checksum_round(state, round, &TABLE);
+        }
+        STATS.access(&mut guard).runs += 1;
+        drop(guard);
+        (state, irql)
+    }
+}
+
+crate::locked_code! {
+    /// Runs completed since load, read under the spin lock.
+    pub fn runs() -> u64 {
+        let mut guard = DRIVER_LOCK.acquire();
+        STATS.access(&mut guard).runs
+    }
+}
+
+crate::paged_code! {
+    /// An address inside `PAGELK`, for `MmLockPagableCodeSection`.
+    pub fn code_anchor() -> *const c_void {
+        run_locked as *const c_void
+    }
+}
+
+crate::paged_code! {
+    /// An address inside `PAGEDATA`, for `MmLockPagableDataSection`.
+    pub fn data_anchor() -> *const c_void {
+        TABLE.as_ptr().cast()
+    }
+}

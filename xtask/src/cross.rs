@@ -1,0 +1,117 @@
+//! The cross build: a Windows kernel image from this Linux host, against mingw-w64's headers.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    pe,
+    toolchain::{self, TARGET, Toolchain},
+};
+
+/// Debug or release.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Profile {
+    /// Unoptimised, with the debug assertions of the section placement macros.
+    Debug,
+    /// LTO, size-optimised: the image users install.
+    Release,
+}
+
+impl Profile {
+    const fn dir(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// The workspace root.
+#[must_use]
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Linker arguments of a WDM driver (what wdk-build passes to link.exe).
+const DRIVER_LINK_ARGS: &[&str] = &[
+    "/DRIVER",
+    "/SUBSYSTEM:NATIVE",
+    "/ENTRY:DriverEntry",
+    "/NODEFAULTLIB",
+    "/NXCOMPAT",
+    "/DYNAMICBASE",
+];
+
+/// A `cargo` command for the Windows kernel target with the cross toolchain.
+pub fn kernel_cargo(tool: &Toolchain, program: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new(program);
+    let rustflags: Vec<String> =
+        DRIVER_LINK_ARGS.iter().map(|a| format!("-Clink-arg={a}")).collect();
+    command
+        .current_dir(root())
+        .arg(subcommand)
+        .args([
+            "--target",
+            TARGET,
+            "-Zbuild-std=core,alloc,compiler_builtins",
+            "--no-default-features",
+            "--features",
+            "mingw-ddk",
+        ])
+        .env("RUSTC", &tool.rustc)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_LINKER", &tool.linker)
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_RUSTFLAGS", rustflags.join(" "))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    command
+}
+
+/// Cross-builds `package` (a driver crate of this workspace, with `features` on top of
+/// `mingw-ddk`), fixes up its image and returns the path of the `.sys`.
+///
+/// # Errors
+/// When the toolchain is missing or the build fails.
+pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Result<PathBuf> {
+    toolchain::ensure_installed()?;
+    let tool = toolchain::find()?;
+    eprintln!("cross-building {package} ({profile:?}) with {}", tool.description);
+    let mut command = kernel_cargo(&tool, &tool.cargo, "build");
+    command.args(["--package", package]);
+    for feature in features {
+        command.args(["--features", feature]);
+    }
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    toolchain::run(&mut command)?;
+    let dir = root().join("target").join(TARGET).join(profile.dir());
+    let library = package.replace('-', "_");
+    let dll = dir.join(format!("{library}.dll"));
+    let sys = dir.join(format!("{package}.sys"));
+    std::fs::copy(&dll, &sys)
+        .with_context(|| format!("copying {} to {}", dll.display(), sys.display()))?;
+    pe::fix_up(&sys)?;
+    Ok(sys)
+}
+
+/// Lints the driver for the Windows target with warnings denied.
+///
+/// # Errors
+/// When clippy reports anything.
+pub fn clippy_driver() -> Result<()> {
+    toolchain::ensure_installed()?;
+    let tool = toolchain::find()?;
+    let mut command = kernel_cargo(&tool, &tool.clippy, "clippy");
+    command.args(["--package", "pagelock", "--", "-D", "warnings"]);
+    toolchain::run(&mut command)
+}

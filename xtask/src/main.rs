@@ -1,0 +1,116 @@
+//! pagelock's build tool, run as `cargo xtask <command>`.
+//!
+//! - `build [--debug]`: cross-builds pagelock.sys (on Windows: the official `cargo make` flow).
+//! - `check-pe <file.sys>`: structural checks and the footprint of a kernel image.
+//! - `test`: every check the project has, in one command.
+//! - `run`: the main job.
+
+mod cross;
+mod pe;
+mod routines;
+mod toolchain;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::cross::Profile;
+
+#[derive(Parser)]
+#[command(about = "Build, check and test the pagelock driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build pagelock.sys and print its path.
+    Build {
+        /// Build the debug image (assertions on) instead of the release image.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Check a kernel image's structure and print its footprint.
+    CheckPe {
+        /// The image to check.
+        file: PathBuf,
+        /// Also enforce pagelock's footprint budget.
+        #[arg(long)]
+        budget: bool,
+    },
+    /// Run every check: format, lints, unit tests, the cross build and its checks.
+    Test,
+    /// The main job: build pagelock.sys and report on it.
+    Run,
+}
+
+fn build(debug: bool) -> Result<PathBuf> {
+    if cfg!(windows) {
+        toolchain::run(std::process::Command::new("cargo").arg("make").current_dir(cross::root()))?;
+        let dir = if debug { "debug" } else { "release" };
+        return Ok(cross::root().join("target").join(dir).join("pagelock.sys"));
+    }
+    cross::build_driver("pagelock", &[], if debug { Profile::Debug } else { Profile::Release })
+}
+
+fn check_pe(file: &std::path::Path, budget: bool) -> Result<bool> {
+    let report = pe::check(file, budget.then_some(pe::PAGELOCK_BUDGET))?;
+    println!("{}\n{}", file.display(), report.render());
+    Ok(report.passed())
+}
+
+fn host_cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    toolchain::run(std::process::Command::new(cargo).args(args).current_dir(cross::root()))
+}
+
+fn test() -> Result<()> {
+    step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
+    step("clippy (host crates)", || {
+        host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    })?;
+    step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
+    step("unit tests (host)", || host_cargo(&["test", "--workspace"]))?;
+    let sys = step("cross build (release)", || build(false))?;
+    step("check-pe with the footprint budget", || {
+        if check_pe(&sys, true)? { Ok(()) } else { bail!("check-pe failed on {}", sys.display()) }
+    })?;
+    let debug = step("cross build (debug)", || build(true))?;
+    step("check-pe (debug image)", || {
+        if check_pe(&debug, false)? {
+            Ok(())
+        } else {
+            bail!("check-pe failed on {}", debug.display())
+        }
+    })?;
+    println!("xtask test: all steps passed");
+    Ok(())
+}
+
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("==> {name}");
+    f().map_err(|e| e.context(format!("step failed: {name}")))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { debug } => build(debug).map(|path| {
+            println!("{}", path.display());
+            true
+        }),
+        Command::CheckPe { file, budget } => check_pe(&file, budget),
+        Command::Test => test().map(|()| true),
+        Command::Run => build(false).and_then(|sys| check_pe(&sys, true)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

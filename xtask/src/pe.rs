@@ -1,0 +1,388 @@
+//! Kernel-image checks (`check-pe`) and the fixups that make an lld-link image match what
+//! link.exe /DRIVER produces: section flags, then the checksum.
+
+use std::{mem::offset_of, path::Path};
+
+use anyhow::{Context, Result};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use object::{
+    LittleEndian as LE, Object,
+    pe::{
+        IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE, IMAGE_DLLCHARACTERISTICS_NX_COMPAT,
+        IMAGE_FILE_MACHINE_AMD64, IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA,
+        IMAGE_SCN_MEM_DISCARDABLE, IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_NOT_PAGED,
+        IMAGE_SCN_MEM_READ, IMAGE_SCN_MEM_WRITE, IMAGE_SUBSYSTEM_NATIVE, ImageOptionalHeader64,
+        ImageSectionHeader,
+    },
+    read::pe::{ImageNtHeaders, PeFile64},
+};
+
+use crate::routines;
+
+const PAGE_SIZE: u64 = 4096;
+
+/// The footprint budget of pagelock.sys (release build).
+#[derive(Clone, Copy)]
+pub struct Budget {
+    /// Most resident pages when idle.
+    pub resident_pages: u64,
+    /// Most bytes of resident code (`.text`).
+    pub resident_code: u64,
+    /// Least share, in percent, of the driver's code bytes that are pageable or discardable.
+    pub pageable_code_percent: u64,
+}
+
+/// pagelock's own budget.
+pub const PAGELOCK_BUDGET: Budget =
+    Budget { resident_pages: 5, resident_code: 1536, pageable_code_percent: 90 };
+
+/// One section as the checks see it.
+struct Section {
+    name: String,
+    header_offset: usize,
+    virtual_size: u64,
+    characteristics: u32,
+}
+
+impl Section {
+    fn has(&self, flags: u32) -> bool {
+        self.characteristics & flags == flags
+    }
+    fn pageable(&self) -> bool {
+        self.name.starts_with("PAGE")
+    }
+    fn discarded(&self) -> bool {
+        self.name == "INIT" || self.has(IMAGE_SCN_MEM_DISCARDABLE)
+    }
+    fn resident(&self) -> bool {
+        !self.pageable() && !self.discarded()
+    }
+    fn code(&self) -> bool {
+        self.has(IMAGE_SCN_CNT_CODE)
+    }
+    fn pages(&self) -> u64 {
+        self.virtual_size.div_ceil(PAGE_SIZE)
+    }
+}
+
+fn sections(data: &[u8]) -> Result<Vec<Section>> {
+    let pe = PeFile64::parse(data).context("not a 64-bit PE image")?;
+    let base = data.as_ptr() as usize;
+    Ok(pe
+        .section_table()
+        .iter()
+        .map(|s| Section {
+            name: String::from_utf8_lossy(s.raw_name()).trim_end_matches('\0').to_owned(),
+            header_offset: std::ptr::from_ref(s) as usize - base,
+            virtual_size: u64::from(s.virtual_size.get(LE)),
+            characteristics: s.characteristics.get(LE),
+        })
+        .collect())
+}
+
+/// Offset of the optional header's `CheckSum` field in the file.
+fn checksum_offset(data: &[u8]) -> Result<usize> {
+    let pe = PeFile64::parse(data).context("not a 64-bit PE image")?;
+    let optional = std::ptr::from_ref(pe.nt_headers().optional_header()) as usize;
+    Ok(optional - data.as_ptr() as usize + offset_of!(ImageOptionalHeader64, check_sum))
+}
+
+/// The PE checksum as `CheckSumMappedFile` computes it: a 16-bit one's-complement style sum
+/// of the file with the checksum field taken as zero, plus the file length.
+#[must_use]
+pub fn pe_checksum(data: &[u8], checksum_offset: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, chunk) in data.chunks(2).enumerate() {
+        let at = i * 2;
+        if at >= checksum_offset && at < checksum_offset + 4 {
+            continue;
+        }
+        let word = u64::from(chunk[0]) | chunk.get(1).map_or(0, |&b| u64::from(b) << 8);
+        sum += word;
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    #[allow(clippy::cast_possible_truncation)] // a 16-bit sum plus a length below 4 GiB
+    let total = (sum as u32).wrapping_add(data.len() as u32);
+    total
+}
+
+/// Marks resident sections `IMAGE_SCN_MEM_NOT_PAGED` and `INIT` discardable, as link.exe
+/// /DRIVER does, then writes the checksum.
+///
+/// # Errors
+/// When the file cannot be read, parsed or written.
+pub fn fix_up(path: &Path) -> Result<()> {
+    let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    for section in sections(&data)? {
+        let extra = if section.name == "INIT" {
+            IMAGE_SCN_MEM_DISCARDABLE
+        } else if section.resident() {
+            IMAGE_SCN_MEM_NOT_PAGED
+        } else {
+            0
+        };
+        let at = section.header_offset + offset_of!(ImageSectionHeader, characteristics);
+        data[at..at + 4].copy_from_slice(&(section.characteristics | extra).to_le_bytes());
+    }
+    let at = checksum_offset(&data)?;
+    let sum = pe_checksum(&data, at);
+    data[at..at + 4].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The result of `check-pe`.
+pub struct Report {
+    /// (check, passed, detail) rows.
+    pub checks: Vec<(String, bool, String)>,
+    /// The footprint, as printable rows.
+    pub footprint: Vec<(String, String)>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|(_, ok, _)| *ok)
+    }
+
+    /// The report as two tables.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut checks = Table::new();
+        checks.load_preset(UTF8_FULL_CONDENSED).set_header(["check", "result", "detail"]);
+        for (name, ok, detail) in &self.checks {
+            checks.add_row([name.as_str(), if *ok { "pass" } else { "FAIL" }, detail.as_str()]);
+        }
+        let mut footprint = Table::new();
+        footprint.load_preset(UTF8_FULL_CONDENSED).set_header(["footprint", "value"]);
+        for (name, value) in &self.footprint {
+            footprint.add_row([name, value]);
+        }
+        format!("{checks}\n{footprint}")
+    }
+}
+
+/// Checks a kernel image; `budget` adds the footprint limits.
+///
+/// # Errors
+/// When the file cannot be read or is not a 64-bit PE image.
+#[allow(clippy::too_many_lines)] // one list of checks reads best in one place
+pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let pe = PeFile64::parse(&*data).context("not a 64-bit PE image")?;
+    let nt = pe.nt_headers();
+    let optional = nt.optional_header();
+    let sections = sections(&data)?;
+    let mut checks = Vec::new();
+    let mut add = |name: &str, ok: bool, detail: String| checks.push((name.to_owned(), ok, detail));
+
+    let machine = nt.file_header.machine.get(LE);
+    add("machine AMD64", machine == IMAGE_FILE_MACHINE_AMD64, format!("{machine:#06x}"));
+    let subsystem = optional.subsystem.get(LE);
+    add("subsystem NATIVE", subsystem == IMAGE_SUBSYSTEM_NATIVE, subsystem.to_string());
+    let dll = optional.dll_characteristics.get(LE);
+    add("NX compatible", dll & IMAGE_DLLCHARACTERISTICS_NX_COMPAT != 0, format!("{dll:#06x}"));
+    add("dynamic base", dll & IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE != 0, format!("{dll:#06x}"));
+    let stored = optional.check_sum.get(LE);
+    let computed = pe_checksum(&data, checksum_offset(&data)?);
+    add(
+        "checksum valid",
+        stored != 0 && stored == computed,
+        format!("stored {stored:#x}, computed {computed:#x}"),
+    );
+    let entry = u64::from(optional.address_of_entry_point.get(LE));
+    let entry_ok = entry != 0
+        && pe.section_table().iter().any(|s| {
+            let start = u64::from(s.virtual_address.get(LE));
+            s.characteristics.get(LE) & IMAGE_SCN_MEM_EXECUTE != 0
+                && (start..start + u64::from(s.virtual_size.get(LE))).contains(&entry)
+        });
+    add("entry point in code", entry_ok, format!("rva {entry:#x}"));
+
+    let imports = pe.imports().context("reading the import table")?;
+    let libraries: std::collections::BTreeSet<String> =
+        imports.iter().map(|i| String::from_utf8_lossy(i.library()).to_lowercase()).collect();
+    add(
+        "imports only from ntoskrnl.exe / hal.dll",
+        libraries.iter().all(|l| l == "ntoskrnl.exe" || l == "hal.dll"),
+        libraries.iter().cloned().collect::<Vec<_>>().join(", "),
+    );
+    let names: Vec<String> =
+        imports.iter().map(|i| String::from_utf8_lossy(i.name()).into_owned()).collect();
+    let missing: Vec<&str> =
+        routines::REQUIRED.iter().copied().filter(|r| !names.iter().any(|n| n == r)).collect();
+    add("imports the three Mm routines", missing.is_empty(), format!("missing: {missing:?}"));
+    let mut unknown = Vec::new();
+    let mut too_new = Vec::new();
+    let mut newest = routines::WINDOWS_2000;
+    for name in &names {
+        match routines::introduced(name) {
+            None => unknown.push(name.as_str()),
+            Some(release) if release > routines::MINIMUM => too_new.push(name.as_str()),
+            Some(release) => newest = newest.max(release),
+        }
+    }
+    add("every import in the routine table", unknown.is_empty(), format!("unknown: {unknown:?}"));
+    add(
+        "no import newer than the minimum Windows",
+        too_new.is_empty(),
+        format!(
+            "newest {} (minimum {}); too new: {too_new:?}",
+            newest.name,
+            routines::MINIMUM.name
+        ),
+    );
+
+    let paged_code: Vec<&Section> = sections
+        .iter()
+        .filter(|s| {
+            s.pageable()
+                && s.has(IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE | IMAGE_SCN_MEM_READ)
+                && !s.has(IMAGE_SCN_MEM_WRITE)
+        })
+        .collect();
+    add(
+        "pageable code section (PAGE*, code, execute, read)",
+        !paged_code.is_empty(),
+        paged_code.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+    );
+    let pagedata = sections.iter().find(|s| s.name == "PAGEDATA");
+    add(
+        "PAGEDATA section (data, read, write, no execute)",
+        pagedata.is_some_and(|s| {
+            s.has(IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ | IMAGE_SCN_MEM_WRITE)
+                && !s.has(IMAGE_SCN_MEM_EXECUTE)
+        }),
+        pagedata.map_or_else(|| "absent".into(), |s| format!("{:#010x}", s.characteristics)),
+    );
+    let init = sections.iter().find(|s| s.name == "INIT");
+    add(
+        "INIT section discardable",
+        init.is_some_and(|s| s.has(IMAGE_SCN_MEM_DISCARDABLE)),
+        init.map_or_else(|| "absent".into(), |s| format!("{:#010x}", s.characteristics)),
+    );
+    let paged_resident: Vec<&str> = sections
+        .iter()
+        .filter(|s| s.resident() && !s.has(IMAGE_SCN_MEM_NOT_PAGED))
+        .map(|s| s.name.as_str())
+        .collect();
+    add(
+        "resident sections marked not-paged",
+        paged_resident.is_empty(),
+        format!("without the flag: {paged_resident:?}"),
+    );
+    let wx: Vec<&str> = sections
+        .iter()
+        .filter(|s| s.has(IMAGE_SCN_MEM_WRITE | IMAGE_SCN_MEM_EXECUTE))
+        .map(|s| s.name.as_str())
+        .collect();
+    add("no writable and executable section (HVCI)", wx.is_empty(), format!("{wx:?}"));
+
+    // Footprint.
+    let headers = u64::from(optional.size_of_headers.get(LE)).div_ceil(PAGE_SIZE);
+    let resident_pages =
+        headers + sections.iter().filter(|s| s.resident()).map(Section::pages).sum::<u64>();
+    let resident_bytes = u64::from(optional.size_of_headers.get(LE))
+        + sections.iter().filter(|s| s.resident()).map(|s| s.virtual_size).sum::<u64>();
+    let pageable_bytes: u64 =
+        sections.iter().filter(|s| s.pageable()).map(|s| s.virtual_size).sum();
+    let code_bytes: u64 = sections.iter().filter(|s| s.code()).map(|s| s.virtual_size).sum();
+    let resident_code: u64 =
+        sections.iter().filter(|s| s.code() && s.resident()).map(|s| s.virtual_size).sum();
+    let movable_code = code_bytes - resident_code;
+    let percent = if code_bytes == 0 { 0 } else { movable_code * 100 / code_bytes };
+    let directory =
+        |index: usize| optional_directory(&pe, index).map_or(0, |(_, size)| u64::from(size));
+    let mut footprint = vec![
+        (
+            "resident image (idle)".to_owned(),
+            format!("{resident_pages} pages, {resident_bytes} bytes"),
+        ),
+        ("resident code (.text etc.)".to_owned(), format!("{resident_code} bytes")),
+        ("pageable (PAGE*)".to_owned(), format!("{pageable_bytes} bytes")),
+        (
+            "code pageable or discardable".to_owned(),
+            format!("{percent}% ({movable_code} of {code_bytes} bytes)"),
+        ),
+        ("import tables (resident)".to_owned(), format!("{} bytes", directory(1) + directory(12))),
+        ("unwind table .pdata (resident)".to_owned(), format!("{} bytes", directory(3))),
+    ];
+    for s in &sections {
+        let place = if s.pageable() {
+            "pageable"
+        } else if s.discarded() {
+            "discarded"
+        } else {
+            "resident"
+        };
+        footprint.push((
+            format!("  {}", s.name),
+            format!("{} bytes, {place}, {:#010x}", s.virtual_size, s.characteristics),
+        ));
+    }
+    if let Some(budget) = budget {
+        add(
+            "budget: resident image",
+            resident_pages <= budget.resident_pages,
+            format!("{resident_pages} pages (at most {})", budget.resident_pages),
+        );
+        add(
+            "budget: resident code",
+            resident_code <= budget.resident_code,
+            format!("{resident_code} bytes (at most {})", budget.resident_code),
+        );
+        add(
+            "budget: code pageable or discardable",
+            percent >= budget.pageable_code_percent,
+            format!("{percent}% (at least {}%)", budget.pageable_code_percent),
+        );
+    }
+    Ok(Report { checks, footprint })
+}
+
+fn optional_directory(pe: &PeFile64<'_>, index: usize) -> Option<(u32, u32)> {
+    let dir = pe.data_directories().get(index)?;
+    Some((dir.virtual_address.get(LE), dir.size.get(LE)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_skips_its_own_field_and_adds_the_length() {
+        let mut data = vec![0u8; 64];
+        data[0] = 1;
+        data[10] = 0xFF; // inside the checksum field at 8..12: ignored
+        assert_eq!(pe_checksum(&data, 8), 1 + 64);
+    }
+
+    #[test]
+    fn checksum_folds_carries() {
+        let data = [0xFF, 0xFF, 0x02, 0x00];
+        // 0xFFFF + 0x0002 = 0x10001 -> 0x0002, plus length 4.
+        assert_eq!(pe_checksum(&data, 100), 2 + 4);
+    }
+
+    #[test]
+    fn a_non_pe_file_is_refused() {
+        let path = std::env::temp_dir().join("xtask-not-a-pe.sys");
+        std::fs::write(&path, b"MZ but not really").expect("temp file");
+        assert!(check(&path, None).is_err());
+    }
+
+    #[test]
+    fn section_placement_rules() {
+        let s = |name: &str, characteristics| Section {
+            name: name.into(),
+            header_offset: 0,
+            virtual_size: 1,
+            characteristics,
+        };
+        assert!(s("PAGELK", IMAGE_SCN_CNT_CODE).pageable());
+        assert!(s("INIT", 0).discarded());
+        assert!(s(".reloc", IMAGE_SCN_MEM_DISCARDABLE).discarded());
+        assert!(s(".text", IMAGE_SCN_CNT_CODE).resident());
+    }
+}
