@@ -18,6 +18,54 @@
 pub use zerocopy;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+/// The `NTSTATUS` values the driver completes requests with (`ntstatus.h`).
+pub mod status {
+    /// Reinterprets the documented 32-bit pattern as a signed status.
+    const fn code(bits: u32) -> i32 {
+        i32::from_ne_bytes(bits.to_ne_bytes())
+    }
+
+    /// `STATUS_SUCCESS`.
+    pub const SUCCESS: i32 = code(0);
+    /// `STATUS_UNSUCCESSFUL`.
+    pub const UNSUCCESSFUL: i32 = code(0xC000_0001);
+    /// `STATUS_INVALID_PARAMETER`: wrong length, version or value.
+    pub const INVALID_PARAMETER: i32 = code(0xC000_000D);
+    /// `STATUS_INVALID_DEVICE_REQUEST`: an unknown control code.
+    pub const INVALID_DEVICE_REQUEST: i32 = code(0xC000_0010);
+    /// `STATUS_ACCESS_DENIED`: the caller may not open the device, or the handle lacks the
+    /// access the control code requires.
+    pub const ACCESS_DENIED: i32 = code(0xC000_0022);
+    /// `STATUS_BUFFER_TOO_SMALL`: an input or output buffer is shorter than its structure.
+    pub const BUFFER_TOO_SMALL: i32 = code(0xC000_0023);
+    /// `STATUS_INSUFFICIENT_RESOURCES`: the pool allocation for a new handle failed.
+    pub const INSUFFICIENT_RESOURCES: i32 = code(0xC000_009A);
+    /// `STATUS_INVALID_DEVICE_STATE`: `UNLOCK` with no extra lock, or `LOCK` at the limit.
+    pub const INVALID_DEVICE_STATE: i32 = code(0xC000_0184);
+
+    /// `NT_SUCCESS`.
+    #[must_use]
+    pub const fn is_success(status: i32) -> bool {
+        status >= 0
+    }
+
+    /// The status's `ntstatus.h` name, for reports.
+    #[must_use]
+    pub const fn name(status: i32) -> &'static str {
+        match status {
+            SUCCESS => "STATUS_SUCCESS",
+            UNSUCCESSFUL => "STATUS_UNSUCCESSFUL",
+            INVALID_PARAMETER => "STATUS_INVALID_PARAMETER",
+            INVALID_DEVICE_REQUEST => "STATUS_INVALID_DEVICE_REQUEST",
+            ACCESS_DENIED => "STATUS_ACCESS_DENIED",
+            BUFFER_TOO_SMALL => "STATUS_BUFFER_TOO_SMALL",
+            INSUFFICIENT_RESOURCES => "STATUS_INSUFFICIENT_RESOURCES",
+            INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
+            _ => "(other)",
+        }
+    }
+}
+
 /// Version of this ABI; every request and reply carries it.
 pub const PROTOCOL_VERSION: u32 = 1;
 

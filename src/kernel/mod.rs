@@ -135,33 +135,5 @@ pub const APC_LEVEL: Irql = 1;
 /// `DISPATCH_LEVEL`: spin locks hold the processor here; a page fault is a bugcheck.
 pub const DISPATCH_LEVEL: Irql = 2;
 
-/// Status codes the driver returns (the values of `ntstatus.h`).
-pub mod status {
-    use super::Status;
-
-    /// Reinterprets the documented 32-bit pattern as a signed status.
-    const fn code(bits: u32) -> Status {
-        Status::from_ne_bytes(bits.to_ne_bytes())
-    }
-
-    /// `STATUS_SUCCESS`.
-    pub const SUCCESS: Status = code(0);
-    /// `STATUS_INVALID_PARAMETER`.
-    pub const INVALID_PARAMETER: Status = code(0xC000_000D);
-    /// `STATUS_INVALID_DEVICE_REQUEST`.
-    pub const INVALID_DEVICE_REQUEST: Status = code(0xC000_0010);
-    /// `STATUS_BUFFER_TOO_SMALL`.
-    pub const BUFFER_TOO_SMALL: Status = code(0xC000_0023);
-    /// `STATUS_INSUFFICIENT_RESOURCES`.
-    pub const INSUFFICIENT_RESOURCES: Status = code(0xC000_009A);
-    /// `STATUS_INVALID_DEVICE_STATE`.
-    pub const INVALID_DEVICE_STATE: Status = code(0xC000_0184);
-    /// `STATUS_UNSUCCESSFUL`.
-    pub const UNSUCCESSFUL: Status = code(0xC000_0001);
-
-    /// `NT_SUCCESS`.
-    #[must_use]
-    pub const fn is_success(status: Status) -> bool {
-        status >= 0
-    }
-}
+/// Status codes the driver returns: the protocol's, which callers compare against.
+pub use pagelock_protocol::status;

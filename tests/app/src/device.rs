@@ -1,0 +1,57 @@
+//! The device interface the scenarios are written against, with one implementation per place
+//! the driver runs: the Windows kernel (this crate's `windows` transport) and the test bed
+//! (`pagelock-testbed`).
+
+/// What a control request came back with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The `NTSTATUS` the driver completed the request with (see
+    /// `pagelock_protocol::status`). A Windows transport maps the Win32 error of
+    /// `DeviceIoControl` back to the status for the statuses the protocol documents.
+    pub status: i32,
+    /// The bytes the driver returned (`IoStatus.Information` of them), empty on failure.
+    pub output: Vec<u8>,
+}
+
+/// A failure of the transport itself, not a status from the driver.
+#[derive(Debug)]
+pub struct TransportError(pub String);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// A way to reach `\Device\PageLock`.
+pub trait Device {
+    /// An open handle.
+    type Handle;
+
+    /// Opens a handle with read and write access.
+    ///
+    /// # Errors
+    /// `Ok(Err(status))` when the open was refused with an `NTSTATUS` (for example
+    /// `STATUS_ACCESS_DENIED`), `Err` when the transport failed.
+    fn open(&self) -> Result<Result<Self::Handle, i32>, TransportError>;
+
+    /// Sends `code` with `input`, offering `output_capacity` bytes for the reply.
+    ///
+    /// # Errors
+    /// When the transport failed; driver statuses come back in [`Reply::status`].
+    fn control(
+        &self,
+        handle: &Self::Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Reply, TransportError>;
+
+    /// Closes a handle (cleanup, then close, reach the driver).
+    ///
+    /// # Errors
+    /// When the transport failed.
+    fn close(&self, handle: Self::Handle) -> Result<(), TransportError>;
+}

@@ -1,0 +1,1 @@
+//! The test bed (see the crate description).
