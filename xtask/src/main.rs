@@ -32,6 +32,18 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
+    /// Cross-build another driver crate of this workspace (test fixtures) and print its path.
+    BuildDriver {
+        /// The package.
+        #[arg(long)]
+        package: String,
+        /// Cargo features to enable (repeatable).
+        #[arg(long)]
+        features: Vec<String>,
+        /// Build the debug image.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Check a kernel image's structure and print its footprint.
     CheckPe {
         /// The image to check.
@@ -101,6 +113,14 @@ fn main() -> ExitCode {
             println!("{}", path.display());
             true
         }),
+        Command::BuildDriver { package, features, debug } => {
+            let features: Vec<&str> = features.iter().map(String::as_str).collect();
+            let profile = if debug { Profile::Debug } else { Profile::Release };
+            cross::build_driver(&package, &features, profile).map(|path| {
+                println!("{}", path.display());
+                true
+            })
+        }
         Command::CheckPe { file, budget } => check_pe(&file, budget),
         Command::Test => test().map(|()| true),
         Command::Run => build(false).and_then(|sys| check_pe(&sys, true)),
