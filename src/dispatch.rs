@@ -62,10 +62,9 @@ crate::paged_code! {
     /// `IRP_MJ_DEVICE_CONTROL`: see [`ioctl::handle`].
     fn device_control(mut irp: Irp) -> Status {
         let (open, control) = irp.control();
-        let result = match open {
-            Some(open) => ioctl::handle(open, control.code, control.input, control.output_capacity),
-            None => Err(status::INVALID_DEVICE_STATE),
-        };
+        let result = open.map_or(Err(status::INVALID_DEVICE_STATE), |open| {
+            ioctl::handle(open, control.code, control.input, control.output_capacity)
+        });
         match result {
             Ok(reply) => irp.complete(status::SUCCESS, reply.as_bytes()),
             Err(status) => irp.complete(status, &[]),

@@ -14,6 +14,11 @@
 //! compile against in-process stand-ins so their logic can be unit-tested.
 
 #![cfg_attr(target_os = "windows", no_std)]
+#![forbid(
+    clippy::multiple_unsafe_ops_per_block,
+    clippy::undocumented_unsafe_blocks,
+    clippy::unnecessary_safety_doc
+)]
 
 extern crate alloc;
 

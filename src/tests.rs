@@ -87,7 +87,6 @@ fn lockable_code_asserts_its_section_is_locked() {
 #[cfg(debug_assertions)]
 #[should_panic(expected = "pageable code above APC_LEVEL")]
 fn pageable_code_asserts_its_irql() {
-    let _turn = exclusive();
     /// Lowers the IRQL again while the panic unwinds, before `open` drops.
     struct Raised;
     impl Drop for Raised {
@@ -95,6 +94,7 @@ fn pageable_code_asserts_its_irql() {
             kernel::set_irql(kernel::PASSIVE_LEVEL);
         }
     }
+    let _turn = exclusive();
     let mut open = opened();
     kernel::set_irql(kernel::DISPATCH_LEVEL);
     let _raised = Raised;

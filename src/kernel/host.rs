@@ -61,7 +61,7 @@ static SECTIONS: Mutex<Vec<(usize, &'static AtomicI64)>> = Mutex::new(Vec::new()
 pub struct SectionHandle(&'static AtomicI64);
 
 impl SectionHandle {
-    pub(super) fn into_raw(self) -> *mut c_void {
+    pub(super) const fn into_raw(self) -> *mut c_void {
         core::ptr::from_ref(self.0).cast_mut().cast()
     }
 
@@ -79,11 +79,12 @@ impl SectionHandle {
     #[must_use]
     pub fn lock_by_address(address: *const c_void) -> Option<Self> {
         assert!(current_irql() <= super::APC_LEVEL, "Mm routine above APC_LEVEL");
-        let mut sections = SECTIONS.lock().ok()?;
         let key = address as usize;
-        let count = match sections.iter().find(|(at, _)| *at == key) {
-            Some((_, count)) => *count,
-            None => {
+        let count = {
+            let mut sections = SECTIONS.lock().ok()?;
+            if let Some((_, count)) = sections.iter().find(|(at, _)| *at == key) {
+                *count
+            } else {
                 let count: &'static AtomicI64 = Box::leak(Box::new(AtomicI64::new(0)));
                 sections.push((key, count));
                 count

@@ -5,6 +5,8 @@
 //! - `test`: every check the project has, in one command.
 //! - `run`: the main job.
 
+#![forbid(unsafe_code)]
+
 mod cross;
 mod pe;
 mod routines;

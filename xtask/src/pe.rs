@@ -45,7 +45,7 @@ struct Section {
 }
 
 impl Section {
-    fn has(&self, flags: u32) -> bool {
+    const fn has(&self, flags: u32) -> bool {
         self.characteristics & flags == flags
     }
     fn pageable(&self) -> bool {
@@ -57,10 +57,10 @@ impl Section {
     fn resident(&self) -> bool {
         !self.pageable() && !self.discarded()
     }
-    fn code(&self) -> bool {
+    const fn code(&self) -> bool {
         self.has(IMAGE_SCN_CNT_CODE)
     }
-    fn pages(&self) -> u64 {
+    const fn pages(&self) -> u64 {
         self.virtual_size.div_ceil(PAGE_SIZE)
     }
 }
@@ -291,7 +291,7 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     let resident_code: u64 =
         sections.iter().filter(|s| s.code() && s.resident()).map(|s| s.virtual_size).sum();
     let movable_code = code_bytes - resident_code;
-    let percent = if code_bytes == 0 { 0 } else { movable_code * 100 / code_bytes };
+    let percent = (movable_code * 100).checked_div(code_bytes).unwrap_or(0);
     let directory =
         |index: usize| optional_directory(&pe, index).map_or(0, |(_, size)| u64::from(size));
     let mut footprint = vec![

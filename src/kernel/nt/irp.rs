@@ -1,6 +1,6 @@
 //! I/O request packets: reading what was asked, and completing them exactly once.
 
-use core::ptr::NonNull;
+use core::{ffi::c_void, ptr::NonNull};
 
 use super::sys::{self, IO_STACK_LOCATION, IRP};
 use crate::{
@@ -35,20 +35,33 @@ impl Irp {
         Self { raw }
     }
 
+    /// The IRP itself.
+    const fn irp(&self) -> &IRP {
+        // SAFETY: by the invariant the IRP is live and ours until completed.
+        unsafe { self.raw.as_ref() }
+    }
+
+    /// The system buffer (`METHOD_BUFFERED`), possibly null.
+    const fn system_buffer(&self) -> *mut u8 {
+        // SAFETY: `AssociatedIrp` is a union of pointers; every member is a plain pointer.
+        unsafe { self.irp().AssociatedIrp.SystemBuffer }.cast()
+    }
+
     crate::paged_code! {
         /// The current stack location, which the I/O manager set up for this driver.
         fn stack(&self) -> &IO_STACK_LOCATION {
-            // SAFETY: by the invariant the IRP is live; the I/O manager sets the current location
-            // before calling the driver, so the pointer is valid and aligned.
-            unsafe {
-                &*self.raw.as_ref().Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation
-            }
+            // SAFETY: `Tail` is the overlay while the IRP is in a driver's hands.
+            let overlay = unsafe { &self.irp().Tail.Overlay };
+            // SAFETY: the members of this union are pointers laid over each other; the I/O
+            // manager fills `CurrentStackLocation` before calling the driver.
+            let location = unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+            // SAFETY: the current stack location is valid and aligned for the whole request.
+            unsafe { &*location }
         }
     }
 
     crate::paged_code! {
         /// The major function code (`IRP_MJ_*`).
-        #[must_use]
         pub fn major(&self) -> u32 {
             u32::from(self.stack().MajorFunction)
         }
@@ -56,11 +69,11 @@ impl Irp {
 
     crate::paged_code! {
         /// The file object's `FsContext` slot, where the per-open state lives.
-        fn context_slot(&mut self) -> Option<&mut *mut core::ffi::c_void> {
+        fn context_slot(&mut self) -> Option<&mut *mut c_void> {
             let file = self.stack().FileObject;
             // SAFETY: for create, cleanup, close and device control the I/O manager passes the
-            // file object of the handle, live for the whole request; only this driver's dispatch
-            // routine touches its `FsContext`, and the `&mut self` borrow keeps it exclusive.
+            // file object of the handle, live for the whole request; only this driver's
+            // dispatch routine touches its `FsContext`, and `&mut self` keeps it exclusive.
             unsafe { file.as_mut() }.map(|file| &mut file.FsContext)
         }
     }
@@ -82,21 +95,11 @@ impl Irp {
     }
 
     crate::paged_code! {
-        /// The per-open state of this request's handle.
-        pub fn open(&mut self) -> Option<&mut Open> {
-            let slot = self.context_slot()?;
-            // SAFETY: a non-null `FsContext` was stored by `set_open` from a live `Box<Open>` and
-            // is only taken back by `take_open` (close), after which the file object is gone.
-            unsafe { slot.cast::<Open>().as_mut() }
-        }
-    }
-
-    crate::paged_code! {
         /// Takes the per-open state back out of the file object (`IRP_MJ_CLOSE`).
         pub fn take_open(&mut self) -> Option<alloc::boxed::Box<Open>> {
-            let slot = self.context_slot()?;
-            let raw = core::mem::replace(slot, core::ptr::null_mut()).cast::<Open>();
-            // SAFETY: as in `open`; the slot is cleared so the box has exactly one owner again.
+            let raw = core::mem::take(self.context_slot()?).cast::<Open>();
+            // SAFETY: a non-null `FsContext` was stored by `set_open` from a live `Box<Open>`;
+            // the slot is cleared, so the box has exactly one owner again.
             (!raw.is_null()).then(|| unsafe { alloc::boxed::Box::from_raw(raw) })
         }
     }
@@ -104,29 +107,30 @@ impl Irp {
     crate::paged_code! {
         /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
         pub fn control(&mut self) -> (Option<&mut Open>, Control<'_>) {
-            let stack = self.stack();
             // SAFETY: the I/O manager fills `DeviceIoControl` for IRP_MJ_DEVICE_CONTROL.
-            let params = unsafe { stack.Parameters.DeviceIoControl };
+            let params = unsafe { self.stack().Parameters.DeviceIoControl };
             let input_len = params.InputBufferLength as usize;
-            let output_capacity = params.OutputBufferLength as usize;
-            // SAFETY: by the invariant the IRP is live.
-            let buffer = unsafe { self.raw.as_ref().AssociatedIrp.SystemBuffer }.cast::<u8>();
+            let buffer = self.system_buffer();
             let input: &[u8] = if buffer.is_null() || input_len == 0 {
                 &[]
             } else {
-                // SAFETY: for METHOD_BUFFERED the system buffer holds at least InputBufferLength
-                // bytes copied from the caller, and nothing writes it until this borrow ends
-                // (`complete` takes `self` by value).
+                // SAFETY: for METHOD_BUFFERED the system buffer holds at least
+                // InputBufferLength bytes copied from the caller, and nothing writes it until
+                // this borrow ends (`complete` takes `self` by value).
                 unsafe { core::slice::from_raw_parts(buffer, input_len) }
             };
-            let code = params.IoControlCode;
-            let file = stack.FileObject;
-            // SAFETY: as in `open`; the context is a different object from the system buffer, so
-            // the two borrows do not overlap.
-            let open = unsafe { file.as_ref() }
-                // SAFETY: as in `open`.
-                .and_then(|file| unsafe { file.FsContext.cast::<Open>().as_mut() });
-            (open, Control { code, input, output_capacity })
+            let file = self.stack().FileObject;
+            // SAFETY: as in `context_slot`; the state is a different object from the system
+            // buffer, so the two borrows do not overlap.
+            let file = unsafe { file.as_ref() };
+            // SAFETY: a non-null `FsContext` holds the `Box<Open>` stored by `set_open`.
+            let open = file.and_then(|file| unsafe { file.FsContext.cast::<Open>().as_mut() });
+            let control = Control {
+                code: params.IoControlCode,
+                input,
+                output_capacity: params.OutputBufferLength as usize,
+            };
+            (open, control)
         }
     }
 
@@ -134,29 +138,26 @@ impl Irp {
         /// Completes the request with `status`, copying `reply` to the caller's output buffer
         /// first when the status is a success. Returns `status` for the dispatch routine.
         pub fn complete(self, status: Status, reply: &[u8]) -> Status {
-            let mut information = 0;
-            if status::is_success(status) && !reply.is_empty() {
-                // SAFETY: by the invariant the IRP is live.
-                let buffer = unsafe { self.raw.as_ref().AssociatedIrp.SystemBuffer }.cast::<u8>();
-                // SAFETY: as in `control`; callers pass a reply no longer than `output_capacity`.
-                let capacity = unsafe { self.stack().Parameters.DeviceIoControl.OutputBufferLength } as usize;
-                if buffer.is_null() || reply.len() > capacity {
+            let information = if status::is_success(status) && !reply.is_empty() {
+                let buffer = self.system_buffer();
+                // SAFETY: only device control requests carry a reply; their parameters are
+                // `DeviceIoControl`.
+                let capacity = unsafe { self.stack().Parameters.DeviceIoControl.OutputBufferLength };
+                if buffer.is_null() || reply.len() > capacity as usize {
                     return self.complete(status::BUFFER_TOO_SMALL, &[]);
                 }
                 // SAFETY: the system buffer holds at least OutputBufferLength bytes for
                 // METHOD_BUFFERED, and no borrow of it is alive (`control`'s ended).
                 unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
-                information = reply.len() as u64;
-            }
+                reply.len() as u64
+            } else {
+                0
+            };
             let raw = self.raw.as_ptr();
             // SAFETY: the IRP is live and owned by this driver until IofCompleteRequest below.
-            unsafe {
-                (*raw).IoStatus.__bindgen_anon_1.Status = status;
-            }
-            // SAFETY: as above.
-            unsafe {
-                (*raw).IoStatus.Information = information;
-            }
+            let io_status = unsafe { &mut (*raw).IoStatus };
+            io_status.__bindgen_anon_1.Status = status;
+            io_status.Information = information;
             // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
             unsafe { sys::ntddk::IofCompleteRequest(raw, 0) };
             status

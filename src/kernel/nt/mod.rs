@@ -122,7 +122,7 @@ unsafe impl Sync for SectionHandle {}
 
 impl SectionHandle {
     /// The raw handle, for [`super::HandleSlot`].
-    pub(super) fn into_raw(self) -> *mut c_void {
+    pub(super) const fn into_raw(self) -> *mut c_void {
         self.0.as_ptr()
     }
 
@@ -234,7 +234,7 @@ impl WideName {
     }
 
     /// A `UNICODE_STRING` over this name.
-    fn unicode(&self) -> UNICODE_STRING {
+    const fn unicode(&self) -> UNICODE_STRING {
         #[allow(clippy::cast_possible_truncation)] // names are a few dozen characters
         let length = ((self.0.len() - 1) * 2) as u16;
         UNICODE_STRING {
@@ -252,7 +252,7 @@ pub struct Driver(NonNull<DRIVER_OBJECT>);
 
 impl Driver {
     /// The bounds of the loaded image in memory.
-    fn image(&self) -> (*const u8, usize) {
+    const fn image(&self) -> (*const u8, usize) {
         // SAFETY: by the invariant the object is live; these fields are set before DriverEntry.
         let driver = unsafe { self.0.as_ref() };
         (driver.DriverStart.cast::<u8>().cast_const(), driver.DriverSize as usize)
@@ -344,7 +344,7 @@ impl Device {
     }
 
     /// Keeps the device until unload: the I/O manager owns it through the driver object.
-    pub fn keep(self) {
+    pub const fn keep(self) {
         core::mem::forget(self);
     }
 }
@@ -394,7 +394,7 @@ impl SymbolicLink {
     }
 
     /// Keeps the link until [`remove_link`] at unload.
-    pub fn keep(self) {
+    pub const fn keep(self) {
         core::mem::forget(self);
     }
 }
@@ -416,7 +416,7 @@ impl Drop for SymbolicLink {
 }
 
 crate::init_code! {
-    /// The driver's entry point, called once at PASSIVE_LEVEL when the driver loads.
+    /// The driver's entry point, called once at `PASSIVE_LEVEL` when the driver loads.
     ///
     /// # Safety
     /// Called only by the I/O manager, with its driver object and registry path.
@@ -437,7 +437,7 @@ crate::init_code! {
 }
 
 crate::paged_code! {
-    /// Unload: called at PASSIVE_LEVEL after every handle is closed.
+    /// Unload: called at `PASSIVE_LEVEL` after every handle is closed.
     unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
         if let Some(raw) = NonNull::new(driver) {
             crate::device::unload(&Driver(raw));
@@ -446,12 +446,11 @@ crate::paged_code! {
 }
 
 crate::paged_code! {
-    /// Every IRP the driver serves arrives here at PASSIVE_LEVEL, in the caller's thread.
+    /// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread.
     unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
-        match NonNull::new(irp) {
+        NonNull::new(irp).map_or(status::INVALID_PARAMETER, |raw| {
             // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
-            Some(raw) => crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) }),
-            None => status::INVALID_PARAMETER,
-        }
+            crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) })
+        })
     }
 }

@@ -10,7 +10,7 @@ use core::{
 
 use super::sys::{self, ntddk};
 
-/// Pool tag of every allocation the driver makes: "PgLk", shown by `!poolused` as `kLgP`.
+/// Pool tag of every allocation the driver makes: `PgLk`, as `!poolused` shows it.
 const POOL_TAG: u32 = u32::from_le_bytes(*b"PgLk");
 /// Bugcheck code of a Rust panic, "RPNC" as wdk-panic spells it.
 const RUST_PANIC_BUGCHECK_CODE: u32 = u32::from_be_bytes(*b"RPNC");
