@@ -47,6 +47,7 @@ const DRIVER_LINK_ARGS: &[&str] = &[
     "/NODEFAULTLIB",
     "/NXCOMPAT",
     "/DYNAMICBASE",
+    "/OPT:REF",
 ];
 
 /// A `cargo` command for the Windows kernel target with the cross toolchain.
@@ -93,6 +94,14 @@ pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Resul
     if profile == Profile::Release {
         command.arg("--release");
     }
+    // One object per compiler_builtins function, as the standard library's own build does:
+    // otherwise pulling in one builtin drags its neighbours along, with references to
+    // routines no kernel exports (`fma`).
+    let name = if profile == Profile::Release { "release" } else { "dev" };
+    command.args([
+        "--config",
+        &format!("profile.{name}.package.compiler_builtins.codegen-units=10000"),
+    ]);
     toolchain::run(&mut command)?;
     let dir = root().join("target").join(TARGET).join(profile.dir());
     let library = package.replace('-', "_");
