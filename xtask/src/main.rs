@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod cross;
+mod inf;
 mod pe;
 mod routines;
 mod toolchain;
@@ -62,7 +63,12 @@ enum Command {
 
 fn build(debug: bool) -> Result<PathBuf> {
     if cfg!(windows) {
-        toolchain::run(std::process::Command::new("cargo").arg("make").current_dir(cross::root()))?;
+        let mut make = std::process::Command::new("cargo");
+        make.arg("make").current_dir(cross::root());
+        if !debug {
+            make.args(["default", "--release"]);
+        }
+        toolchain::run(&mut make)?;
         let dir = if debug { "debug" } else { "release" };
         return Ok(cross::root().join("target").join(dir).join("pagelock.sys"));
     }
@@ -87,6 +93,16 @@ fn test() -> Result<()> {
     })?;
     step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
     step("unit tests (host)", || host_cargo(&["test", "--workspace"]))?;
+    step("driver.inx against the primitive-driver rules", || {
+        let path = cross::root().join("driver.inx");
+        let text = std::fs::read_to_string(&path)?;
+        let problems = inf::check(&text);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}:\n{}", path.display(), problems.join("\n"))
+        }
+    })?;
     let sys = step("cross build (release)", || build(false))?;
     step("check-pe with the footprint budget", || {
         if check_pe(&sys, true)? { Ok(()) } else { bail!("check-pe failed on {}", sys.display()) }
