@@ -492,7 +492,7 @@ fn is_guid(text: &str) -> bool {
 }
 
 /// Case-insensitive equality, as INF names and keys compare.
-fn same(a: &str, b: &str) -> bool {
+const fn same(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
