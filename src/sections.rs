@@ -168,7 +168,9 @@ impl LockableSection {
         /// # Errors
         /// When the memory manager returns no handle.
         pub fn take_handle(&self, size: u32) -> Result<(), kernel::Status> {
+            // PASSIVE_LEVEL, DriverEntry: the one lock by address, only to learn the handle.
             let handle = self.lock_by_address().ok_or(kernel::status::UNSUCCESSFUL)?;
+            // Released at once: an idle driver keeps nothing locked.
             self.unlock(handle);
             self.size.store(size, Ordering::Relaxed);
             self.handle.set(handle);
@@ -179,6 +181,9 @@ impl LockableSection {
     crate::paged_code! {
         /// `MmLockPagableDataSection` (the expensive path): locks the section, returns its handle.
         pub fn lock_by_address(&self) -> Option<SectionHandle> {
+            // PASSIVE_LEVEL: locks the whole section containing the anchor, count + 1.
+            // The memory manager's count rises before the driver's, and falls after it, so
+            // the driver never believes a section locked that is not.
             let handle = SectionHandle::lock_by_address(self.anchor())?;
             COUNTERS.lock_by_address.fetch_add(1, Ordering::Relaxed);
             self.locks.fetch_add(1, Ordering::SeqCst);
@@ -190,6 +195,7 @@ impl LockableSection {
         /// `MmLockPagableSectionByHandle` (the cheap path). False before the handle was taken.
         fn lock_by_handle(&self) -> bool {
             let Some(handle) = self.handle.get() else { return false };
+            // PASSIVE_LEVEL (create, LOCK, BENCH): count + 1, paging the section in if needed.
             handle.lock();
             COUNTERS.lock_by_handle.fetch_add(1, Ordering::Relaxed);
             self.locks.fetch_add(1, Ordering::SeqCst);
@@ -202,6 +208,8 @@ impl LockableSection {
         pub fn unlock(&self, handle: SectionHandle) {
             self.locks.fetch_sub(1, Ordering::SeqCst);
             COUNTERS.unlock.fetch_add(1, Ordering::Relaxed);
+            // PASSIVE_LEVEL (close, UNLOCK, load, BENCH): count - 1; at zero the section may
+            // be paged out, so nothing of it may run or be touched at DISPATCH_LEVEL after.
             handle.unlock();
         }
     }
