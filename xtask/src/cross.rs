@@ -124,3 +124,47 @@ pub fn clippy_driver() -> Result<()> {
     command.args(["--package", "pagelock", "--", "-D", "warnings"]);
     toolchain::run(&mut command)
 }
+
+/// The test app's Windows builds keep their own artifacts: the driver's use other flags.
+const APP_TARGET_DIR: &str = "target/app-windows";
+
+/// A `cargo` command building the Windows test app with the cross toolchain.
+fn app_cargo(tool: &Toolchain, program: &Path, subcommand: &str, target: &str) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(root())
+        .arg(subcommand)
+        .args(["--package", "pagelock-test", "--target", target, "-Zbuild-std=std,panic_abort"])
+        .env("RUSTC", &tool.rustc)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", root().join(APP_TARGET_DIR))
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", "x86_64-w64-mingw32-gcc")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    command
+}
+
+/// Type-checks and lints the test app for the MSVC target (clippy runs the check).
+///
+/// # Errors
+/// When clippy reports anything.
+pub fn clippy_app() -> Result<()> {
+    toolchain::ensure_installed()?;
+    let tool = toolchain::find()?;
+    toolchain::run(
+        app_cargo(&tool, &tool.clippy, "clippy", "x86_64-pc-windows-msvc")
+            .args(["--", "-D", "warnings"]),
+    )
+}
+
+/// Links the test app for the GNU target with mingw-w64.
+///
+/// # Errors
+/// When the build or the link fails.
+pub fn link_app() -> Result<()> {
+    toolchain::ensure_installed()?;
+    let tool = toolchain::find()?;
+    toolchain::run(&mut app_cargo(&tool, &tool.cargo, "build", "x86_64-pc-windows-gnu"))
+}

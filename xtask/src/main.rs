@@ -92,6 +92,8 @@ fn test() -> Result<()> {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     })?;
     step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
+    step("test app: type-check and clippy (x86_64-pc-windows-msvc)", cross::clippy_app)?;
+    step("test app: link (x86_64-pc-windows-gnu)", cross::link_app)?;
     step("unit tests (host)", || host_cargo(&["test", "--workspace"]))?;
     step("driver.inx against the primitive-driver rules", || {
         let path = cross::root().join("driver.inx");

@@ -1,0 +1,315 @@
+//! An in-memory driver that follows the protocol's rules, to unit-test the scenarios, and
+//! deliberately broken variants of it, to show that each scenario can fail.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
+use pagelock_protocol::{
+    self as protocol, BenchReply, BenchRequest, DISPATCH_LEVEL, LockReply, MAX_EXTRA_LOCKS,
+    PROTOCOL_VERSION, RequestError, RunReply, RunRequest, SECTION_COUNT, SectionState, StateReply,
+    status,
+};
+
+use crate::device::{Device, Reply, TransportError};
+
+/// One way the fake driver breaks the protocol (or none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Follows the protocol.
+    None,
+    /// A lock taken at load was never released: every count is one too high.
+    StaleLock,
+    /// Closing a handle releases none of its locks.
+    LeakOnClose,
+    /// Closing a handle releases its open lock but not its extra ones.
+    ExtraLocksSurviveClose,
+    /// `UNLOCK` with no extra lock held succeeds.
+    UnlockWithoutLock,
+    /// `LOCK` has no limit.
+    LockWithoutLimit,
+    /// `RUN_LOCKED` runs one round too few.
+    WrongChecksum,
+    /// `RUN_LOCKED` reports `PASSIVE_LEVEL`.
+    RunsAtPassive,
+    /// An input longer than the request (or any input to a code that takes none) is accepted.
+    AcceptsOversizedInput,
+    /// A refused request still counts as a run.
+    RefusalChangesState,
+    /// `held_by_caller` counts every handle's locks, not the caller's.
+    HeldCountsEveryHandle,
+    /// `BENCH` measures nothing.
+    ZeroTicks,
+    /// An unknown code succeeds.
+    AcceptsUnknownCodes,
+    /// The first open after load leaves one more handle counted than there is.
+    MiscountsHandles,
+}
+
+#[derive(Default)]
+struct State {
+    next_handle: u64,
+    /// Extra locks of each open handle.
+    opens: BTreeMap<u64, u32>,
+    locks: u32,
+    by_address: u64,
+    by_handle: u64,
+    unlocks: u64,
+    runs: u64,
+    handle_bias: u32,
+}
+
+/// The fake driver. Handles are numbers; a closed one is refused like a handle without state.
+pub struct Model {
+    fault: Fault,
+    state: Mutex<State>,
+}
+
+const SECTIONS: [(&[u8; 8], u32); SECTION_COUNT] = [(b"PAGELK\0\0", 4096), (b"PAGEDATA", 8192)];
+
+impl Model {
+    /// A driver that follows the protocol.
+    pub fn correct() -> Self {
+        Self::with(Fault::None)
+    }
+
+    /// A driver with `fault`.
+    pub fn with(fault: Fault) -> Self {
+        let mut state = State {
+            // The driver locks each section by address once at load to get its handle.
+            by_address: SECTION_COUNT as u64,
+            ..State::default()
+        };
+        if fault == Fault::StaleLock {
+            state.locks = 1;
+        }
+        Self { fault, state: Mutex::new(state) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks held on each section now, over all handles.
+    pub fn lock_count(&self) -> u32 {
+        self.state().locks
+    }
+
+    fn state_reply(&self, state: &State, extra: u32) -> StateReply {
+        let held = if self.fault == Fault::HeldCountsEveryHandle {
+            state.opens.values().map(|extra| 1 + extra).sum()
+        } else {
+            1 + extra
+        };
+        let mut sections = [SectionState::default(); SECTION_COUNT];
+        for (section, (name, size)) in sections.iter_mut().zip(SECTIONS) {
+            *section = SectionState {
+                name: *name,
+                size,
+                lock_count: state.locks,
+                held_by_caller: held,
+                reserved: 0,
+            };
+        }
+        StateReply {
+            version: PROTOCOL_VERSION,
+            driver_version: protocol::encode_version(0, 1, 0),
+            open_handles: u32::try_from(state.opens.len()).unwrap_or(u32::MAX) + state.handle_bias,
+            caller_extra_locks: extra,
+            sections,
+            lock_by_address_calls: state.by_address,
+            lock_by_handle_calls: state.by_handle,
+            unlock_calls: state.unlocks,
+            runs: state.runs,
+        }
+    }
+
+    fn bench(&self, state: &mut State, iterations: u32) -> BenchReply {
+        let n = u64::from(iterations);
+        state.by_address += n;
+        state.by_handle += n;
+        state.unlocks += 2 * n;
+        BenchReply {
+            version: PROTOCOL_VERSION,
+            iterations,
+            by_address_ticks: if self.fault == Fault::ZeroTicks { 0 } else { 41 * n },
+            by_handle_ticks: if self.fault == Fault::ZeroTicks { 0 } else { 3 * n },
+            frequency: 10_000_000,
+        }
+    }
+
+    fn serve(
+        &self,
+        state: &mut State,
+        handle: u64,
+        code: u32,
+        input: &[u8],
+        capacity: usize,
+    ) -> Result<Vec<u8>, i32> {
+        let fault = self.fault;
+        let Some(&extra) = state.opens.get(&handle) else {
+            return Err(status::INVALID_DEVICE_STATE);
+        };
+        let no_input = |input: &[u8]| {
+            if fault == Fault::AcceptsOversizedInput {
+                return Ok(());
+            }
+            protocol::expect_no_input(input).map_err(refusal)
+        };
+        let decode = |input: &[u8], size: usize| -> Result<Vec<u8>, i32> {
+            let input = if fault == Fault::AcceptsOversizedInput && input.len() > size {
+                &input[..size]
+            } else {
+                input
+            };
+            Ok(input.to_vec())
+        };
+        match code {
+            protocol::IOCTL_QUERY_STATE => {
+                fits::<StateReply>(capacity)?;
+                no_input(input)?;
+                Ok(self.state_reply(state, extra).as_bytes().to_vec())
+            }
+            protocol::IOCTL_RUN_LOCKED => {
+                fits::<RunReply>(capacity)?;
+                let bytes = decode(input, size_of::<RunRequest>())?;
+                let request = protocol::decode::<RunRequest>(&bytes).map_err(refusal)?;
+                if !request.is_valid() {
+                    return Err(status::INVALID_PARAMETER);
+                }
+                state.runs += 1;
+                let rounds = if fault == Fault::WrongChecksum {
+                    request.iterations - 1
+                } else {
+                    request.iterations
+                };
+                let irql = if fault == Fault::RunsAtPassive { 0 } else { DISPATCH_LEVEL };
+                let reply = RunReply {
+                    version: PROTOCOL_VERSION,
+                    irql,
+                    checksum: protocol::checksum(request.seed, rounds),
+                };
+                Ok(reply.as_bytes().to_vec())
+            }
+            protocol::IOCTL_LOCK => {
+                fits::<LockReply>(capacity)?;
+                no_input(input)?;
+                if extra >= MAX_EXTRA_LOCKS && fault != Fault::LockWithoutLimit {
+                    return Err(status::INVALID_DEVICE_STATE);
+                }
+                state.opens.insert(handle, extra + 1);
+                state.locks += 1;
+                state.by_handle += SECTION_COUNT as u64;
+                Ok(LockReply { version: PROTOCOL_VERSION, extra_locks: extra + 1 }
+                    .as_bytes()
+                    .to_vec())
+            }
+            protocol::IOCTL_UNLOCK => {
+                fits::<LockReply>(capacity)?;
+                no_input(input)?;
+                if extra == 0 {
+                    return if fault == Fault::UnlockWithoutLock {
+                        Ok(LockReply { version: PROTOCOL_VERSION, extra_locks: 0 }
+                            .as_bytes()
+                            .to_vec())
+                    } else {
+                        Err(status::INVALID_DEVICE_STATE)
+                    };
+                }
+                state.opens.insert(handle, extra - 1);
+                state.locks -= 1;
+                state.unlocks += SECTION_COUNT as u64;
+                Ok(LockReply { version: PROTOCOL_VERSION, extra_locks: extra - 1 }
+                    .as_bytes()
+                    .to_vec())
+            }
+            protocol::IOCTL_BENCH => {
+                fits::<BenchReply>(capacity)?;
+                let bytes = decode(input, size_of::<BenchRequest>())?;
+                let request = protocol::decode::<BenchRequest>(&bytes).map_err(refusal)?;
+                if !request.is_valid() {
+                    return Err(status::INVALID_PARAMETER);
+                }
+                Ok(self.bench(state, request.iterations).as_bytes().to_vec())
+            }
+            _ if fault == Fault::AcceptsUnknownCodes => Ok(Vec::new()),
+            _ => Err(status::INVALID_DEVICE_REQUEST),
+        }
+    }
+}
+
+const fn refusal(error: RequestError) -> i32 {
+    match error {
+        RequestError::BufferTooSmall => status::BUFFER_TOO_SMALL,
+        RequestError::InvalidParameter => status::INVALID_PARAMETER,
+    }
+}
+
+const fn fits<T>(capacity: usize) -> Result<(), i32> {
+    if capacity < size_of::<T>() { Err(status::BUFFER_TOO_SMALL) } else { Ok(()) }
+}
+
+impl Device for Model {
+    type Handle = u64;
+
+    fn open(&self) -> Result<Result<u64, i32>, TransportError> {
+        let mut state = self.state();
+        let handle = state.next_handle;
+        state.next_handle += 1;
+        if handle == 0 && self.fault == Fault::MiscountsHandles {
+            state.handle_bias = 1;
+        }
+        state.opens.insert(handle, 0);
+        state.locks += 1;
+        state.by_handle += SECTION_COUNT as u64;
+        drop(state);
+        Ok(Ok(handle))
+    }
+
+    fn control(
+        &self,
+        handle: &u64,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Reply, TransportError> {
+        let mut state = self.state();
+        let served = self.serve(&mut state, *handle, code, input, output_capacity);
+        if served.is_err() && self.fault == Fault::RefusalChangesState {
+            state.runs += 1;
+        }
+        drop(state);
+        Ok(match served {
+            Ok(output) => Reply { status: status::SUCCESS, output },
+            Err(refused) => Reply { status: refused, output: Vec::new() },
+        })
+    }
+
+    fn close(&self, handle: u64) -> Result<(), TransportError> {
+        let mut state = self.state();
+        let Some(extra) = state.opens.remove(&handle) else {
+            drop(state);
+            return Err(TransportError(format!("handle {handle} is not open")));
+        };
+        let released = match self.fault {
+            Fault::LeakOnClose => 0,
+            Fault::ExtraLocksSurviveClose => 1,
+            _ => 1 + extra,
+        };
+        state.locks -= released;
+        state.unlocks += u64::from(released) * SECTION_COUNT as u64;
+        drop(state);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_model_decodes_what_it_encodes() {
+    let model = Model::correct();
+    let handle = model.open().expect("transport").expect("open");
+    let reply = model.control(&handle, protocol::IOCTL_QUERY_STATE, &[], 200).expect("transport");
+    let state = StateReply::read_from_bytes(&reply.output).expect("a whole reply");
+    assert_eq!((state.open_handles, state.sections[1].name()), (1, "PAGEDATA"));
+    model.close(handle).expect("close");
+    assert_eq!(model.lock_count(), 0);
+}

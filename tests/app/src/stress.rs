@@ -1,0 +1,375 @@
+//! The stress run: many threads open, lock, run, unlock and close, then every count is checked.
+//!
+//! Each thread opens a handle, takes an extra lock, runs the locked work, releases the lock and
+//! closes the handle, over and over; afterwards every count must be back to what the querying
+//! handle holds.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pagelock_protocol::{self as protocol, DISPATCH_LEVEL, RunRequest, StateReply};
+
+use crate::client::Session;
+use crate::device::Device;
+use crate::scenarios::Check;
+
+/// Rounds of locked work per `RUN_LOCKED` in the stress run: short, so the run is about
+/// opening, locking and closing.
+pub const RUN_ITERATIONS: u32 = 64;
+/// Failures described one by one in the report; the rest are only counted.
+const SAMPLES: usize = 10;
+
+/// How much stress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StressConfig {
+    /// Threads, each with its own handles.
+    pub threads: u32,
+    /// Open-to-close cycles per thread.
+    pub iterations: u64,
+}
+
+impl StressConfig {
+    /// Cycles over all threads.
+    #[must_use]
+    pub const fn total(&self) -> u64 {
+        self.threads as u64 * self.iterations
+    }
+}
+
+/// The steps of one cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// Opening the handle.
+    Open,
+    /// `LOCK`.
+    Lock,
+    /// `RUN_LOCKED`, or a wrong reply to it.
+    RunLocked,
+    /// `UNLOCK`.
+    Unlock,
+    /// Closing the handle.
+    Close,
+}
+
+impl Step {
+    const ALL: [Self; 5] = [Self::Open, Self::Lock, Self::RunLocked, Self::Unlock, Self::Close];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Lock => "LOCK",
+            Self::RunLocked => "RUN_LOCKED",
+            Self::Unlock => "UNLOCK",
+            Self::Close => "close",
+        }
+    }
+}
+
+/// What one thread saw.
+#[derive(Default)]
+struct Tally {
+    completed: u64,
+    failures: [u64; Step::ALL.len()],
+    samples: Vec<String>,
+    runs_answered: u64,
+}
+
+impl Tally {
+    fn fail(&mut self, step: Step, thread: u32, iteration: u64, what: impl std::fmt::Display) {
+        self.failures[step as usize] += 1;
+        if self.samples.len() < SAMPLES {
+            self.samples
+                .push(format!("thread {thread}, cycle {iteration}: {}: {what}", step.name()));
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.completed += other.completed;
+        for (total, count) in self.failures.iter_mut().zip(other.failures) {
+            *total += count;
+        }
+        self.samples.extend(other.samples);
+        self.samples.truncate(SAMPLES);
+        self.runs_answered += other.runs_answered;
+    }
+}
+
+/// The outcome of a stress run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StressReport {
+    /// What was asked for.
+    pub config: StressConfig,
+    /// Cycles in which every step succeeded.
+    pub completed: u64,
+    /// Failures per step, in [`Step`] order.
+    pub failures: Vec<(Step, u64)>,
+    /// The first failures, described.
+    pub samples: Vec<String>,
+    /// The checks made on the state afterwards.
+    pub checks: Vec<Check>,
+    /// How long the cycles took.
+    pub elapsed: Duration,
+}
+
+impl StressReport {
+    /// Failures over all steps.
+    #[must_use]
+    pub fn failure_count(&self) -> u64 {
+        self.failures.iter().map(|(_, count)| count).sum()
+    }
+
+    /// Whether every cycle completed and every check afterwards passed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.failure_count() == 0
+            && self.completed == self.config.total()
+            && !self.checks.is_empty()
+            && self.checks.iter().all(|check| check.passed)
+    }
+
+    /// The report as text.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "stress: {} threads x {} cycles (open, LOCK, RUN_LOCKED, UNLOCK, close) in {:.1} s",
+            self.config.threads,
+            self.config.iterations,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(text, "  completed: {} of {} cycles", self.completed, self.config.total());
+        if self.failure_count() == 0 {
+            let _ = writeln!(text, "  failures: none");
+        } else {
+            let counts: Vec<_> = self
+                .failures
+                .iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(step, count)| format!("{} {count}", step.name()))
+                .collect();
+            let _ = writeln!(text, "  failures: {}", counts.join(", "));
+            for sample in &self.samples {
+                let _ = writeln!(text, "    {sample}");
+            }
+        }
+        let _ = writeln!(text, "  afterwards:");
+        for check in &self.checks {
+            let mark = if check.passed { "ok" } else { "FAILED" };
+            let _ = writeln!(
+                text,
+                "    {mark}: {}: expected {}, seen {}",
+                check.what, check.expected, check.seen
+            );
+        }
+        let _ = writeln!(text, "stress: {}", if self.passed() { "PASS" } else { "FAIL" });
+        text
+    }
+}
+
+/// One thread's cycles.
+fn cycles<D: Device + ?Sized>(device: &D, thread: u32, iterations: u64, done: &AtomicU64) -> Tally {
+    let mut tally = Tally::default();
+    for iteration in 0..iterations {
+        let ok = cycle(device, thread, iteration, &mut tally);
+        if ok {
+            tally.completed += 1;
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+/// One open-to-close cycle; whether every step succeeded.
+fn cycle<D: Device + ?Sized>(device: &D, thread: u32, iteration: u64, tally: &mut Tally) -> bool {
+    let session = match Session::open(device) {
+        Ok(session) => session,
+        Err(failure) => {
+            tally.fail(Step::Open, thread, iteration, failure);
+            return false;
+        }
+    };
+    let mut ok = true;
+    let locked = match session.lock() {
+        Ok(_) => true,
+        Err(failure) => {
+            tally.fail(Step::Lock, thread, iteration, failure);
+            ok = false;
+            false
+        }
+    };
+    let seed = (u64::from(thread) << 40) ^ iteration;
+    match session.run_locked(&RunRequest::new(RUN_ITERATIONS, seed)) {
+        Ok(reply) => {
+            tally.runs_answered += 1;
+            let expected = protocol::checksum(seed, RUN_ITERATIONS);
+            if reply.checksum != expected || reply.irql != DISPATCH_LEVEL {
+                let what = format!(
+                    "checksum {:#x} at IRQL {} instead of {expected:#x} at {DISPATCH_LEVEL}",
+                    reply.checksum, reply.irql
+                );
+                tally.fail(Step::RunLocked, thread, iteration, what);
+                ok = false;
+            }
+        }
+        Err(failure) => {
+            tally.fail(Step::RunLocked, thread, iteration, failure);
+            ok = false;
+        }
+    }
+    let unlocked = if locked { session.unlock().err() } else { None };
+    if let Some(failure) = unlocked {
+        tally.fail(Step::Unlock, thread, iteration, failure);
+        ok = false;
+    }
+    if let Err(error) = session.close() {
+        tally.fail(Step::Close, thread, iteration, error);
+        ok = false;
+    }
+    ok
+}
+
+/// Runs the cycles on `config.threads` threads, calling `on_progress` with the cycles done so
+/// far every few milliseconds from the calling thread, then checks the state.
+pub fn stress<D: Device + Sync + ?Sized>(
+    device: &D,
+    config: StressConfig,
+    mut on_progress: impl FnMut(u64),
+) -> StressReport {
+    let done = AtomicU64::new(0);
+    let probe = Session::open(device);
+    let before = probe.as_ref().ok().and_then(|probe| probe.query().ok());
+    let start = Instant::now();
+    let tally = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..config.threads)
+            .map(|thread| {
+                let done = &done;
+                scope.spawn(move || cycles(device, thread, config.iterations, done))
+            })
+            .collect();
+        while !workers.iter().all(std::thread::ScopedJoinHandle::is_finished) {
+            on_progress(done.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        on_progress(done.load(Ordering::Relaxed));
+        let mut total = Tally::default();
+        for (thread, worker) in (0..).zip(workers) {
+            match worker.join() {
+                Ok(tally) => total.merge(tally),
+                Err(_) => total.fail(Step::Open, thread, 0, "the thread panicked"),
+            }
+        }
+        total
+    });
+    let elapsed = start.elapsed();
+    let checks = match probe {
+        Ok(probe) => state_checks(&probe, before.as_ref(), tally.runs_answered),
+        Err(failure) => vec![Check {
+            what: "open the querying handle".into(),
+            expected: "success".into(),
+            seen: failure.to_string(),
+            passed: false,
+        }],
+    };
+    StressReport {
+        config,
+        completed: tally.completed,
+        failures: Step::ALL.iter().map(|&step| (step, tally.failures[step as usize])).collect(),
+        samples: tally.samples,
+        checks,
+        elapsed,
+    }
+}
+
+/// Every count back to what the querying handle holds, and every answered run counted.
+fn state_checks<D: Device + ?Sized>(
+    probe: &Session<'_, D>,
+    before: Option<&StateReply>,
+    runs_answered: u64,
+) -> Vec<Check> {
+    let check = |what: String, expected: String, seen: String, passed: bool| Check {
+        what,
+        expected,
+        seen,
+        passed,
+    };
+    let state = match probe.query() {
+        Ok(state) => state,
+        Err(failure) => {
+            return vec![check("QUERY_STATE".into(), "success".into(), failure.to_string(), false)];
+        }
+    };
+    let mut checks = Vec::new();
+    for section in &state.sections {
+        checks.push(check(
+            format!("locks on {} (what the querying handle holds)", section.name()),
+            section.held_by_caller.to_string(),
+            section.lock_count.to_string(),
+            section.lock_count == section.held_by_caller,
+        ));
+    }
+    checks.push(check(
+        "open handles".into(),
+        "1".into(),
+        state.open_handles.to_string(),
+        state.open_handles == 1,
+    ));
+    if let Some(before) = before {
+        let counted = state.runs - before.runs;
+        checks.push(check(
+            "runs counted by the driver".into(),
+            format!("at least {runs_answered}"),
+            counted.to_string(),
+            counted >= runs_answered,
+        ));
+    }
+    if let Err(error) = probe.raw(protocol::IOCTL_QUERY_STATE, &[], 0) {
+        checks.push(check("the querying handle".into(), "usable".into(), error.0, false));
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{Fault, Model};
+
+    #[test]
+    fn stress_passes_and_balances_against_the_model() {
+        let model = Model::correct();
+        let config = StressConfig { threads: 4, iterations: 200 };
+        let mut last = 0;
+        let report = stress(&model, config, |done| last = done);
+        assert!(report.passed(), "{}", report.render());
+        assert_eq!(report.completed, 800);
+        assert_eq!(last, 800);
+        assert_eq!(model.lock_count(), 0);
+        assert!(report.render().ends_with("stress: PASS\n"));
+    }
+
+    #[test]
+    fn stress_fails_when_close_leaks() {
+        let model = Model::with(Fault::LeakOnClose);
+        let report = stress(&model, StressConfig { threads: 2, iterations: 10 }, |_| {});
+        assert!(!report.passed());
+        assert_eq!(report.failure_count(), 0, "every step succeeded");
+        let text = report.render();
+        assert!(
+            text.contains(
+                "FAILED: locks on PAGELK (what the querying handle holds): expected 1, seen 21"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn stress_counts_and_samples_step_failures() {
+        let model = Model::with(Fault::WrongChecksum);
+        let report = stress(&model, StressConfig { threads: 3, iterations: 5 }, |_| {});
+        assert_eq!(report.failures[2], (Step::RunLocked, 15));
+        assert_eq!(report.samples.len(), SAMPLES);
+        assert!(report.render().contains("failures: RUN_LOCKED 15"));
+        assert!(!report.passed());
+    }
+}
