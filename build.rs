@@ -4,8 +4,10 @@
 //! flags, libraries), as in windows-drivers-rs's samples. On any other host the crate is
 //! cross-built by `cargo xtask build` against `pagelock-ddk` and needs nothing here.
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    #[cfg(windows)]
-    wdk_build::configure_wdk_binary_build()?;
-    Ok(())
+#[cfg(windows)]
+fn main() -> Result<(), wdk_build::ConfigError> {
+    wdk_build::configure_wdk_binary_build()
 }
+
+#[cfg(not(windows))]
+fn main() {}
