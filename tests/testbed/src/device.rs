@@ -1,0 +1,38 @@
+//! The scenario suite's device interface, served in process by the bed, so the same scenarios
+//! that run against the real kernel run against the real driver image here.
+
+use pagelock_test::device::{Device, Reply, TransportError};
+
+use crate::bed::{Bed, Handle};
+
+/// `\\.\PageLock` on the bed.
+pub struct BedDevice<'a> {
+    /// The loaded driver.
+    pub bed: &'a Bed,
+    /// The name opened (the DOS link).
+    pub name: String,
+}
+
+impl Device for BedDevice<'_> {
+    type Handle = Handle;
+
+    fn open(&self) -> Result<Result<Handle, i32>, TransportError> {
+        Ok(self.bed.open(&self.name))
+    }
+
+    fn control(
+        &self,
+        handle: &Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Reply, TransportError> {
+        let (status, output) = self.bed.control(handle, code, input, output_capacity);
+        Ok(Reply { status, output })
+    }
+
+    fn close(&self, handle: Handle) -> Result<(), TransportError> {
+        self.bed.close(handle);
+        Ok(())
+    }
+}
