@@ -102,8 +102,16 @@ pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Resul
         "--config",
         &format!("profile.{name}.package.compiler_builtins.codegen-units=10000"),
     ]);
+    // Variants (features) build in a target directory of their own, so that they neither
+    // overwrite the product image nor make cargo rebuild it.
+    let target_dir = if features.is_empty() {
+        root().join("target")
+    } else {
+        root().join("target").join("variants").join(features.join("+"))
+    };
+    command.env("CARGO_TARGET_DIR", &target_dir);
     toolchain::run(&mut command)?;
-    let dir = root().join("target").join(TARGET).join(profile.dir());
+    let dir = target_dir.join(TARGET).join(profile.dir());
     let library = package.replace('-', "_");
     let dll = dir.join(format!("{library}.dll"));
     let sys = dir.join(format!("{package}.sys"));
