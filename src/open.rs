@@ -31,6 +31,11 @@ impl Open {
         /// # Errors
         /// `STATUS_INVALID_DEVICE_STATE` when the handles were never taken; nothing changes.
         pub fn lock_sections(&mut self) -> Result<(), Status> {
+            // A deliberately broken variant for the test bed's self-test (never in a product
+            // build): opens lock nothing, so the locked work runs from paged-out sections.
+            if cfg!(feature = "defect-unlocked-run") {
+                return Ok(());
+            }
             self.code.add()?;
             if let Err(status) = self.data.add() {
                 self.code.remove();

@@ -1,0 +1,391 @@
+//! The real pagelock.sys (and deliberately broken variants of it) on the test bed, through the
+//! `pagelock-testbed` command line, as users run it.
+//!
+//! The images come from `cargo xtask test`, which builds them once and passes their paths in
+//! `PAGELOCK_SYS`, `PAGELOCK_SYS_DEBUG`, `PAGELOCK_SYS_DEFECT_LOST_UNLOCK` and
+//! `PAGELOCK_SYS_DEFECT_UNLOCKED_RUN`; run directly, the tests build what is missing with
+//! `cargo xtask build-driver`.
+#![cfg(target_os = "linux")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use pagelock_protocol::zerocopy::IntoBytes;
+use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The image in `variable`, or a fresh build of the driver with `features`.
+fn image(variable: &str, features: &[&str], debug: bool) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
+        return PathBuf::from(path);
+    }
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(root()).args(["xtask", "build-driver", "--package", "pagelock"]);
+    for feature in features {
+        command.args(["--features", feature]);
+    }
+    if debug {
+        command.arg("--debug");
+    }
+    let output = command.output().expect("cargo xtask runs");
+    assert!(
+        output.status.success(),
+        "building the driver failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(stdout.lines().last().expect("xtask prints the path").trim())
+}
+
+fn release() -> PathBuf {
+    image("PAGELOCK_SYS", &[], false)
+}
+
+fn bed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pagelock-testbed")).args(args).output().expect("the bed runs")
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn rules(report: &Value) -> Vec<String> {
+    report["violations"].as_array().map_or_else(Vec::new, |v| {
+        v.iter().map(|v| v["rule"].as_str().unwrap_or_default().to_owned()).collect()
+    })
+}
+
+fn events(report: &Value) -> Vec<String> {
+    report["events"].as_array().map_or_else(Vec::new, |v| {
+        v.iter().map(|e| e.as_str().unwrap_or_default().to_owned()).collect()
+    })
+}
+
+const DEVICE: &str = r"\Device\PageLock";
+
+fn code(ioctl: u32) -> String {
+    format!("{ioctl:#x}")
+}
+
+#[test]
+fn the_release_image_passes_the_scenario_suite_with_no_violation() {
+    let sys = release();
+    let output = bed(&["run", sys.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("scenarios: 7 passed, 0 failed"), "{text}");
+    assert!(text.contains("verdict: clean"), "{text}");
+}
+
+#[test]
+fn the_debug_image_passes_the_suite_with_its_section_assertions_on() {
+    let sys = image("PAGELOCK_SYS_DEBUG", &[], true);
+    let output = bed(&["run", sys.to_str().unwrap(), "--json"]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["scenarios_passed"], Value::Bool(true));
+    assert!(report["bugcheck"].is_null());
+}
+
+#[test]
+fn unlocked_sections_really_page_out_and_fault_back_in() {
+    let sys = release();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--ioctl",
+        &format!("{}::200", code(IOCTL_QUERY_STATE)),
+        "--json",
+    ]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let sections = report["sections"].as_array().unwrap();
+    let page = sections.iter().find(|s| s["name"] == "PAGE").expect("a PAGE section");
+    assert!(page["page_ins"].as_u64().unwrap() > 0, "PAGE code ran after being paged out: {page}");
+    for s in sections {
+        assert_eq!(s["lock_count"], 0, "{s}");
+    }
+    // One handle open: each lockable section held exactly once.
+    let timeline = report["timeline"].as_array().unwrap();
+    let after_create = timeline.iter().find(|t| t[0] == "after create").unwrap();
+    for (name, count) in after_create[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_i64().unwrap()))
+    {
+        assert_eq!(count, i64::from(name != "PAGE"), "{name}");
+    }
+}
+
+#[test]
+fn a_lost_unlock_is_caught_after_the_last_close() {
+    let sys = image("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false);
+    let lock = code(IOCTL_LOCK);
+    let unlock = code(pagelock_protocol::IOCTL_UNLOCK);
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--json",
+        "--ioctl",
+        &format!("{lock}::8"),
+        "--ioctl",
+        &format!("{lock}::8"),
+        "--ioctl",
+        &format!("{unlock}::8"),
+        "--ioctl",
+        &format!("{unlock}::8"),
+    ]);
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert!(rules(&report).contains(&"locked-after-last-close".to_owned()), "{report:#}");
+    let violation = report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["rule"] == "locked-after-last-close")
+        .unwrap();
+    assert_eq!(violation["code"], 0xBED0_0004_u32);
+}
+
+#[test]
+fn locked_work_run_from_unlocked_sections_bugchecks_at_dispatch_level() {
+    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
+    let run = RunRequest::new(10, 1);
+    let input: String = run.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--json",
+        "--ioctl",
+        &format!("{}:{input}:16", code(IOCTL_RUN_LOCKED)),
+    ]);
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    let bugcheck = &report["bugcheck"];
+    assert_eq!(bugcheck["code"], 0xD3, "{report:#}");
+    assert!(bugcheck["detail"].as_str().unwrap().contains("PAGELK+"), "{bugcheck}");
+    assert!(rules(&report).contains(&"pageable-code-at-dispatch".to_owned()));
+}
+
+#[test]
+fn without_force_irql_checking_the_idle_paged_out_data_still_gives_the_bug_away() {
+    // With Force IRQL checking off, raising the IRQL pages nothing out; the code was paged in
+    // at PASSIVE_LEVEL on entry, but the table was paged out while the driver was idle, so the
+    // read under the spin lock faults: DRIVER_IRQL_NOT_LESS_OR_EQUAL on PAGEDATA.
+    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
+    let run = RunRequest::new(10, 1);
+    let input: String = run.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--json",
+        "--no-force-irql",
+        "--ioctl",
+        &format!("{}:{input}:16", code(IOCTL_RUN_LOCKED)),
+    ]);
+    let report = json(&output);
+    assert_eq!(report["bugcheck"]["code"], 0xD1, "{report:#}");
+    assert!(
+        report["bugcheck"]["detail"].as_str().unwrap().contains("read of PAGEDATA+"),
+        "{report:#}"
+    );
+    assert!(rules(&report).contains(&"page-fault-at-dispatch".to_owned()));
+}
+
+#[test]
+fn a_standard_user_is_denied_by_the_device_dacl_before_the_driver_sees_the_create() {
+    let sys = release();
+    let output =
+        bed(&["exec", sys.to_str().unwrap(), "--device", DEVICE, "--caller", "user", "--json"]);
+    let report = json(&output);
+    let events = events(&report);
+    assert!(events.iter().any(|e| e.contains("access denied by the device's DACL")), "{events:?}");
+    assert!(!events.iter().any(|e| e.starts_with("IRP_MJ_CREATE")), "{events:?}");
+    assert!(output.status.success());
+}
+
+#[test]
+fn a_read_only_handle_cannot_send_a_write_ioctl() {
+    let sys = release();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--access",
+        "read",
+        "--json",
+        "--ioctl",
+        &format!("{}::8", code(IOCTL_LOCK)),
+        "--ioctl",
+        &format!("{}::200", code(IOCTL_QUERY_STATE)),
+    ]);
+    let report = json(&output);
+    let events = events(&report);
+    assert!(events.iter().any(|e| e.contains("access denied by the I/O manager")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("IOCTL 0x83376000") && e.contains("STATUS_SUCCESS")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn an_unsupported_import_fails_the_load_and_is_named() {
+    let sys = std::fs::read(release()).unwrap();
+    let needle = b"ZwClose\0";
+    let at = sys.windows(needle.len()).position(|w| w == needle).expect("pagelock imports ZwClose");
+    let mut patched = sys.clone();
+    patched[at + 6] = b'X';
+    let path = std::env::temp_dir().join(format!("pagelock-patched-{}.sys", std::process::id()));
+    std::fs::write(&path, patched).unwrap();
+    let output = bed(&["exec", path.to_str().unwrap(), "--device", DEVICE]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ZwClosX"), "{stderr}");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn bad_command_lines_exit_with_2_and_say_why() {
+    let sys = release();
+    for args in [
+        vec!["exec", sys.to_str().unwrap(), "--device", DEVICE, "--ioctl", "0xZZ"],
+        vec!["exec", sys.to_str().unwrap(), "--device", DEVICE, "--fail-call", "ExAllocatePool2"],
+        vec!["exec", "/nonexistent.sys", "--device", DEVICE],
+        vec!["frobnicate"],
+    ] {
+        let output = bed(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_failed_allocation_at_create_fails_the_open_and_leaks_nothing() {
+    let sys = release();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--json",
+        "--fail-call",
+        "ExAllocatePool2:1",
+    ]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let events = events(&report);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("IRP_MJ_CREATE") && e.contains("STATUS_INSUFFICIENT_RESOURCES")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.starts_with("IRP_MJ_CLOSE")),
+        "a failed create gets no close: {events:?}"
+    );
+    assert_eq!(report["injected"], 1);
+    assert_eq!(report["pool_outstanding"], 0);
+}
+
+#[test]
+fn a_failed_driver_entry_is_never_unloaded() {
+    let sys = release();
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--json",
+        "--fail-call",
+        "IoCreateSymbolicLink:1",
+    ]);
+    let report = json(&output);
+    let events = events(&report);
+    assert!(
+        events[0].starts_with("DriverEntry") && !events[0].contains("STATUS_SUCCESS"),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "DriverUnload"), "{events:?}");
+    assert!(report["violations"].as_array().unwrap().is_empty(), "{report:#}");
+}
+
+/// Every failable call the driver makes on the load, open, IOCTL and close paths, made to fail
+/// one at a time: each run must stay free of violations and leaks.
+#[test]
+fn every_failable_call_on_every_path_fails_cleanly() {
+    let sys = release();
+    let run = RunRequest::new(10, 1);
+    let input: String = run.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let base = [
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--open",
+        "2",
+        "--json",
+        "--ioctl",
+        &format!("{}:{input}:16", code(IOCTL_RUN_LOCKED)),
+        "--ioctl",
+        &format!("{}::8", code(IOCTL_LOCK)),
+        "--ioctl",
+        &format!("{}::200", code(IOCTL_QUERY_STATE)),
+    ]
+    .map(str::to_owned);
+    let clean = json(&bed(&base.iter().map(String::as_str).collect::<Vec<_>>()));
+    let calls: Vec<String> = clean["failable_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!calls.is_empty());
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    let mut injected = 0;
+    for call in &calls {
+        let n = seen.entry(call.clone()).or_default();
+        *n += 1;
+        let mut args: Vec<String> = base.to_vec();
+        args.extend(["--fail-call".to_owned(), format!("{call}:{n}")]);
+        let output = bed(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let report = json(&output);
+        assert_eq!(report["injected"], 1, "{call}:{n} was not injected");
+        assert!(report["violations"].as_array().unwrap().is_empty(), "{call}:{n}: {report:#}");
+        assert!(report["bugcheck"].is_null(), "{call}:{n}: {report:#}");
+        injected += 1;
+    }
+    // Every failable routine the driver calls was made to fail at least once.
+    for routine in [
+        "ExAllocatePool2",
+        "IoCreateDevice",
+        "IoCreateSymbolicLink",
+        "ObOpenObjectByPointer",
+        "ZwSetSecurityObject",
+    ] {
+        assert!(seen.contains_key(routine), "{routine} never called: {calls:?}");
+    }
+    assert_eq!(injected, calls.len());
+}
