@@ -15,7 +15,7 @@ mod toolchain;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::cross::Profile;
@@ -57,7 +57,7 @@ enum Command {
     },
     /// Run every check: format, lints, unit tests, the cross build and its checks.
     Test,
-    /// The main job: build pagelock.sys and report on it.
+    /// The main job: build pagelock.sys, check it, and run its scenario suite on the test bed.
     Run,
 }
 
@@ -86,6 +86,14 @@ fn host_cargo(args: &[&str]) -> Result<()> {
     toolchain::run(std::process::Command::new(cargo).args(args).current_dir(cross::root()))
 }
 
+/// The images the test bed's tests run, built once: (environment variable, features, debug).
+const IMAGES: &[(&str, &[&str], bool)] = &[
+    ("PAGELOCK_SYS", &[], false),
+    ("PAGELOCK_SYS_DEBUG", &[], true),
+    ("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false),
+    ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false),
+];
+
 fn test() -> Result<()> {
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
     step("clippy (host crates)", || {
@@ -94,7 +102,6 @@ fn test() -> Result<()> {
     step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
     step("test app: type-check and clippy (x86_64-pc-windows-msvc)", cross::clippy_app)?;
     step("test app: link (x86_64-pc-windows-gnu)", cross::link_app)?;
-    step("unit tests (host)", || host_cargo(&["test", "--workspace"]))?;
     step("driver.inx against the primitive-driver rules", || {
         let path = cross::root().join("driver.inx");
         let text = std::fs::read_to_string(&path)?;
@@ -117,8 +124,32 @@ fn test() -> Result<()> {
             bail!("check-pe failed on {}", debug.display())
         }
     })?;
+    let mut images = Vec::new();
+    for (variable, features, debug) in IMAGES {
+        let profile = if *debug { Profile::Debug } else { Profile::Release };
+        let path = step(&format!("image for the test bed: {variable}"), || {
+            cross::build_driver("pagelock", features, profile)
+        })?;
+        images.push((*variable, path));
+    }
+    step("unit and integration tests (host, test bed included)", || {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["test", "--workspace"]).current_dir(cross::root());
+        for (variable, path) in &images {
+            command.env(variable, path);
+        }
+        toolchain::run(&mut command)
+    })?;
+    step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;
     println!("xtask test: all steps passed");
     Ok(())
+}
+
+/// Runs the scenario suite against `sys` on the test bed and prints its report.
+fn run_on_bed(sys: &std::path::Path) -> Result<()> {
+    let path = sys.to_str().context("a UTF-8 path")?;
+    host_cargo(&["run", "--quiet", "--package", "pagelock-testbed", "--", "run", path])
 }
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -143,7 +174,11 @@ fn main() -> ExitCode {
         }
         Command::CheckPe { file, budget } => check_pe(&file, budget),
         Command::Test => test().map(|()| true),
-        Command::Run => build(false).and_then(|sys| check_pe(&sys, true)),
+        Command::Run => build(false).and_then(|sys| {
+            let passed = check_pe(&sys, true)?;
+            run_on_bed(&sys)?;
+            Ok(passed)
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
