@@ -10,6 +10,7 @@
 mod cross;
 mod inf;
 mod pe;
+mod reliability;
 mod routines;
 mod toolchain;
 
@@ -59,6 +60,20 @@ enum Command {
     Test,
     /// The main job: build pagelock.sys, check it, and run its scenario suite on the test bed.
     Run,
+    /// The long reliability run: fuzz for S seconds, the fault-injection sweep and the
+    /// concurrency run; writes docs/reliability.json and the README's "Reliability" figures.
+    Fuzz {
+        /// How long the fuzzer runs.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// The fuzzer's seed.
+        #[arg(long, default_value_t = 20_261_123)]
+        seed: u64,
+        /// Take the fuzzer's figures from this JSON output of `pagelock-testbed fuzz --json`
+        /// instead of running it again.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
 }
 
 fn build(debug: bool) -> Result<PathBuf> {
@@ -174,6 +189,9 @@ fn main() -> ExitCode {
         }
         Command::CheckPe { file, budget } => check_pe(&file, budget),
         Command::Test => test().map(|()| true),
+        Command::Fuzz { seconds, seed, from } => {
+            build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))
+        }
         Command::Run => build(false).and_then(|sys| {
             let passed = check_pe(&sys, true)?;
             run_on_bed(&sys)?;
