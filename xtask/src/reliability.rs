@@ -72,18 +72,20 @@ const END: &str = "<!-- reliability:end -->";
 ///
 /// # Errors
 /// When a run cannot start or a file cannot be written.
-pub fn run(sys: &Path, seconds: u64, seed: u64) -> Result<bool> {
+pub fn run(sys: &Path, seconds: u64, seed: u64, from: Option<&Path>) -> Result<bool> {
     let sys = sys.to_str().context("a UTF-8 path")?;
-    eprintln!("fuzzing {sys} for {seconds} s (seed {seed})");
-    let (fuzz, fuzz_ok) = bed(&[
-        "fuzz",
-        sys,
-        "--seconds",
-        &seconds.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--json",
-    ])?;
+    let (fuzz, fuzz_ok) = if let Some(from) = from {
+        eprintln!("fuzz figures from {}", from.display());
+        let fuzz: serde_json::Value = serde_json::from_slice(&std::fs::read(from)?)?;
+        let ok = fuzz["failures"] == 0;
+        (fuzz, ok)
+    } else {
+        eprintln!("fuzzing {sys} for {seconds} s (seed {seed})");
+        let (seconds, seed) = (seconds.to_string(), seed.to_string());
+        bed(&["fuzz", sys, "--seconds", &seconds, "--seed", &seed, "--json"])?
+    };
+    let seconds = fuzz["seconds"].as_u64().unwrap_or(seconds);
+    let seed = fuzz["seed"].as_u64().unwrap_or(seed);
     eprintln!("fault-injection sweep");
     let (calls, clean_calls) = sweep(sys)?;
     eprintln!("concurrency run");
