@@ -104,8 +104,12 @@ pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Resul
     ]);
     // Variants (features) build in a target directory of their own, so that they neither
     // overwrite the product image nor make cargo rebuild it.
+    // The test bed's fixture driver shares one such directory across its variants: it is
+    // never shipped, and one build of the standard library serves them all.
     let target_dir = if features.is_empty() {
         root().join("target")
+    } else if package == "testbed-fixtures" {
+        root().join("target").join("variants").join(package)
     } else {
         root().join("target").join("variants").join(features.join("+"))
     };

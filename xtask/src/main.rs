@@ -109,6 +109,32 @@ const IMAGES: &[(&str, &[&str], bool)] = &[
     ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false),
 ];
 
+/// The test bed's fixture driver: correct, then one deliberate defect per feature.
+const FIXTURES: &[&str] = &[
+    "correct",
+    "forget-unlock",
+    "unlock-extra",
+    "unlocked-data-at-dispatch",
+    "spinlock-in-page",
+    "pageable-to-kernel",
+    "complete-twice",
+    "never-complete",
+    "status-mismatch",
+    "information-too-large",
+    "return-raised",
+    "keep-spinlock",
+    "release-unheld",
+    "mm-at-dispatch",
+    "lock-bad-address",
+    "unknown-handle",
+    "leak-pool",
+    "leave-device",
+    "leave-link",
+    "touch-init",
+    "bugcheck",
+    "unsupported-import",
+];
+
 fn test() -> Result<()> {
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
     step("clippy (host crates)", || {
@@ -147,6 +173,17 @@ fn test() -> Result<()> {
         })?;
         images.push((*variable, path));
     }
+    let fixtures = cross::root().join("target/testbed-fixtures");
+    step("fixture images for the test bed", || {
+        std::fs::create_dir_all(&fixtures)?;
+        for name in FIXTURES {
+            let features: &[&str] =
+                if *name == "correct" { &[] } else { std::slice::from_ref(name) };
+            let path = cross::build_driver("testbed-fixtures", features, Profile::Release)?;
+            std::fs::copy(&path, fixtures.join(format!("{name}.sys")))?;
+        }
+        Ok(())
+    })?;
     step("unit and integration tests (host, test bed included)", || {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = std::process::Command::new(cargo);
@@ -154,6 +191,7 @@ fn test() -> Result<()> {
         for (variable, path) in &images {
             command.env(variable, path);
         }
+        command.env("TESTBED_FIXTURES_DIR", &fixtures);
         toolchain::run(&mut command)
     })?;
     step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;

@@ -1,288 +1,243 @@
 //! A driver on the bed: load, open, control, close, unload, and the report of what happened.
+//!
+//! Everything here runs in the isolated child (see [`crate::isolate`]).
 
 use std::{
     ffi::c_void,
     path::Path,
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-    time::Instant,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use pagelock_ddk as ddk;
 use pagelock_protocol::status;
-use serde::{Deserialize, Serialize};
 
 use crate::{
-    bugcheck::Bugcheck,
-    image::{self, Image},
-    io::{self, Caller},
-    kernel::{self, Kernel, MmSection, State},
-    rules::{Rule, Violation},
+    exports::{self, Routine},
+    fault,
+    io::{self, Control, Request, STATUS_OBJECT_NAME_NOT_FOUND, major},
+    irql,
+    kernel::{self, Kernel, KernelOptions, State},
+    loader::{self, Image},
+    mm::Mm,
+    pool,
+    report::{Bugcheck, Report, SectionReport, Step, hex},
+    security::{self, Caller},
+    verifier::{Rule, Violation},
 };
 
 /// How a run is set up.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Force IRQL checking (page out unlocked sections on every raise to `DISPATCH_LEVEL`).
+    /// Force IRQL checking (on by default, as in Driver Verifier's standard settings).
     pub force_irql: bool,
-    /// The caller's identity for the access check at create.
+    /// The identity the access check at create uses.
     pub caller: Caller,
-    /// The access handles are opened with (`FILE_READ_DATA` 1 | `FILE_WRITE_DATA` 2).
+    /// The access each handle asks for: `FILE_READ_DATA` (1) | `FILE_WRITE_DATA` (2).
     pub access: u32,
-    /// Fault injection: fail the Nth call of this routine.
-    pub fail_call: Option<(String, u64)>,
+    /// Fault injection: the Nth call (from 1) of this routine fails.
+    pub fail_call: Option<(Routine, u64)>,
+    /// Record every IRP with the lock counts after it (off for benchmarks).
+    pub trace: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { force_irql: true, caller: Caller::Admin, access: 3, fail_call: None }
+        Self { force_irql: true, caller: Caller::Admin, access: 3, fail_call: None, trace: true }
     }
 }
 
-/// An open handle.
+/// What unwritten bytes of a system buffer hold.
+const POISON: u8 = 0xCD;
+/// `IO_TYPE_DRIVER`.
+const IO_TYPE_DRIVER: i16 = 4;
+
+/// An open handle: a file object on a device.
 pub struct Handle {
-    file: Box<ddk::FILE_OBJECT>,
+    file: *mut ddk::FILE_OBJECT,
     device: usize,
     access: u32,
+    number: u64,
 }
 
-// SAFETY: the file object is only touched by the driver through the I/O manager, which the
-// bed serialises per handle as Windows does for a synchronous handle.
+// SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
+// from whichever thread sends them, as on Windows.
 unsafe impl Send for Handle {}
-// SAFETY: as above.
+// SAFETY: as above; the bed itself never writes the file object after create.
 unsafe impl Sync for Handle {}
-
-/// A section's state in a report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SectionReport {
-    /// Name.
-    pub name: String,
-    /// Lock count now.
-    pub lock_count: i64,
-    /// Faults that paged it back in.
-    pub page_ins: u64,
-    /// Times it was paged out.
-    pub page_outs: u64,
-}
-
-/// What a run did, for people and for JSON.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Report {
-    /// What the bed did, in order (IRPs with their status and output).
-    pub events: Vec<String>,
-    /// Lock counts of the pageable sections after each step: (step, [(section, count)]).
-    pub timeline: Vec<(String, Vec<(String, i64)>)>,
-    /// The pageable sections at the end.
-    pub sections: Vec<SectionReport>,
-    /// `DbgPrint` output.
-    pub log: Vec<String>,
-    /// Rules that fired.
-    pub violations: Vec<Violation>,
-    /// The bugcheck that stopped the run, if any.
-    pub bugcheck: Option<Bugcheck>,
-    /// Failable calls made, in order (for fault injection).
-    pub failable_calls: Vec<String>,
-    /// Failures injected.
-    pub injected: u64,
-    /// Pool blocks still allocated.
-    pub pool_outstanding: usize,
-    /// Output of the scenario suite, when one ran.
-    pub scenarios: Option<String>,
-    /// Whether every scenario passed, when one ran.
-    pub scenarios_passed: Option<bool>,
-}
-
-impl Report {
-    /// A clean run: no violation and no bugcheck (and the scenarios passed, if any ran).
-    #[must_use]
-    pub fn clean(&self) -> bool {
-        self.violations.is_empty()
-            && self.bugcheck.is_none()
-            && self.scenarios_passed != Some(false)
-    }
-}
-
-/// The report from the kernel state alone (also used when a bugcheck stops the run).
-#[must_use]
-pub fn partial_report(state: Option<&State>, bugcheck: Option<Bugcheck>) -> Report {
-    let sections = kernel::try_kernel().map_or_else(Vec::new, |k| {
-        k.sections
-            .iter()
-            .filter(|s| s.pageable)
-            .map(|s| SectionReport {
-                name: s.name.clone(),
-                lock_count: s.count.load(Ordering::SeqCst),
-                page_ins: s.page_ins.load(Ordering::Relaxed),
-                page_outs: s.page_outs.load(Ordering::Relaxed),
-            })
-            .collect()
-    });
-    let mut report = Report { sections, bugcheck, ..Report::default() };
-    if let Some(state) = state {
-        report.events.clone_from(&state.events);
-        report.timeline.clone_from(&state.timeline);
-        report.log.clone_from(&state.log);
-        report.violations.clone_from(&state.violations);
-        report.failable_calls = state.failable_calls.iter().map(|s| (*s).to_owned()).collect();
-        report.injected = state.injected;
-        report.pool_outstanding = state.pool.len();
-    }
-    report
-}
 
 /// A driver loaded on the bed.
 pub struct Bed {
     image: Image,
-    driver: Box<ddk::DRIVER_OBJECT>,
+    driver: *mut ddk::DRIVER_OBJECT,
     options: Options,
-    open_handles: AtomicI64,
+    /// Open handles. Held across a create and across the last-close check, so that the check
+    /// never sees the locks of a create still in flight on another thread.
+    open_handles: std::sync::Mutex<i64>,
+    handles_opened: AtomicU64,
     unloaded: AtomicBool,
-    _registry: Vec<u16>,
+    _names: [Vec<u16>; 2],
 }
 
-// SAFETY: the driver object is shared with the driver the way the kernel shares it.
+// SAFETY: the driver object is shared with the driver the way the kernel shares it: written by
+// DriverEntry before any other thread exists, read afterwards. The bed's own mutable state is
+// behind atomics or the kernel's lock.
 unsafe impl Send for Bed {}
-// SAFETY: as above; the bed's own mutable state is behind the kernel's lock or atomics.
+// SAFETY: as above.
 unsafe impl Sync for Bed {}
 
 /// `DriverEntry` and `DriverUnload`, called the Win64 way.
 type Entry = unsafe extern "win64" fn(*mut ddk::DRIVER_OBJECT, *const ddk::UNICODE_STRING) -> i32;
 type Unload = unsafe extern "win64" fn(*mut ddk::DRIVER_OBJECT);
 
+fn counted(units: &[u16]) -> ddk::UNICODE_STRING {
+    let bytes = u16::try_from(units.len() * 2).unwrap_or(u16::MAX);
+    ddk::UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: units.as_ptr().cast_mut() }
+}
+
 impl Bed {
     /// Maps the image, installs the emulated kernel and runs `DriverEntry`. A failed
-    /// `DriverEntry` returns its status in `Ok(Err(..))`; Windows never unloads such a driver.
+    /// `DriverEntry` comes back as `Ok(Err((status, report)))`: Windows never unloads such a
+    /// driver, so the report checks what it left behind instead.
     ///
     /// # Errors
-    /// When the image cannot be loaded (not a PE, an unsupported import, named).
-    pub fn load(path: &Path, options: Options) -> Result<std::result::Result<Self, (i32, Report)>> {
+    /// When the image cannot be loaded (not a PE, an unsupported import: named).
+    pub fn load(path: &Path, options: Options) -> Result<Result<Self, (i32, Report)>> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let image = image::map(&data, kernel::resolve)?;
-        let base = image.base.as_ptr() as usize;
-        let sections = image
-            .sections
-            .iter()
-            .map(|s| MmSection {
-                name: s.name.clone(),
-                start: base + s.rva,
-                end: base + s.rva + s.size,
-                prot: s.prot,
-                pageable: s.pageable,
-                discardable: s.discardable,
-                count: AtomicI64::new(0),
-                present: AtomicBool::new(true),
-                discarded: AtomicBool::new(false),
-                page_ins: AtomicU64::new(0),
-                page_outs: AtomicU64::new(0),
-            })
-            .collect();
-        let k = kernel::install(Kernel {
-            sections,
-            force_irql: options.force_irql,
-            state: std::sync::Mutex::new(State {
-                fail_call: options.fail_call.clone(),
-                ..State::default()
-            }),
-            start: Instant::now(),
-        });
-        crate::bugcheck::install_fault_handler();
-
-        let mut driver = Box::new(ddk::DRIVER_OBJECT::default());
-        driver.Type = 4;
-        driver.DriverStart = image.base.as_ptr().cast();
-        driver.DriverSize = u32::try_from(image.size).unwrap_or(u32::MAX);
-        let registry: Vec<u16> = r"\Registry\Machine\System\CurrentControlSet\Services\pagelock"
-            .encode_utf16()
-            .collect();
-        let path_string = ddk::UNICODE_STRING {
-            Length: u16::try_from(registry.len() * 2).unwrap_or(0),
-            MaximumLength: u16::try_from(registry.len() * 2).unwrap_or(0),
-            Buffer: registry.as_ptr().cast_mut(),
+        let image = loader::map(&data, exports::resolve)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let k = kernel::install(
+            Mm::new(&image),
+            KernelOptions {
+                driver: path.display().to_string(),
+                force_irql: options.force_irql,
+                trace: options.trace,
+                fail_call: options.fail_call,
+            },
+        )?;
+        fault::install()?;
+        let stem = path.file_stem().map_or_else(|| "driver".into(), |s| s.to_string_lossy());
+        let driver_name: Vec<u16> = format!(r"\Driver\{stem}").encode_utf16().collect();
+        let registry: Vec<u16> =
+            format!(r"\Registry\Machine\System\CurrentControlSet\Services\{stem}")
+                .encode_utf16()
+                .collect();
+        let driver = Box::into_raw(Box::new(ddk::DRIVER_OBJECT {
+            Type: IO_TYPE_DRIVER,
+            Size: i16::try_from(size_of::<ddk::DRIVER_OBJECT>()).unwrap_or(0),
+            DriverStart: image.base.as_ptr().cast::<c_void>(),
+            DriverSize: u32::try_from(image.size).unwrap_or(u32::MAX),
+            DriverName: counted(&driver_name),
+            ..Default::default()
+        }));
+        let registry_path = counted(&registry);
+        // SAFETY: the entry point of the mapped, relocated and bound image, an
+        // `extern "win64"` DriverEntry as PE's AddressOfEntryPoint promises for a driver.
+        let entry = unsafe {
+            std::mem::transmute::<usize, Entry>(image.base.as_ptr() as usize + image.entry)
         };
-        let entry = base + image.entry;
-        // SAFETY: the entry point of the mapped, relocated, bound image, called as Windows calls it.
-        let status = unsafe {
-            let entry: Entry = std::mem::transmute::<usize, Entry>(entry);
-            entry(&raw mut *driver, &raw const path_string)
-        };
-        k.record_event(format!("DriverEntry -> {status:#010x} {}", status::name(status)));
+        // SAFETY: DriverEntry with the bed's driver object and registry path, as Windows calls it.
+        let status = unsafe { entry(driver, &raw const registry_path) };
+        k.state().entry_status = Some(status);
+        k.step(|| Step { what: "DriverEntry".to_owned(), status: Some(status), ..Step::default() });
         // The loader frees INIT once DriverEntry returns, whatever it returned.
-        for s in &k.sections {
-            if s.discardable {
-                s.discarded.store(true, Ordering::SeqCst);
-                s.page_out();
-            }
-        }
-        k.snapshot("after DriverEntry");
-        if !status::is_success(status) {
-            let report = partial_report(Some(&k.state()), None);
-            return Ok(Err((status, report)));
-        }
-        if driver.DriverUnload.is_none() {
-            bail!("DriverEntry succeeded but set no DriverUnload");
-        }
-        // Nothing is locked once the driver is idle: the memory manager may page it all out.
-        k.page_out_unlocked();
-        Ok(Ok(Self {
+        k.mm.discard();
+        let bed = Self {
             image,
             driver,
             options,
-            open_handles: AtomicI64::new(0),
+            open_handles: std::sync::Mutex::new(0),
+            handles_opened: AtomicU64::new(0),
             unloaded: AtomicBool::new(false),
-            _registry: registry,
-        }))
+            _names: [driver_name, registry],
+        };
+        if !status::is_success(status) {
+            // A failed DriverEntry must undo what it did: the image goes away without unload.
+            bed.check_left_behind("after the failed DriverEntry");
+            bed.unloaded.store(true, Ordering::SeqCst);
+            return Ok(Err((status, bed.report())));
+        }
+        // Nothing is locked while the driver is idle: the memory manager may page it all out.
+        k.mm.page_out_unlocked();
+        Ok(Ok(bed))
     }
 
-    fn device_named(&self, name: &str) -> Option<usize> {
+    fn driver(&self) -> &ddk::DRIVER_OBJECT {
+        // SAFETY: the bed's driver object, alive as long as the bed, written only by
+        // DriverEntry (before any other reference existed).
+        unsafe { &*self.driver }
+    }
+
+    /// The device `name` (a device name or a symbolic link) resolves to.
+    fn device_named(name: &str) -> Option<(usize, Option<Vec<security::Ace>>)> {
         let state = kernel::kernel().state();
-        let target = state.links.get(name).cloned().unwrap_or_else(|| name.to_owned());
-        state.devices.iter().find(|d| d.name == target).map(|d| d.object)
+        let name = io::canonical_name(name);
+        let target = state.links.get(&name).cloned().unwrap_or(name);
+        state.devices.iter().find(|d| d.name == target).map(|d| (d.object, d.dacl.clone()))
     }
 
-    /// Opens `name` (a device or a link), as `CreateFileW` would.
+    /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`), as
+    /// `CreateFileW` would.
     ///
     /// # Errors
     /// The status the open failed with: `STATUS_OBJECT_NAME_NOT_FOUND`, the access check's
-    /// `STATUS_ACCESS_DENIED`, or the driver's.
+    /// `STATUS_ACCESS_DENIED`, or the driver's. A failed create gets no cleanup or close.
     pub fn open(&self, name: &str) -> std::result::Result<Handle, i32> {
         let k = kernel::kernel();
-        let Some(device) = self.device_named(name) else {
-            return Err(0xC000_0034_u32.cast_signed());
+        let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
+        let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
+        let Some((device, dacl)) = Self::device_named(name) else {
+            k.step(|| Step {
+                what: format!("{what}: no such object"),
+                status: Some(STATUS_OBJECT_NAME_NOT_FOUND),
+                ..Step::default()
+            });
+            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
         };
-        if !io::access_check(device, self.options.caller, self.options.access.max(1)) {
-            k.record_event(format!(
-                "create {name}: access denied by the device's DACL (caller {:?})",
-                self.options.caller
-            ));
+        let wanted = self.options.access.max(1);
+        if !security::access_granted(dacl.as_deref(), self.options.caller, wanted) {
+            k.step(|| Step {
+                what: format!(
+                    "{what}: denied by the device's DACL (caller {:?})",
+                    self.options.caller
+                ),
+                status: Some(status::ACCESS_DENIED),
+                ..Step::default()
+            });
             return Err(status::ACCESS_DENIED);
         }
-        let mut file = Box::new(ddk::FILE_OBJECT::default());
-        file.Type = 5;
-        file.DeviceObject = device as *mut ddk::DEVICE_OBJECT;
-        let completion = io::send(
-            &raw const *self.driver as *mut _,
-            device as *mut _,
-            &raw mut *file,
-            0x00,
-            std::ptr::null_mut(),
-            0,
-            |_| {},
-        );
-        k.record_event(format!(
-            "IRP_MJ_CREATE -> {:#010x} {}",
-            completion.status,
-            status::name(completion.status)
-        ));
-        k.snapshot("after create");
+        let file = Box::into_raw(Box::new(ddk::FILE_OBJECT {
+            Type: io::IO_TYPE_FILE,
+            Size: i16::try_from(size_of::<ddk::FILE_OBJECT>()).unwrap_or(0),
+            DeviceObject: device as *mut ddk::DEVICE_OBJECT,
+            ReadAccess: u8::from(wanted & 1 != 0),
+            WriteAccess: u8::from(wanted & 2 != 0),
+            ..Default::default()
+        }));
+        let mut open_handles =
+            self.open_handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: the loaded driver's object and one of its devices.
+        let completion = unsafe {
+            io::send(
+                self.driver,
+                device as *mut _,
+                Request { major: major::CREATE, file, control: None },
+            )
+        };
+        k.step(|| Step { what, status: Some(completion.status), ..Step::default() });
         if !status::is_success(completion.status) {
-            // A failed create gets no cleanup or close.
+            // SAFETY: the file object made above; the driver's create failed, so nothing
+            // refers to it any more.
+            drop(unsafe { Box::from_raw(file) });
             return Err(completion.status);
         }
-        self.open_handles.fetch_add(1, Ordering::SeqCst);
-        Ok(Handle { file, device, access: self.options.access })
+        *open_handles += 1;
+        drop(open_handles);
+        Ok(Handle { file, device, access: wanted, number })
     }
 
-    /// Sends a control request (`METHOD_BUFFERED`), returning the status and the reply bytes.
+    /// Sends a control request, as `DeviceIoControl` would: the access check on the code's
+    /// access bits, then the IRP; returns the status and the bytes copied back.
     pub fn control(
         &self,
         handle: &Handle,
@@ -291,172 +246,256 @@ impl Bed {
         output_capacity: usize,
     ) -> (i32, Vec<u8>) {
         let k = kernel::kernel();
-        let required = (code >> 14) & 3;
+        let what = || {
+            format!(
+                "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
+                major::name(major::DEVICE_CONTROL),
+                input.len(),
+                handle.number
+            )
+        };
+        let required = pagelock_protocol::required_access(code);
         if required & handle.access != required {
-            k.record_event(format!("IOCTL {code:#010x}: access denied by the I/O manager"));
+            k.step(|| Step {
+                what: format!("{}: access denied by the I/O manager", what()),
+                status: Some(status::ACCESS_DENIED),
+                ..Step::default()
+            });
             return (status::ACCESS_DENIED, Vec::new());
         }
+        // Buffered: one system buffer, the input copied in and the rest poisoned so that output
+        // the driver did not write shows. Direct: the input in the system buffer, the output
+        // described by an MDL, which the bed does not build (MdlAddress stays NULL). Neither:
+        // the caller's buffers themselves.
         let method = code & 3;
-        let size = input.len().max(output_capacity);
-        // The system buffer: input copied in, the rest poisoned so unwritten output shows.
-        let mut buffer = vec![0xCDu8; size.max(1)];
-        buffer[..input.len()].copy_from_slice(input);
-        let system_buffer = if size == 0 || method != 0 {
-            std::ptr::null_mut()
-        } else {
-            buffer.as_mut_ptr().cast::<c_void>()
+        let buffered = method == pagelock_protocol::METHOD_BUFFERED;
+        let mut system = vec![
+            POISON;
+            if buffered {
+                input.len().max(output_capacity)
+            } else if method == 3 {
+                0
+            } else {
+                input.len()
+            }
+        ];
+        let copied = input.len().min(system.len());
+        system[..copied].copy_from_slice(&input[..copied]);
+        let mut caller_input = input.to_vec();
+        let mut caller_output = vec![POISON; if buffered { 0 } else { output_capacity }];
+        let pointer = |bytes: &mut Vec<u8>| {
+            if bytes.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                bytes.as_mut_ptr().cast::<c_void>()
+            }
         };
-        let handle_file: *const ddk::FILE_OBJECT = &raw const *handle.file;
-        let completion = io::send(
-            &raw const *self.driver as *mut _,
-            handle.device as *mut _,
-            handle_file.cast_mut(),
-            0x0E,
-            system_buffer,
-            output_capacity,
-            |stack| {
-                let params = ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_17 {
-                    OutputBufferLength: u32::try_from(output_capacity).unwrap_or(u32::MAX),
-                    InputBufferLength: u32::try_from(input.len()).unwrap_or(u32::MAX),
-                    IoControlCode: code,
-                    Type3InputBuffer: std::ptr::null_mut(),
-                    ..Default::default()
-                };
-                stack.Parameters.DeviceIoControl = params;
+        let control = Control {
+            code,
+            input_len: input.len(),
+            output_len: output_capacity,
+            system_buffer: pointer(&mut system),
+            type3_input: if method == 3 {
+                pointer(&mut caller_input)
+            } else {
+                std::ptr::null_mut()
             },
-        );
-        // Windows copies back Information bytes, only when the status is not an error.
-        let output = if status::is_success(completion.status) {
-            let n = usize::try_from(completion.information).unwrap_or(0).min(output_capacity);
-            buffer[..n].to_vec()
-        } else {
-            Vec::new()
+            user_buffer: if method == 3 {
+                pointer(&mut caller_output)
+            } else {
+                std::ptr::null_mut()
+            },
         };
-        k.record_event(format!(
-            "IOCTL {code:#010x} in {} out {output_capacity} -> {:#010x} {} [{}]",
-            input.len(),
-            completion.status,
-            status::name(completion.status),
-            hex(&output)
-        ));
-        k.snapshot(&format!("after IOCTL {code:#x}"));
+        // SAFETY: the loaded driver's object and the handle's device; the buffers outlive the call.
+        let completion = unsafe {
+            io::send(
+                self.driver,
+                handle.device as *mut _,
+                Request { major: major::DEVICE_CONTROL, file: handle.file, control: Some(control) },
+            )
+        };
+        let mut buffer = if buffered { system } else { caller_output };
+        // Windows copies Information bytes back unless the status is an error.
+        let error = completion.status.cast_unsigned() >> 30 == 3;
+        let output = if error {
+            Vec::new()
+        } else {
+            let n =
+                usize::try_from(completion.information).unwrap_or(usize::MAX).min(output_capacity);
+            buffer.truncate(n);
+            buffer
+        };
+        k.step(|| Step {
+            what: what(),
+            status: Some(completion.status),
+            information: Some(completion.information),
+            output: Some(hex(&output)),
+            ..Step::default()
+        });
         (completion.status, output)
     }
 
     /// Closes a handle: cleanup, then close, as the I/O manager sends them.
-    pub fn close(&self, mut handle: Handle) {
+    #[allow(clippy::needless_pass_by_value)] // closing takes the handle: it cannot be used again
+    pub fn close(&self, handle: Handle) {
         let k = kernel::kernel();
-        for (major, name) in [(0x12u8, "IRP_MJ_CLEANUP"), (0x02, "IRP_MJ_CLOSE")] {
-            let completion = io::send(
-                &raw const *self.driver as *mut _,
-                handle.device as *mut _,
-                &raw mut *handle.file,
-                major,
-                std::ptr::null_mut(),
-                0,
-                |_| {},
-            );
-            k.record_event(format!(
-                "{name} -> {:#010x} {}",
-                completion.status,
-                status::name(completion.status)
-            ));
+        for m in [major::CLEANUP, major::CLOSE] {
+            // SAFETY: the loaded driver's object and the handle's device.
+            let completion = unsafe {
+                io::send(
+                    self.driver,
+                    handle.device as *mut _,
+                    Request { major: m, file: handle.file, control: None },
+                )
+            };
+            k.step(|| Step {
+                what: format!("{} (handle {})", major::name(m), handle.number),
+                status: Some(completion.status),
+                ..Step::default()
+            });
         }
-        k.snapshot("after close");
-        if self.open_handles.fetch_sub(1, Ordering::SeqCst) == 1 {
-            for s in k.sections.iter().filter(|s| s.pageable) {
+        // SAFETY: the handle's file object, made in `open`; after close the driver may no
+        // longer refer to it.
+        drop(unsafe { Box::from_raw(handle.file) });
+        let mut open_handles =
+            self.open_handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *open_handles -= 1;
+        if *open_handles == 0 {
+            for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
                 let count = s.count.load(Ordering::SeqCst);
                 if count != 0 {
                     k.violation(
                         Rule::LockedAfterLastClose,
-                        format!("{} has lock count {count} after the last close", s.name),
+                        [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
+                        format!("{} has lock count {count} after the last handle closed", s.name),
                     );
                 }
             }
         }
-        k.page_out_unlocked();
+        drop(open_handles);
+        k.mm.page_out_unlocked();
     }
 
     /// Lock counts of the pageable sections, as the memory manager keeps them.
     #[must_use]
     pub fn lock_counts(&self) -> Vec<(String, i64)> {
-        kernel::kernel()
-            .sections
-            .iter()
-            .filter(|s| s.pageable)
-            .map(|s| (s.name.clone(), s.count.load(Ordering::SeqCst)))
-            .collect()
+        kernel::kernel().mm.counts()
     }
 
-    /// Runs `DriverUnload` and checks that nothing is left behind.
+    /// The rules that fired so far.
+    #[must_use]
+    pub fn violations(&self) -> Vec<Violation> {
+        kernel::kernel().state().violations.clone()
+    }
+
+    /// Runs `DriverUnload` (once) and checks that nothing is left behind.
     pub fn unload(&self) {
         if self.unloaded.swap(true, Ordering::SeqCst) {
             return;
         }
         let k = kernel::kernel();
-        let unload = self.driver.DriverUnload.expect("checked at load");
-        // SAFETY: the unload routine of the loaded image, called the Win64 way.
-        unsafe {
-            let unload: Unload = std::mem::transmute::<
-                unsafe extern "C" fn(*mut ddk::DRIVER_OBJECT),
-                Unload,
-            >(unload);
-            unload(&raw const *self.driver as *mut _);
+        let Some(unload) = self.driver().DriverUnload else {
+            k.state()
+                .log
+                .push("bed: no DriverUnload: Windows cannot unload this driver".to_owned());
+            return;
+        };
+        // SAFETY: the bindings are compiled for this host, so the pointer says "C"; it is the
+        // Win64 unload routine of the image.
+        let unload = unsafe {
+            std::mem::transmute::<unsafe extern "C" fn(*mut ddk::DRIVER_OBJECT), Unload>(unload)
+        };
+        // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
+        unsafe { unload(self.driver) };
+        k.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
+        self.check_left_behind("at unload");
+    }
+
+    fn check_left_behind(&self, when: &str) {
+        let k = kernel::kernel();
+        if irql::current() != irql::PASSIVE_LEVEL {
+            irql::set(irql::PASSIVE_LEVEL);
         }
-        k.record_event("DriverUnload".to_owned());
-        k.snapshot("after unload");
-        let mut state = k.state();
-        for s in k.sections.iter().filter(|s| s.pageable) {
+        for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
             let count = s.count.load(Ordering::SeqCst);
             if count != 0 {
-                state.violations.push(Violation::new(
+                k.violation(
                     Rule::LockedAtUnload,
-                    format!("{} has lock count {count} at unload", s.name),
-                    false,
-                ));
+                    [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
+                    format!("{} has lock count {count} {when}", s.name),
+                );
             }
         }
-        let leaks: Vec<String> = state
-            .pool
-            .iter()
-            .map(|(a, (size, tag))| {
-                format!(
-                    "{a:#x}: {size} bytes, tag {:?}",
-                    String::from_utf8_lossy(&tag.to_le_bytes())
-                )
-            })
-            .collect();
-        if !leaks.is_empty() {
-            state.violations.push(Violation::new(
-                Rule::PoolLeakedAtUnload,
-                leaks.join("; "),
-                false,
-            ));
-        }
-        let devices: Vec<String> = state.devices.iter().map(|d| d.name.clone()).collect();
-        if !devices.is_empty() {
-            state.violations.push(Violation::new(
+        pool::check_at_unload();
+        let (devices, links): (Vec<(usize, String)>, Vec<String>) = {
+            let state = k.state();
+            (
+                state.devices.iter().map(|d| (d.object, d.name.clone())).collect(),
+                state.links.keys().cloned().collect(),
+            )
+        };
+        for (object, name) in devices {
+            k.violation(
                 Rule::DeviceLeftAtUnload,
-                devices.join(", "),
-                false,
-            ));
+                [object as u64, 0, 0, 0],
+                format!("device {name} left {when}"),
+            );
         }
-        let links: Vec<String> = state.links.keys().cloned().collect();
-        if !links.is_empty() {
-            state.violations.push(Violation::new(Rule::LinkLeftAtUnload, links.join(", "), false));
+        for link in links {
+            k.violation(
+                Rule::LinkLeftAtUnload,
+                [0; 4],
+                format!("symbolic link {link} left {when}"),
+            );
         }
+        let _ = &self.image;
     }
 
     /// The report so far.
     #[must_use]
     pub fn report(&self) -> Report {
-        let _ = &self.image;
-        partial_report(Some(&kernel::kernel().state()), None)
+        let k = kernel::kernel();
+        kernel_report(k, Some(&k.state()), None)
     }
 }
 
-/// Bytes as hex.
+/// The report from the kernel's records (also what a bugcheck sends, when its lock is free).
 #[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bugcheck>) -> Report {
+    let sections = kernel
+        .mm
+        .pageable()
+        .map(|s| SectionReport {
+            name: s.name.clone(),
+            lock_count: s.count.load(Ordering::SeqCst),
+            page_outs: s.page_outs.load(Ordering::Relaxed),
+            page_ins: s.page_ins.load(Ordering::Relaxed),
+        })
+        .collect();
+    let mut report = Report {
+        driver: kernel.options.driver.clone(),
+        sections,
+        calls: kernel.calls(),
+        bugcheck,
+        ..Report::default()
+    };
+    if let Some(state) = state {
+        report.entry_status = state.entry_status;
+        report.steps.clone_from(&state.steps);
+        report.log.clone_from(&state.log);
+        report.violations.clone_from(&state.violations);
+        report.injected_failures.clone_from(&state.injected);
+        report.injected = state.injected.len() as u64;
+        report.failable_calls = state.failable_calls.iter().map(|c| (*c).to_owned()).collect();
+        report.pool_outstanding = state.pool.len();
+    } else {
+        report.notes.push(
+            "the kernel's records were locked when the run stopped: steps and log are missing"
+                .to_owned(),
+        );
+    }
+    if !kernel.options.force_irql {
+        report.notes.push("Force IRQL checking was off".to_owned());
+    }
+    report
 }

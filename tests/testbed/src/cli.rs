@@ -1,19 +1,24 @@
-//! The command line: `exec`, `run`, `bench`.
+//! The command line: `exec`, `run`, `bench`, `rules`.
+//!
+//! Exit status: 0 when the run was clean, 1 on a bugcheck, a violation, a failed scenario or a
+//! driver process that died, 2 on a usage or load error.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Instant};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context, Result, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use pagelock_testbed::{
-    bed::{Bed, Options, Report, hex},
-    device::BedDevice,
-    io::Caller,
-    isolate::isolated,
-    rules,
+    bed::Options,
+    exports::Routine,
+    isolate::{self, Outcome},
+    report::Report,
+    security::Caller,
+    session::{self, IoctlSpec},
+    verifier,
 };
 
 #[derive(Parser)]
 #[command(
+    name = "pagelock-testbed",
     about = "Run a WDM driver image on Linux under an emulated kernel with Driver-Verifier-style rules"
 )]
 struct Cli {
@@ -21,281 +26,228 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(Args, Clone)]
 struct Common {
-    /// Turn Force IRQL checking off (on by default, as in Verifier's standard settings).
+    /// Turn Force IRQL checking off (on by default, as in Driver Verifier's standard settings).
     #[arg(long)]
     no_force_irql: bool,
-    /// Who opens the device: `admin` or `user`.
-    #[arg(long, default_value = "admin", value_parser = ["admin", "user"])]
-    caller: String,
-    /// Access of each handle: `read`, `write` or `read,write`.
-    #[arg(long, default_value = "read,write")]
-    access: String,
-    /// Make the Nth call of a kernel routine fail: `NAME:N` (for example `ExAllocatePool2:1`).
-    #[arg(long)]
-    fail_call: Option<String>,
+    /// Who opens the device (the access check at create uses the device's DACL).
+    #[arg(long, value_enum, default_value_t = Caller::Admin)]
+    caller: Caller,
+    /// Access each handle asks for: read, write, or read,write.
+    #[arg(long, default_value = "read,write", value_parser = parse_access)]
+    access: u32,
+    /// Make the Nth call (from 1) of a kernel routine fail as it can on Windows: NAME:N.
+    #[arg(long, value_parser = parse_fail_call)]
+    fail_call: Option<(Routine, u64)>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
+impl Common {
+    const fn options(&self) -> Options {
+        Options {
+            force_irql: !self.no_force_irql,
+            caller: self.caller,
+            access: self.access,
+            fail_call: self.fail_call,
+            trace: true,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load a driver, open handles, send IOCTLs on the first, close, unload, report.
+    /// Load a driver, open handles, send IOCTLs on the first, close them all, unload, report.
     Exec {
-        /// The driver image.
+        /// The driver image (.sys).
         driver: PathBuf,
-        /// The device to open, e.g. `\Device\PageLock`.
+        /// The device to open: \Device\Name, \DosDevices\Name or \\.\Name.
         #[arg(long)]
         device: String,
         /// Handles to open.
         #[arg(long, default_value_t = 1)]
         open: usize,
-        /// `CODE[:INHEX[:OUTLEN]]`, in order (CODE hex with 0x, or decimal).
-        #[arg(long)]
-        ioctl: Vec<String>,
+        /// CODE[:INHEX[:OUTLEN]], sent in order on the first handle (CODE hex with 0x, or decimal).
+        #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
+        ioctl: Vec<IoctlSpec>,
         #[command(flatten)]
         common: Common,
     },
     /// Run pagelock's scenario suite against a pagelock.sys.
     Run {
-        /// The driver image.
+        /// The driver image (pagelock.sys).
         driver: PathBuf,
         #[command(flatten)]
         common: Common,
     },
-    /// Send one IOCTL N times per thread, each thread on its own handle; print IRPs per second.
+    /// Send one IOCTL COUNT times per thread, each thread on its own handle; print IRPs per second.
     Bench {
-        /// The driver image.
+        /// The driver image (.sys).
         driver: PathBuf,
         /// The device to open.
         #[arg(long)]
         device: String,
-        /// `CODE[:INHEX[:OUTLEN]]`.
-        #[arg(long)]
-        ioctl: String,
+        /// CODE[:INHEX[:OUTLEN]].
+        #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
+        ioctl: IoctlSpec,
         /// IRPs per thread.
         #[arg(long, default_value_t = 100_000)]
         count: u64,
         /// Threads.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the verifier rules: id, bugcheck code, where the code comes from, parameters.
+    Rules,
+    /// Fuzz a pagelock.sys with random IRP sequences; a failure is shrunk and printed with its
+    /// seed. Exit status 0 when nothing was found.
+    Fuzz {
+        /// The driver image (.sys).
+        driver: PathBuf,
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The seed (default: from the clock); the same seed gives the same sequences.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// T threads each open, `LOCK`, `RUN_LOCKED`, `UNLOCK` and close N times at once; then every
+    /// count must be back and no update lost.
+    Stress {
+        /// The driver image (.sys).
+        driver: PathBuf,
+        /// Threads.
+        #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Iterations per thread.
+        #[arg(long, default_value_t = 1000)]
+        iterations: u64,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn options(common: &Common) -> Result<Options> {
-    let access = common.access.split(',').try_fold(0u32, |acc, part| match part.trim() {
-        "read" => Ok(acc | 1),
-        "write" => Ok(acc | 2),
-        other => Err(anyhow!("--access: unknown right {other:?} (read, write)")),
-    })?;
-    let fail_call = common
-        .fail_call
-        .as_deref()
-        .map(|spec| {
-            let (name, n) = spec.split_once(':').context("--fail-call takes NAME:N")?;
-            let n: u64 = n.parse().context("--fail-call: N is a number from 1")?;
-            if n == 0 {
-                bail!("--fail-call: N counts from 1");
-            }
-            Ok((name.to_owned(), n))
-        })
-        .transpose()?;
-    Ok(Options {
-        force_irql: !common.no_force_irql,
-        caller: if common.caller == "user" { Caller::User } else { Caller::Admin },
-        access,
-        fail_call,
+fn parse_access(text: &str) -> Result<u32, String> {
+    text.split(',').try_fold(0u32, |access, right| match right.trim() {
+        "read" => Ok(access | 1),
+        "write" => Ok(access | 2),
+        other => Err(format!("unknown right {other:?}: use read, write or read,write")),
     })
 }
 
-/// An IOCTL as the command line gives it.
-struct Spec {
-    code: u32,
-    input: Vec<u8>,
-    output: usize,
+fn parse_fail_call(text: &str) -> Result<(Routine, u64), String> {
+    let (name, n) = text.split_once(':').ok_or("expected NAME:N, e.g. ExAllocatePool2:1")?;
+    let routine = Routine::from_name(name)
+        .ok_or_else(|| format!("{name} is not a routine the bed provides"))?;
+    if routine.failure().is_none() {
+        let failable: Vec<_> =
+            Routine::ALL.iter().filter(|r| r.failure().is_some()).map(|r| r.name()).collect();
+        return Err(format!("{name} cannot fail on Windows; these can: {}", failable.join(", ")));
+    }
+    match n.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok((routine, n)),
+        _ => Err(format!("N must be a call number from 1, not {n:?}")),
+    }
 }
 
-fn parse_spec(spec: &str) -> Result<Spec> {
-    let mut parts = spec.split(':');
-    let code = parts.next().unwrap_or_default();
-    let code = match code.strip_prefix("0x").or_else(|| code.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => code.parse(),
+fn rules() -> String {
+    let mut out = format!(
+        "{:<32} {:<11} {:<6} {:<17} parameters / meaning\n",
+        "rule", "bugcheck", "fatal", "code from"
+    );
+    for e in verifier::TABLE {
+        let source = match e.source {
+            verifier::Source::Windows => "Windows",
+            verifier::Source::WindowsCodeBedParameter => "Windows (P1 bed)",
+            verifier::Source::Bed => "the bed",
+        };
+        let code = if e.code == 0 { "driver's".to_owned() } else { format!("{:#x}", e.code) };
+        let _ = writeln!(
+            out,
+            "{:<32} {code:<11} {:<6} {source:<17} {}; {}",
+            e.id,
+            if e.fatal { "yes" } else { "no" },
+            e.parameters,
+            e.meaning
+        );
     }
-    .with_context(|| format!("--ioctl {spec:?}: CODE is hex (0x...) or decimal"))?;
-    let input = parts.next().unwrap_or_default();
-    if input.len() % 2 != 0 {
-        bail!("--ioctl {spec:?}: INHEX needs an even number of digits");
-    }
-    let input = (0..input.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&input[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .with_context(|| format!("--ioctl {spec:?}: INHEX is hex bytes"))?;
-    let output = parts
-        .next()
-        .map_or(Ok(0), str::parse)
-        .with_context(|| format!("--ioctl {spec:?}: OUTLEN is a number"))?;
-    if parts.next().is_some() {
-        bail!("--ioctl {spec:?}: CODE[:INHEX[:OUTLEN]]");
-    }
-    Ok(Spec { code, input, output })
-}
-
-fn render(report: &Report) -> String {
-    let mut out = String::new();
-    out.push_str("events:\n");
-    for e in &report.events {
-        out.push_str(&format!("  {e}\n"));
-    }
-    out.push_str("lock counts (memory manager):\n");
-    for (step, counts) in &report.timeline {
-        let counts: Vec<String> = counts.iter().map(|(n, c)| format!("{n}={c}")).collect();
-        out.push_str(&format!("  {step:<28} {}\n", counts.join(" ")));
-    }
-    for s in &report.sections {
-        out.push_str(&format!(
-            "section {}: lock count {}, paged out {} times, paged in by fault {} times\n",
-            s.name, s.lock_count, s.page_outs, s.page_ins
-        ));
-    }
-    if !report.log.is_empty() {
-        out.push_str("DbgPrint:\n");
-        for line in &report.log {
-            out.push_str(&format!("  {line}\n"));
-        }
-    }
-    if let Some(scenarios) = &report.scenarios {
-        out.push_str(scenarios);
-        out.push('\n');
-    }
-    for v in &report.violations {
-        out.push_str(&format!(
-            "VIOLATION {} (bugcheck {:#x}{}): {}\n",
-            v.rule,
-            v.code,
-            if v.fatal { ", fatal" } else { "" },
-            v.detail
-        ));
-    }
-    if let Some(b) = &report.bugcheck {
-        out.push_str(&format!(
-            "BUGCHECK {:#x} ({:#x}, {:#x}, {:#x}, {:#x}): {}\n",
-            b.code, b.parameters[0], b.parameters[1], b.parameters[2], b.parameters[3], b.detail
-        ));
-    }
-    out.push_str(if report.clean() { "verdict: clean\n" } else { "verdict: FAILED\n" });
     out
 }
 
-fn exec(
-    driver: &PathBuf,
-    device: &str,
-    open: usize,
-    ioctls: &[Spec],
-    options: Options,
-) -> Result<Report> {
-    isolated(|| {
-        let bed = match Bed::load(driver, options)? {
-            Ok(bed) => bed,
-            Err((_, report)) => return Ok(report),
-        };
-        let mut handles = Vec::new();
-        for _ in 0..open {
-            if let Ok(handle) = bed.open(device) {
-                handles.push(handle);
-            }
-        }
-        if let Some(first) = handles.first() {
-            for spec in ioctls {
-                let _ = bed.control(first, spec.code, &spec.input, spec.output);
-            }
-        }
-        for handle in handles {
-            bed.close(handle);
-        }
-        bed.unload();
-        Ok(bed.report())
-    })
-}
-
-fn run(driver: &PathBuf, options: Options) -> Result<Report> {
-    isolated(|| {
-        let bed = match Bed::load(driver, options)? {
-            Ok(bed) => bed,
-            Err((_, report)) => return Ok(report),
-        };
-        let device = BedDevice { bed: &bed, name: pagelock_protocol::DOS_DEVICE_NAME.to_owned() };
-        let verdicts =
-            pagelock_test::scenarios::run(&device, pagelock_test::scenarios::Selection::All);
-        bed.unload();
-        let mut report = bed.report();
-        report.scenarios = Some(pagelock_test::scenarios::render(&verdicts, false));
-        report.scenarios_passed = Some(pagelock_test::scenarios::all_passed(&verdicts));
-        Ok(report)
-    })
-}
-
-fn bench(
-    driver: &PathBuf,
-    device: &str,
-    spec: &Spec,
-    count: u64,
-    threads: usize,
-) -> Result<Report> {
-    isolated(|| {
-        let bed = match Bed::load(driver, Options::default())? {
-            Ok(bed) => Arc::new(bed),
-            Err((_, report)) => return Ok(report),
-        };
-        let started = Instant::now();
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let bed = Arc::clone(&bed);
-                let (device, code, input, output) =
-                    (device.to_owned(), spec.code, spec.input.clone(), spec.output);
-                std::thread::spawn(move || {
-                    let Ok(handle) = bed.open(&device) else { return };
-                    for _ in 0..count {
-                        let _ = bed.control(&handle, code, &input, output);
+/// `fuzz` and `stress`: their own figures and verdicts.
+fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
+    match command {
+        Command::Fuzz { driver, seconds, seed, json } => Some((|| {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(1))
+            });
+            let stats = pagelock_testbed::fuzz::fuzz(driver, *seconds, seed)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "fuzz: seed {}, {} s: {} sequences, {} steps, {} IRPs, {} failures",
+                    stats.seed,
+                    stats.seconds,
+                    stats.sequences,
+                    stats.steps,
+                    stats.irps,
+                    stats.failures
+                );
+                if let Some((ops, failure)) = &stats.minimal_failure {
+                    println!(
+                        "minimal failing sequence ({} steps), after step {}: {}",
+                        ops.len(),
+                        failure.step,
+                        failure.reason
+                    );
+                    for (i, op) in ops.iter().enumerate() {
+                        println!("  {i:>3} {op:?}");
                     }
-                    bed.close(handle);
-                })
-            })
-            .collect();
-        for worker in workers {
-            let _ = worker.join();
-        }
-        let elapsed = started.elapsed();
-        bed.unload();
-        let mut report = bed.report();
-        let irps = count * threads as u64;
-        #[allow(clippy::cast_precision_loss)] // a rate for people
-        let line = format!(
-            "bench: {irps} IRPs on {threads} thread(s) in {:.3} s: {:.0} IRPs/s, {:.0} ns per IRP",
-            elapsed.as_secs_f64(),
-            irps as f64 / elapsed.as_secs_f64(),
-            elapsed.as_nanos() as f64 / irps as f64
-        );
-        report.events.retain(|e| !e.starts_with("IOCTL"));
-        report.timeline.clear();
-        report.scenarios = Some(line);
-        Ok(report)
-    })
-}
-
-fn finish(report: &Report, json: bool) -> ExitCode {
-    if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
-    } else {
-        print!("{}", render(report));
+                    println!(
+                        "reproduce: pagelock-testbed fuzz {} --seconds {} --seed {}",
+                        driver.display(),
+                        stats.seconds,
+                        stats.seed
+                    );
+                }
+            }
+            Ok(stats.failures == 0)
+        })()),
+        Command::Stress { driver, threads, iterations, json } => Some((|| {
+            let stats = pagelock_testbed::fuzz::stress(driver, *threads, *iterations)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "stress: {} threads x {} iterations: {} operations, {} runs counted by the driver, {} problems",
+                    stats.threads,
+                    stats.iterations,
+                    stats.operations,
+                    stats.runs_counted,
+                    stats.problems.len()
+                );
+                for problem in &stats.problems {
+                    println!("  {problem}");
+                }
+            }
+            Ok(stats.problems.is_empty())
+        })()),
+        _ => None,
     }
-    if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Runs the command line. Exit status: 0 clean, 1 bugcheck or violation, 2 usage or load error.
+/// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -304,32 +256,77 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
-    let result = (|| -> Result<(Report, bool)> {
-        match cli.command {
-            Command::Exec { driver, device, open, ioctl, common } => {
-                let specs = ioctl.iter().map(|s| parse_spec(s)).collect::<Result<Vec<_>>>()?;
-                Ok((exec(&driver, &device, open, &specs, options(&common)?)?, common.json))
+    if let Some(result) = reliability(&cli.command) {
+        return match result {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("pagelock-testbed: {error:#}");
+                ExitCode::from(2)
             }
-            Command::Run { driver, common } => Ok((run(&driver, options(&common)?)?, common.json)),
-            Command::Bench { driver, device, ioctl, count, threads } => {
-                let spec = parse_spec(&ioctl)?;
-                Ok((bench(&driver, &device, &spec, count, threads)?, false))
-            }
+        };
+    }
+    let (outcome, json) = match cli.command {
+        Command::Exec { driver, device, open, ioctl, common } => (
+            isolate::run(
+                || session::exec(&driver, &device, open, &ioctl, common.options()),
+                isolate::DEFAULT_TIMEOUT,
+            ),
+            common.json,
+        ),
+        Command::Run { driver, common } => (
+            isolate::run(
+                || session::run_suite(&driver, common.options()),
+                isolate::DEFAULT_TIMEOUT,
+            ),
+            common.json,
+        ),
+        Command::Bench { driver, device, ioctl, count, threads, common } => (
+            isolate::run(
+                || {
+                    session::bench(
+                        &driver,
+                        &device,
+                        &ioctl,
+                        count,
+                        usize::from(threads),
+                        &common.options(),
+                    )
+                },
+                isolate::DEFAULT_TIMEOUT,
+            ),
+            common.json,
+        ),
+        Command::Rules => {
+            print!("{}", rules());
+            return ExitCode::SUCCESS;
         }
-    })();
-    match result {
-        Ok((report, json)) => {
-            if report.events.first().is_some_and(|e| e.starts_with("error: ")) {
-                eprintln!("pagelock-testbed: {}", &report.events[0][7..]);
-                return ExitCode::from(2);
-            }
-            finish(&report, json)
+        Command::Fuzz { .. } | Command::Stress { .. } => unreachable!("handled above"),
+    };
+    let report = match outcome {
+        Ok(Outcome::Finished(report)) => report,
+        Ok(Outcome::Stopped(report)) => *report,
+        Ok(Outcome::Failed(message)) => {
+            eprintln!("pagelock-testbed: {message}");
+            return ExitCode::from(2);
+        }
+        Ok(Outcome::Died(message)) => {
+            eprintln!("pagelock-testbed: {message}");
+            return ExitCode::from(1);
         }
         Err(error) => {
             eprintln!("pagelock-testbed: {error:#}");
-            let _ = rules::TABLE.len();
-            let _ = hex(&[]);
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    print_report(&report, json);
+    if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+    } else {
+        print!("{}", report.render());
     }
 }

@@ -1,15 +1,15 @@
-//! The scenario suite's device interface, served in process by the bed, so the same scenarios
-//! that run against the real kernel run against the real driver image here.
+//! The scenario suite's device interface, served in process by the bed, so that the scenarios
+//! that run against the real kernel on Windows run against the real driver image here.
 
 use pagelock_test::device::{Device, Reply, TransportError};
 
 use crate::bed::{Bed, Handle};
 
-/// `\\.\PageLock` on the bed.
+/// A device on the bed, opened by name (a device name or a link).
 pub struct BedDevice<'a> {
     /// The loaded driver.
     pub bed: &'a Bed,
-    /// The name opened (the DOS link).
+    /// The name opened.
     pub name: String,
 }
 

@@ -1,34 +1,94 @@
-//! The I/O manager: device objects, symbolic links, file objects and IRPs, with the checks
-//! Driver Verifier's I/O verification makes around every dispatch.
+//! The I/O manager: device objects and symbolic links by name, IRPs with one stack location,
+//! completion, and the checks I/O verification makes around every dispatch.
 
-use std::{ffi::c_void, sync::atomic::Ordering};
+use std::{
+    cell::RefCell,
+    ffi::c_void,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+};
 
 use pagelock_ddk as ddk;
 use pagelock_protocol::status;
 
 use crate::{
-    kernel::{self, DeviceRecord, PASSIVE_LEVEL, kernel},
-    rules::Rule,
+    exports::Routine,
+    irql,
+    kernel::{DeviceRecord, kernel},
+    verifier::{Rule, bed_number},
 };
 
-/// The kernel's DEVICE_OBJECT size on x64 (mingw-w64's definition is 8 bytes short).
+/// The x64 kernel's `DEVICE_OBJECT` size (mingw-w64's definition is 8 bytes short).
 const DEVICE_OBJECT_SIZE: usize = 0x150;
+/// `STATUS_PENDING`.
+pub const STATUS_PENDING: i32 = 0x103;
+/// `STATUS_OBJECT_NAME_NOT_FOUND`.
+pub const STATUS_OBJECT_NAME_NOT_FOUND: i32 = 0xC000_0034_u32.cast_signed();
+/// `STATUS_OBJECT_NAME_COLLISION`.
+const STATUS_OBJECT_NAME_COLLISION: i32 = 0xC000_0035_u32.cast_signed();
+/// `IO_TYPE_DEVICE`, `IO_TYPE_IRP`, `IO_TYPE_FILE`.
+const IO_TYPE_DEVICE: i16 = 3;
+const IO_TYPE_IRP: i16 = 6;
+/// `IO_TYPE_FILE`.
+pub const IO_TYPE_FILE: i16 = 5;
+/// `DO_DEVICE_INITIALIZING`.
+const DO_DEVICE_INITIALIZING: u32 = 0x80;
 
-fn unicode(s: *const ddk::UNICODE_STRING) -> String {
+/// Major function codes the bed sends.
+pub mod major {
+    /// `IRP_MJ_CREATE`.
+    pub const CREATE: u8 = 0x00;
+    /// `IRP_MJ_CLOSE`.
+    pub const CLOSE: u8 = 0x02;
+    /// `IRP_MJ_DEVICE_CONTROL`.
+    pub const DEVICE_CONTROL: u8 = 0x0E;
+    /// `IRP_MJ_CLEANUP`.
+    pub const CLEANUP: u8 = 0x12;
+
+    /// The name of a major function code.
+    #[must_use]
+    pub const fn name(major: u8) -> &'static str {
+        match major {
+            CREATE => "IRP_MJ_CREATE",
+            CLOSE => "IRP_MJ_CLOSE",
+            DEVICE_CONTROL => "IRP_MJ_DEVICE_CONTROL",
+            CLEANUP => "IRP_MJ_CLEANUP",
+            _ => "IRP_MJ_(other)",
+        }
+    }
+}
+
+/// The text of a `UNICODE_STRING` the driver passed.
+///
+/// # Safety
+/// `s` must be NULL or point at a valid `UNICODE_STRING`.
+#[must_use]
+pub unsafe fn unicode_text(s: *const ddk::UNICODE_STRING) -> String {
     if s.is_null() {
         return String::new();
     }
-    // SAFETY: the driver passes a valid UNICODE_STRING.
+    // SAFETY: the caller passes a valid UNICODE_STRING.
     let s = unsafe { &*s };
     if s.Buffer.is_null() {
         return String::new();
     }
-    // SAFETY: `Length` bytes of UTF-16 at `Buffer`.
+    // SAFETY: `Length` bytes of UTF-16 at `Buffer`, as the structure says.
     let units = unsafe { std::slice::from_raw_parts(s.Buffer, usize::from(s.Length) / 2) };
     String::from_utf16_lossy(units)
 }
 
-extern "win64" fn io_create_device(
+/// A name as the object manager resolves it: `\\.\X`, `\??\X` and `\GLOBAL??\X` all mean
+/// `\DosDevices\X`.
+#[must_use]
+pub fn canonical_name(name: &str) -> String {
+    for prefix in [r"\\.\", r"\??\", r"\GLOBAL??\"] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return format!(r"\DosDevices\{rest}");
+        }
+    }
+    name.to_owned()
+}
+
+pub(crate) extern "win64" fn io_create_device(
     driver: *mut ddk::DRIVER_OBJECT,
     extension_size: u32,
     name: *const ddk::UNICODE_STRING,
@@ -37,45 +97,47 @@ extern "win64" fn io_create_device(
     _exclusive: u8,
     out: *mut *mut ddk::DEVICE_OBJECT,
 ) -> i32 {
-    if kernel::failable("IoCreateDevice") {
+    let k = kernel();
+    if k.enter(Routine::IoCreateDevice) {
         return status::INSUFFICIENT_RESOURCES;
     }
-    let name = unicode(name);
-    let k = kernel();
-    if k.state().devices.iter().any(|d| !name.is_empty() && d.name == name) {
-        return 0xC000_0035_u32.cast_signed(); // STATUS_OBJECT_NAME_COLLISION
+    // SAFETY: the driver passes a valid name (or NULL for an unnamed device).
+    let name = unsafe { unicode_text(name) };
+    if !name.is_empty() && k.state().devices.iter().any(|d| d.name == name) {
+        return STATUS_OBJECT_NAME_COLLISION;
     }
-    // SAFETY: calloc has no preconditions.
+    // SAFETY: calloc has no preconditions; the result is checked for null.
     let object = unsafe { libc::calloc(1, DEVICE_OBJECT_SIZE + extension_size as usize) }
         .cast::<ddk::DEVICE_OBJECT>();
     if object.is_null() {
         return status::INSUFFICIENT_RESOURCES;
     }
-    // SAFETY: a fresh zeroed block large enough for the kernel's DEVICE_OBJECT; the driver
-    // object is the bed's own.
-    unsafe {
-        let device = &mut *object;
-        device.Type = 3;
-        device.Size = u16::try_from(DEVICE_OBJECT_SIZE).unwrap_or(0);
-        device.DriverObject = driver;
-        device.DeviceType = device_type;
-        device.Characteristics = characteristics;
-        device.Flags = 0x80; // DO_DEVICE_INITIALIZING
-        device.StackSize = 1;
-        if extension_size > 0 {
-            device.DeviceExtension = object.cast::<u8>().add(DEVICE_OBJECT_SIZE).cast();
-        }
-        device.NextDevice = (*driver).DeviceObject;
-        (*driver).DeviceObject = object;
-        out.write(object);
+    // SAFETY: a fresh zeroed block large enough for the kernel's DEVICE_OBJECT, ours alone.
+    let device = unsafe { &mut *object };
+    device.Type = IO_TYPE_DEVICE;
+    device.Size = u16::try_from(DEVICE_OBJECT_SIZE).unwrap_or(0);
+    device.ReferenceCount = 0;
+    device.DriverObject = driver;
+    device.DeviceType = device_type;
+    device.Characteristics = characteristics;
+    device.Flags = DO_DEVICE_INITIALIZING;
+    device.StackSize = 1;
+    if extension_size > 0 {
+        device.DeviceExtension = object.wrapping_byte_add(DEVICE_OBJECT_SIZE).cast();
     }
+    // SAFETY: the driver passes its own driver object, which the bed owns and keeps alive.
+    let driver_object = unsafe { &mut *driver };
+    device.NextDevice = driver_object.DeviceObject;
+    driver_object.DeviceObject = object;
+    // SAFETY: the driver passes a PDEVICE_OBJECT to fill.
+    unsafe { out.write(object) };
     k.state().devices.push(DeviceRecord { object: object as usize, name, dacl: None });
-    0
+    status::SUCCESS
 }
 
-extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
-    kernel::count("IoDeleteDevice");
+pub(crate) extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
     let k = kernel();
+    k.enter(Routine::IoDeleteDevice);
     let known = {
         let mut state = k.state();
         let before = state.devices.len();
@@ -83,213 +145,293 @@ extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
         before != state.devices.len()
     };
     if !known {
-        k.violation(Rule::BadPoolFree, format!("IoDeleteDevice({device:p}): not a device"));
+        // Windows would fault on a device that is not one; the bed says so and goes on.
+        k.state().log.push(format!("bed: IoDeleteDevice({device:p}) of an unknown device ignored"));
         return;
     }
-    // SAFETY: a device this bed created; unlink it from its driver's list, then free it.
-    unsafe {
-        let driver = (*device).DriverObject;
-        let mut link: *mut *mut ddk::DEVICE_OBJECT = &raw mut (*driver).DeviceObject;
-        while !(*link).is_null() {
-            if *link == device {
-                *link = (*device).NextDevice;
-                break;
-            }
-            link = &raw mut (**link).NextDevice;
+    // SAFETY: a device this bed created (known above), valid until freed below.
+    let device_object = unsafe { &*device };
+    // SAFETY: its driver object is the bed's, alive while the driver is loaded.
+    let driver = unsafe { &mut *device_object.DriverObject };
+    let mut link: *mut *mut ddk::DEVICE_OBJECT = &raw mut driver.DeviceObject;
+    // SAFETY: the driver's device list holds devices this bed created, each valid.
+    while let Some(current) = unsafe { link.as_mut() }.filter(|l| !l.is_null()) {
+        if *current == device {
+            *current = device_object.NextDevice;
+            break;
         }
-        libc::free(device.cast());
+        // SAFETY: `*current` is a valid device of the list.
+        link = unsafe { &raw mut (**current).NextDevice };
     }
+    // SAFETY: allocated by calloc in io_create_device, unlinked above, freed once.
+    unsafe { libc::free(device.cast()) };
 }
 
-extern "win64" fn io_create_symbolic_link(
+pub(crate) extern "win64" fn io_create_symbolic_link(
     link: *const ddk::UNICODE_STRING,
     target: *const ddk::UNICODE_STRING,
 ) -> i32 {
-    if kernel::failable("IoCreateSymbolicLink") {
+    let k = kernel();
+    if k.enter(Routine::IoCreateSymbolicLink) {
         return status::INSUFFICIENT_RESOURCES;
     }
-    let (link, target) = (unicode(link), unicode(target));
-    let mut state = kernel().state();
+    // SAFETY: the driver passes a valid counted string.
+    let link = canonical_name(&unsafe { unicode_text(link) });
+    // SAFETY: as above.
+    let target = unsafe { unicode_text(target) };
+    let mut state = k.state();
     if state.links.contains_key(&link) {
-        return 0xC000_0035_u32.cast_signed();
+        return STATUS_OBJECT_NAME_COLLISION;
     }
     state.links.insert(link, target);
-    0
+    status::SUCCESS
 }
 
-extern "win64" fn io_delete_symbolic_link(link: *const ddk::UNICODE_STRING) -> i32 {
-    kernel::count("IoDeleteSymbolicLink");
-    let link = unicode(link);
-    if kernel().state().links.remove(&link).is_some() { 0 } else { 0xC000_0034_u32.cast_signed() }
-}
-
-extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8) {
-    kernel::count("IofCompleteRequest");
+pub(crate) extern "win64" fn io_delete_symbolic_link(link: *const ddk::UNICODE_STRING) -> i32 {
     let k = kernel();
-    let twice = {
-        let mut state = k.state();
-        let record = state.irps.entry(irp as usize).or_default();
-        record.completions += 1;
-        record.completions > 1
-    };
-    if twice {
-        crate::bugcheck::stop(
-            0x44,
-            [irp as u64, 0, 0, 0],
-            Rule::IrpCompletedTwice,
-            format!("IRP {irp:p} completed twice"),
-        );
+    k.enter(Routine::IoDeleteSymbolicLink);
+    // SAFETY: the driver passes a valid counted string.
+    let link = canonical_name(&unsafe { unicode_text(link) });
+    if k.state().links.remove(&link).is_some() {
+        status::SUCCESS
+    } else {
+        STATUS_OBJECT_NAME_NOT_FOUND
     }
 }
 
-/// The I/O manager's routines, by import name.
-#[must_use]
-pub fn resolve(name: &str) -> Option<usize> {
-    Some(match name {
-        "IoCreateDevice" => io_create_device as *const () as usize,
-        "IoDeleteDevice" => io_delete_device as *const () as usize,
-        "IoCreateSymbolicLink" => io_create_symbolic_link as *const () as usize,
-        "IoDeleteSymbolicLink" => io_delete_symbolic_link as *const () as usize,
-        "IofCompleteRequest" => iof_complete_request as *const () as usize,
-        _ => return None,
-    })
+/// An IRP as the bed allocates it: the IRP, its one stack location, and what the I/O manager
+/// tracks about it. `#[repr(C)]` with the IRP first, so `IofCompleteRequest` finds the rest.
+#[repr(C)]
+struct Frame {
+    irp: ddk::IRP,
+    stack: ddk::IO_STACK_LOCATION,
+    /// [`IN_FLIGHT`] while the IRP is with the driver, cleared when it is retired.
+    tag: AtomicU64,
+    completions: AtomicU32,
+}
+
+impl Default for Frame {
+    fn default() -> Self {
+        Self {
+            irp: ddk::IRP::default(),
+            stack: ddk::IO_STACK_LOCATION::default(),
+            tag: AtomicU64::new(0),
+            completions: AtomicU32::new(0),
+        }
+    }
+}
+
+thread_local! {
+    /// Retired frames of this thread, reused: a frame is never freed while its thread runs
+    /// driver code, so a late `IofCompleteRequest` on a retired IRP reads valid memory.
+    #[allow(clippy::vec_box)] // boxed so that a frame never moves while the Vec grows
+    static FRAMES: RefCell<Vec<Box<Frame>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a live frame.
+const IN_FLIGHT: u64 = 0x5052_4920_4445_4221; // "!BED IRP"
+
+pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8) {
+    let k = kernel();
+    k.enter(Routine::IofCompleteRequest);
+    let frame = irp.cast::<Frame>();
+    // SAFETY: the bed's IRPs are the first field of a Frame; frames are recycled, never freed
+    // while their thread runs, so a pointer the driver got from the bed stays readable; the tag
+    // says whether it is still in flight.
+    let tag = unsafe { &(*frame).tag };
+    if tag.load(Ordering::SeqCst) != IN_FLIGHT {
+        crate::isolate::stop(
+            Rule::IrpCompletedTwice,
+            None,
+            [irp as u64, 0, 0, 0],
+            format!("IofCompleteRequest({irp:p}) on an IRP no longer in flight"),
+        );
+    }
+    // SAFETY: as above; the frame is live.
+    let completions = unsafe { &(*frame).completions };
+    if completions.fetch_add(1, Ordering::SeqCst) > 0 {
+        crate::isolate::stop(
+            Rule::IrpCompletedTwice,
+            None,
+            [irp as u64, 0, 0, 0],
+            format!("IRP {irp:p} completed a second time"),
+        );
+    }
 }
 
 /// A dispatch routine, called the Win64 way.
 type Dispatch = unsafe extern "win64" fn(*mut ddk::DEVICE_OBJECT, *mut ddk::IRP) -> i32;
 
-/// The outcome of one IRP.
+/// What one IRP came back with.
+#[derive(Clone, Copy, Debug)]
 pub struct Completion {
-    /// `IoStatus.Status` (or the dispatch's return for a pended IRP).
+    /// `IoStatus.Status`, or `STATUS_PENDING` for a pended IRP.
     pub status: i32,
     /// `IoStatus.Information`.
     pub information: u64,
 }
 
-/// Who is calling: the identity the access check at create uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// An elevated administrator (Administrators group).
-    Admin,
-    /// A standard user.
-    User,
+/// An IRP to send.
+pub struct Request {
+    /// The major function.
+    pub major: u8,
+    /// The file object of the handle.
+    pub file: *mut ddk::FILE_OBJECT,
+    /// For device control, its parameters.
+    pub control: Option<Control>,
 }
 
-impl Caller {
-    /// The SIDs in the caller's token.
-    fn sids(self) -> &'static [&'static str] {
-        match self {
-            Self::Admin => &["S-1-5-32-544", "S-1-5-32-545", "S-1-1-0", "S-1-5-11"],
-            Self::User => &["S-1-5-32-545", "S-1-1-0", "S-1-5-11"],
-        }
-    }
+/// The parameters of a device-control IRP, with its buffers as the transfer method places them.
+pub struct Control {
+    /// The control code.
+    pub code: u32,
+    /// Input bytes.
+    pub input_len: usize,
+    /// Output buffer size.
+    pub output_len: usize,
+    /// `AssociatedIrp.SystemBuffer` (buffered: input and output; direct: input).
+    pub system_buffer: *mut c_void,
+    /// `Parameters.DeviceIoControl.Type3InputBuffer` (neither: the caller's input).
+    pub type3_input: *mut c_void,
+    /// `UserBuffer` (neither: the caller's output).
+    pub user_buffer: *mut c_void,
 }
 
-/// `GENERIC_ALL`, and the file rights it maps to on a device.
-const GENERIC_ALL: u32 = 0x1000_0000;
-
-/// The I/O manager's access check at create: the DACL the driver set, if any, must grant the
-/// caller the rights it asks for.
-#[must_use]
-pub fn access_check(device: usize, caller: Caller, wanted: u32) -> bool {
-    let state = kernel().state();
-    let Some(record) = state.devices.iter().find(|d| d.object == device) else { return false };
-    let Some(dacl) = &record.dacl else { return true };
-    let granted = dacl
-        .iter()
-        .filter(|(sid, _)| caller.sids().contains(&sid.as_str()))
-        .fold(0u32, |acc, (_, mask)| acc | if mask & GENERIC_ALL != 0 { u32::MAX } else { *mask });
-    granted & wanted == wanted
-}
-
-/// Sends one IRP to the driver and applies the I/O verification checks. The IRP and its
-/// stack location are built here; `prepare` fills the parameters.
+/// Sends one IRP to the driver (`IoCallDriver`) and applies the I/O verification checks.
 ///
-/// # Panics
-/// Never on a correct bed; a bugcheck ends the process instead.
-pub fn send(
-    driver: *mut ddk::DRIVER_OBJECT,
+/// # Safety
+/// `driver` must be the loaded driver's object and `device` one of its devices.
+pub unsafe fn send(
+    driver: *const ddk::DRIVER_OBJECT,
     device: *mut ddk::DEVICE_OBJECT,
-    file: *mut ddk::FILE_OBJECT,
-    major: u8,
-    system_buffer: *mut c_void,
-    output_capacity: usize,
-    prepare: impl FnOnce(&mut ddk::IO_STACK_LOCATION),
+    request: Request,
 ) -> Completion {
-    let k = kernel();
-    let mut irp: Box<ddk::IRP> = Box::new(ddk::IRP::default());
-    let mut stack: Box<ddk::IO_STACK_LOCATION> = Box::new(ddk::IO_STACK_LOCATION::default());
-    stack.MajorFunction = major;
-    stack.DeviceObject = device;
-    stack.FileObject = file;
-    prepare(&mut stack);
-    irp.Type = 6;
-    irp.StackCount = 1;
-    irp.CurrentLocation = 1;
-    irp.AssociatedIrp.SystemBuffer = system_buffer;
-    irp.IoStatus.__bindgen_anon_1.Status = status::UNSUCCESSFUL;
-    let stack_ptr: *mut ddk::IO_STACK_LOCATION = &raw mut *stack;
-    // Writing a union field is safe: the overlay of a fresh IRP.
-    irp.Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation = stack_ptr;
-    let irp_ptr: *mut ddk::IRP = &raw mut *irp;
-    k.state().irps.insert(irp_ptr as usize, kernel::IrpRecord::default());
-
-    // SAFETY: the driver object is the bed's; MajorFunction was filled by DriverEntry.
+    let output_capacity = request.control.as_ref().map_or(0, |c| c.output_len);
+    let major = request.major;
+    let frame = Box::into_raw(prepare(device, request));
+    let irp = frame.cast::<ddk::IRP>();
+    let before = irql::current();
+    // SAFETY: the caller passes the loaded driver's object; DriverEntry filled MajorFunction.
     let routine = unsafe { (*driver).MajorFunction[usize::from(major)] };
-    let before = kernel::irql();
-    let returned = match routine {
-        // SAFETY: the dispatch routine is Win64 code of the loaded image; its bindgen type says
-        // "C" because the bindings are compiled for this host, so it is called as win64.
-        Some(routine) => unsafe {
-            let routine: Dispatch = std::mem::transmute::<
+    #[allow(clippy::option_if_let_else)] // two paths with their own SAFETY arguments
+    let returned = if let Some(routine) = routine {
+        // SAFETY: the bindings are compiled for this host, so their function pointers say "C";
+        // the routine is Win64 code of the image, called the Win64 way.
+        let routine = unsafe {
+            std::mem::transmute::<
                 unsafe extern "C" fn(*mut ddk::DEVICE_OBJECT, *mut ddk::IRP) -> i32,
                 Dispatch,
-            >(routine);
-            routine(device, irp_ptr)
-        },
-        None => {
-            irp.IoStatus.__bindgen_anon_1.Status = status::INVALID_DEVICE_REQUEST;
-            k.state().irps.insert(irp_ptr as usize, kernel::IrpRecord { completions: 1 });
-            status::INVALID_DEVICE_REQUEST
-        }
+            >(routine)
+        };
+        // SAFETY: a dispatch routine of the loaded driver, with its device and a fresh IRP.
+        unsafe { routine(device, irp) }
+    } else {
+        // No handler: the I/O manager completes with STATUS_INVALID_DEVICE_REQUEST.
+        // SAFETY: the frame is ours alone: the driver never saw it.
+        let frame = unsafe { &mut *frame };
+        frame.irp.IoStatus.__bindgen_anon_1.Status = status::INVALID_DEVICE_REQUEST;
+        frame.completions.store(1, Ordering::SeqCst);
+        status::INVALID_DEVICE_REQUEST
     };
-    let after = kernel::irql();
+    check_irql_and_locks(device, major, before);
+    // SAFETY: the frame is ours again: the driver's access to it ended with its return, unless
+    // it pended the IRP, in which case the frame is only read here and then left to it.
+    let seen = unsafe { &*frame };
+    let completions = seen.completions.load(Ordering::SeqCst);
+    // SAFETY: the status union's members overlay one 32-bit value.
+    let io_status = unsafe { seen.irp.IoStatus.__bindgen_anon_1.Status };
+    let information = seen.irp.IoStatus.Information;
+    let pending = returned == STATUS_PENDING;
+    let k = kernel();
+    let name = major::name(major);
+    let code = |s: i32| u64::from(s.cast_unsigned());
+    if completions == 0 && !pending {
+        k.violation(
+            Rule::IrpNeverCompleted,
+            [bed_number(0x18), irp as u64, u64::from(major), code(returned)],
+            format!("{name} returned {returned:#x} without completing the IRP"),
+        );
+    }
+    if completions > 0 && !pending && returned != io_status {
+        k.violation(
+            Rule::StatusMismatch,
+            [bed_number(0x19), irp as u64, code(returned), code(io_status)],
+            format!("{name} returned {returned:#x}, but IoStatus.Status is {io_status:#x}"),
+        );
+    }
+    if major == major::DEVICE_CONTROL
+        && status::is_success(io_status)
+        && information > output_capacity as u64
+    {
+        k.violation(
+            Rule::InformationTooLarge,
+            [bed_number(0x1A), irp as u64, information, output_capacity as u64],
+            format!("{name}: IoStatus.Information {information} > output buffer {output_capacity}"),
+        );
+    }
+    if pending && completions == 0 {
+        // The driver keeps the IRP: its frame must outlive this call (leaked on purpose).
+        k.state().log.push(format!("bed: {name} pended; pended IRPs are not followed further"));
+        return Completion { status: STATUS_PENDING, information: 0 };
+    }
+    // SAFETY: the frame from Box::into_raw above, retired once and kept for reuse.
+    let frame = unsafe { Box::from_raw(frame) };
+    frame.tag.store(0, Ordering::SeqCst);
+    FRAMES.with(|frames| frames.borrow_mut().push(frame));
+    Completion { status: io_status, information }
+}
+
+/// A frame for `request`, recycled when this thread has one.
+fn prepare(device: *mut ddk::DEVICE_OBJECT, request: Request) -> Box<Frame> {
+    let mut frame = FRAMES.with(|frames| frames.borrow_mut().pop()).unwrap_or_default();
+    *frame = Frame::default();
+    frame.tag.store(IN_FLIGHT, Ordering::SeqCst);
+    frame.stack.MajorFunction = request.major;
+    frame.stack.DeviceObject = device;
+    frame.stack.FileObject = request.file;
+    if let Some(control) = request.control {
+        frame.stack.Parameters.DeviceIoControl =
+            ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_17 {
+                OutputBufferLength: u32::try_from(control.output_len).unwrap_or(u32::MAX),
+                InputBufferLength: u32::try_from(control.input_len).unwrap_or(u32::MAX),
+                IoControlCode: control.code,
+                Type3InputBuffer: control.type3_input,
+                ..Default::default()
+            };
+        frame.irp.AssociatedIrp.SystemBuffer = control.system_buffer;
+        frame.irp.UserBuffer = control.user_buffer;
+    }
+    frame.irp.Type = IO_TYPE_IRP;
+    frame.irp.Size =
+        u16::try_from(size_of::<ddk::IRP>() + size_of::<ddk::IO_STACK_LOCATION>()).unwrap_or(0);
+    frame.irp.StackCount = 1;
+    frame.irp.CurrentLocation = 1;
+    frame.irp.IoStatus.__bindgen_anon_1.Status = status::UNSUCCESSFUL;
+    let stack: *mut ddk::IO_STACK_LOCATION = &raw mut frame.stack;
+    frame.irp.Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation = stack;
+    frame
+}
+
+/// I/O verification after a dispatch: the IRQL it returned at and spin locks still held.
+fn check_irql_and_locks(device: *mut ddk::DEVICE_OBJECT, major: u8, before: u8) {
+    let k = kernel();
+    let name = major::name(major);
+    let after = irql::current();
     if after != before {
         k.violation(
             Rule::IrqlChangedAcrossDispatch,
-            format!("major {major:#x}: IRQL {before} on entry, {after} on return"),
+            [0x05, device as u64, u64::from(before), u64::from(after)],
+            format!("{name}: called at IRQL {before}, returned at IRQL {after}"),
         );
-        kernel::set_irql(PASSIVE_LEVEL);
+        irql::set(before);
     }
-    if kernel::held_spin_locks() > 0 {
+    let held = irql::spin_locks_held();
+    if held > 0 {
         k.violation(
             Rule::SpinLockNeverReleased,
-            format!("major {major:#x}: {} spin lock(s) held on return", kernel::held_spin_locks()),
+            [bed_number(0x1E), u64::from(held), u64::from(major), 0],
+            format!("{name}: returned holding {held} spin lock(s)"),
         );
+        irql::forget_spin_locks();
     }
-    let record = k.state().irps.remove(&(irp_ptr as usize)).unwrap_or_default();
-    // SAFETY: the status union's members overlay one 32-bit value.
-    let io_status = unsafe { irp.IoStatus.__bindgen_anon_1.Status };
-    let information = irp.IoStatus.Information;
-    let pending = returned == 0x103;
-    if record.completions == 0 && !pending {
-        k.violation(
-            Rule::IrpNeverCompleted,
-            format!("major {major:#x} returned {returned:#x} without completing the IRP"),
-        );
-    }
-    if !pending && record.completions > 0 && returned != io_status {
-        k.violation(
-            Rule::StatusMismatch,
-            format!("major {major:#x} returned {returned:#x}, IoStatus.Status {io_status:#x}"),
-        );
-    }
-    if major == 0x0E && status::is_success(io_status) && information > output_capacity as u64 {
-        k.violation(
-            Rule::InformationTooLarge,
-            format!("Information {information} > output buffer {output_capacity}"),
-        );
-    }
-    let _ = k.sections.iter().map(|s| s.count.load(Ordering::Relaxed)).count();
-    Completion { status: if pending { returned } else { io_status }, information }
 }

@@ -1,0 +1,558 @@
+//! IRP-sequence fuzzing and the concurrency run, against pagelock.sys on the bed.
+//!
+//! The fuzzer drives random sequences of opens, control requests (valid and invalid codes,
+//! boundary and random buffer sizes, random contents) and closes over several handles, keeps a
+//! model of the locks every open handle should hold, and at every quiescent point (no IRP in
+//! flight) checks that the memory manager's lock counts, the counts the driver reports and the
+//! model agree, that every reply has its documented status, and that no verifier rule fired. A
+//! failure is shrunk to a minimal sequence, replayed from scratch each time; everything follows
+//! from the seed.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use pagelock_protocol::{
+    self as protocol, BenchRequest, IOCTL_BENCH, IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED,
+    IOCTL_UNLOCK, MAX_EXTRA_LOCKS, RunRequest, StateReply, status,
+    zerocopy::{FromBytes, IntoBytes},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bed::{Bed, Handle, Options},
+    isolate::isolated,
+};
+
+/// Options of a fuzz or stress run: the default rules, without the per-step trace.
+fn quiet() -> Options {
+    Options { trace: false, ..Options::default() }
+}
+
+/// What one sequence came to, carried out of its child process.
+#[derive(Serialize, Deserialize)]
+struct Outcome {
+    failure: Option<Failure>,
+    irps: u64,
+}
+
+/// Most handles open at once.
+const MAX_HANDLES: usize = 6;
+
+/// One step of a sequence.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Op {
+    /// Open a handle.
+    Open,
+    /// Close the handle in this slot (modulo the open ones).
+    Close(usize),
+    /// Send a control request on a handle.
+    Control {
+        /// Handle slot (modulo the open ones).
+        handle: usize,
+        /// The code.
+        code: u32,
+        /// The input bytes.
+        input: Vec<u8>,
+        /// The output capacity.
+        output: usize,
+    },
+}
+
+/// A deterministic generator (`SplitMix64`), so that a seed reproduces a run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// From a seed.
+    #[must_use]
+    pub const fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next value.
+    pub const fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        protocol::splitmix64(self.0)
+    }
+
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap_or(0)
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+const fn sizes(size: usize) -> [usize; 5] {
+    [0, size.saturating_sub(1), size, size + 1, 64]
+}
+
+/// A random step.
+pub fn random_op(rng: &mut Rng) -> Op {
+    match rng.below(10) {
+        0 | 1 => Op::Open,
+        2 => Op::Close(rng.below(MAX_HANDLES)),
+        _ => {
+            let handle = rng.below(MAX_HANDLES);
+            let code = match rng.below(8) {
+                0 => IOCTL_QUERY_STATE,
+                1 | 2 => IOCTL_RUN_LOCKED,
+                3 => IOCTL_LOCK,
+                4 => IOCTL_UNLOCK,
+                5 => IOCTL_BENCH,
+                6 => protocol::ctl_code(
+                    protocol::DEVICE_TYPE,
+                    0x800 + u32::try_from(rng.below(16)).unwrap_or(0),
+                    rng.pick(&[0, 1, 2, 3]),
+                    rng.pick(&[0, 1, 2, 3]),
+                ),
+                _ => u32::try_from(rng.next() & 0xFFFF_FFFF).unwrap_or(0),
+            };
+            let input = match (code, rng.below(4)) {
+                (IOCTL_RUN_LOCKED, 0 | 1) => {
+                    let iterations = rng.pick(&[
+                        0,
+                        1,
+                        2,
+                        100,
+                        protocol::MAX_RUN_ITERATIONS,
+                        protocol::MAX_RUN_ITERATIONS + 1,
+                    ]);
+                    RunRequest::new(iterations, rng.next()).as_bytes().to_vec()
+                }
+                (IOCTL_BENCH, 0 | 1) => {
+                    BenchRequest::new(rng.pick(&[0, 1, 10, protocol::MAX_BENCH_ITERATIONS + 1]))
+                        .as_bytes()
+                        .to_vec()
+                }
+                (IOCTL_QUERY_STATE | IOCTL_LOCK | IOCTL_UNLOCK, 0..=2) => Vec::new(),
+                _ => {
+                    let len = rng.pick(&sizes(16));
+                    (0..len).map(|_| u8::try_from(rng.next() & 0xFF).unwrap_or(0)).collect()
+                }
+            };
+            let output = rng.pick(&[0, 7, 8, 15, 16, 31, 32, 95, 96, 97, 256]);
+            Op::Control { handle, code, input, output }
+        }
+    }
+}
+
+/// What one handle should hold, by the protocol.
+struct Model {
+    handle: Handle,
+    extra: u32,
+}
+
+/// Why a sequence failed, at which step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    /// Index of the step after which the check failed.
+    pub step: usize,
+    /// What was wrong.
+    pub reason: String,
+}
+
+fn query(bed: &Bed, handle: &Handle) -> Option<StateReply> {
+    let (status, bytes) = bed.control(handle, IOCTL_QUERY_STATE, &[], size_of::<StateReply>());
+    if status != status::SUCCESS {
+        return None;
+    }
+    StateReply::read_from_bytes(&bytes).ok()
+}
+
+/// Expected status of a control request, from the protocol's rules.
+fn expected_status(code: u32, input: &[u8], output: usize, extra: u32) -> i32 {
+    let too_small = |reply: usize| output < reply;
+    match code {
+        IOCTL_QUERY_STATE => {
+            if too_small(size_of::<StateReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else if !input.is_empty() {
+                status::INVALID_PARAMETER
+            } else {
+                status::SUCCESS
+            }
+        }
+        IOCTL_LOCK | IOCTL_UNLOCK => {
+            if too_small(size_of::<protocol::LockReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else if !input.is_empty() {
+                status::INVALID_PARAMETER
+            } else if (code == IOCTL_LOCK && extra >= MAX_EXTRA_LOCKS)
+                || (code == IOCTL_UNLOCK && extra == 0)
+            {
+                status::INVALID_DEVICE_STATE
+            } else {
+                status::SUCCESS
+            }
+        }
+        IOCTL_RUN_LOCKED => {
+            if too_small(size_of::<protocol::RunReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else {
+                match protocol::decode::<RunRequest>(input) {
+                    Err(protocol::RequestError::BufferTooSmall) => status::BUFFER_TOO_SMALL,
+                    Err(protocol::RequestError::InvalidParameter) => status::INVALID_PARAMETER,
+                    Ok(r) if !r.is_valid() => status::INVALID_PARAMETER,
+                    Ok(_) => status::SUCCESS,
+                }
+            }
+        }
+        IOCTL_BENCH => {
+            if too_small(size_of::<protocol::BenchReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else {
+                match protocol::decode::<BenchRequest>(input) {
+                    Err(protocol::RequestError::BufferTooSmall) => status::BUFFER_TOO_SMALL,
+                    Err(protocol::RequestError::InvalidParameter) => status::INVALID_PARAMETER,
+                    Ok(r) if !r.is_valid() => status::INVALID_PARAMETER,
+                    Ok(_) => status::SUCCESS,
+                }
+            }
+        }
+        // Every other code; the fuzzer's handles have read and write access, so the I/O
+        // manager's access check passes them all to the driver.
+        _ => status::INVALID_DEVICE_REQUEST,
+    }
+}
+
+/// Runs `ops` on a loaded bed, checking after every step. Returns the first failure.
+#[allow(clippy::too_many_lines)] // one walk over the steps, with the model beside it
+pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> {
+    let mut open: Vec<Model> = Vec::new();
+    for (step, op) in ops.iter().enumerate() {
+        let fail = |reason: String| Some(Failure { step, reason });
+        match op {
+            Op::Open => {
+                if open.len() < MAX_HANDLES {
+                    *irps += 1;
+                    match bed.open(protocol::DEVICE_NAME) {
+                        Ok(handle) => open.push(Model { handle, extra: 0 }),
+                        Err(status) => return fail(format!("open failed with {status:#x}")),
+                    }
+                }
+            }
+            Op::Close(slot) => {
+                if !open.is_empty() {
+                    let model = open.remove(slot % open.len());
+                    *irps += 2;
+                    bed.close(model.handle);
+                }
+            }
+            Op::Control { handle, code, input, output } => {
+                if open.is_empty() {
+                    continue;
+                }
+                let index = handle % open.len();
+                *irps += 1;
+                let extra = open[index].extra;
+                let (got, reply) = bed.control(&open[index].handle, *code, input, *output);
+                let expected = expected_status(*code, input, *output, extra);
+                if expected != got {
+                    return fail(format!(
+                        "code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
+                        input.len()
+                    ));
+                }
+                if !status::is_success(got) && !reply.is_empty() {
+                    return fail(format!(
+                        "code {code:#x} failed but returned {} bytes",
+                        reply.len()
+                    ));
+                }
+                if got == status::SUCCESS {
+                    match *code {
+                        IOCTL_LOCK => open[index].extra += 1,
+                        IOCTL_UNLOCK => open[index].extra -= 1,
+                        IOCTL_RUN_LOCKED => {
+                            let request = RunRequest::read_from_bytes(input).unwrap_or_default();
+                            let reply =
+                                protocol::RunReply::read_from_bytes(&reply).unwrap_or_default();
+                            if reply.checksum
+                                != protocol::checksum(request.seed, request.iterations)
+                                || reply.irql != protocol::DISPATCH_LEVEL
+                            {
+                                return fail(format!(
+                                    "RUN_LOCKED replied {reply:?} for {request:?}"
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        // Quiescent: nothing in flight. The model, the memory manager and the driver agree.
+        let expected: i64 = open.iter().map(|m| 1 + i64::from(m.extra)).sum();
+        for (name, count) in bed.lock_counts() {
+            if (name == "PAGELK" || name == "PAGEDATA") && count != expected {
+                return fail(format!(
+                    "{name}: memory manager holds {count} locks, open handles should hold {expected}"
+                ));
+            }
+        }
+        if let Some(first) = open.first() {
+            *irps += 1;
+            let Some(state) = query(bed, &first.handle) else {
+                return fail("QUERY_STATE failed".into());
+            };
+            for section in &state.sections {
+                if i64::from(section.lock_count) != expected {
+                    return fail(format!(
+                        "driver reports {} locks on {}, expected {expected}",
+                        section.lock_count,
+                        section.name()
+                    ));
+                }
+            }
+            if state.caller_extra_locks != first.extra {
+                return fail(format!(
+                    "driver reports {} extra locks for the handle, model {}",
+                    state.caller_extra_locks, first.extra
+                ));
+            }
+        }
+        let violations = bed.violations();
+        if let Some(v) = violations.first() {
+            return fail(format!("verifier rule {}: {}", v.rule, v.detail));
+        }
+    }
+    for model in open {
+        *irps += 2;
+        bed.close(model.handle);
+    }
+    bed.unload();
+    let violations = bed.violations();
+    if let Some(v) = violations.first() {
+        return Some(Failure {
+            step: ops.len(),
+            reason: format!("verifier rule {}: {}", v.rule, v.detail),
+        });
+    }
+    None
+}
+
+/// Replays `ops` on a fresh bed in a child process.
+///
+/// # Errors
+/// When the child cannot run.
+pub fn replay(driver: &Path, ops: &[Op]) -> Result<Option<Failure>> {
+    let report = isolated(|| {
+        let bed = Bed::load(driver, quiet())?
+            .map_err(|(s, _)| anyhow::anyhow!("DriverEntry failed: {s:#x}"))?;
+        let failure = check_sequence(&bed, ops, &mut 0);
+        let mut report = bed.report();
+        report.scenarios = failure.map(|f| serde_json::to_string(&f).unwrap_or_default());
+        Ok(report)
+    })?;
+    if let Some(b) = &report.bugcheck {
+        return Ok(Some(Failure {
+            step: ops.len(),
+            reason: format!("bugcheck {:#x}: {}", b.code, b.detail),
+        }));
+    }
+    Ok(report.scenarios.and_then(|f| serde_json::from_str(&f).ok()))
+}
+
+/// Shrinks a failing sequence: drops chunks, then single steps, while it still fails.
+///
+/// # Errors
+/// When a replay cannot run.
+pub fn shrink(driver: &Path, mut ops: Vec<Op>) -> Result<Vec<Op>> {
+    let mut chunk = ops.len() / 2;
+    while chunk >= 1 {
+        let mut start = 0;
+        while start < ops.len() {
+            let mut candidate = ops.clone();
+            candidate.drain(start..(start + chunk).min(ops.len()));
+            if replay(driver, &candidate)?.is_some() {
+                ops = candidate;
+            } else {
+                start += chunk;
+            }
+        }
+        chunk /= 2;
+    }
+    Ok(ops)
+}
+
+/// Figures of a fuzz run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// The seed everything followed from.
+    pub seed: u64,
+    /// Seconds asked for.
+    pub seconds: u64,
+    /// Sequences run.
+    pub sequences: u64,
+    /// Steps (opens, requests, closes) generated.
+    pub steps: u64,
+    /// IRPs sent, checks included.
+    pub irps: u64,
+    /// Failures found.
+    pub failures: u64,
+    /// The first failure, shrunk, if any.
+    pub minimal_failure: Option<(Vec<Op>, Failure)>,
+}
+
+/// Fuzzes `driver` for `seconds`, one sequence (one fresh driver load, in its own process)
+/// after another, each of up to 200 steps.
+///
+/// # Errors
+/// When a run cannot start.
+pub fn fuzz(driver: &Path, seconds: u64, seed: u64) -> Result<Stats> {
+    let mut stats = Stats { seed, seconds, ..Stats::default() };
+    let mut rng = Rng::new(seed);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let len = 1 + rng.below(200);
+        let ops: Vec<Op> = (0..len).map(|_| random_op(&mut rng)).collect();
+        stats.sequences += 1;
+        stats.steps += ops.len() as u64;
+        let sequence = ops.clone();
+        let report = isolated(move || {
+            let bed = Bed::load(driver, quiet())?
+                .map_err(|(s, _)| anyhow::anyhow!("DriverEntry failed: {s:#x}"))?;
+            let mut irps = 0;
+            let failure = check_sequence(&bed, &sequence, &mut irps);
+            let mut report = bed.report();
+            report.scenarios = serde_json::to_string(&Outcome { failure, irps }).ok();
+            Ok(report)
+        })?;
+        let outcome: Option<Outcome> =
+            report.scenarios.as_deref().and_then(|o| serde_json::from_str(o).ok());
+        stats.irps += outcome.as_ref().map_or(0, |o| o.irps);
+        let failure = report
+            .bugcheck
+            .as_ref()
+            .map(|b| Failure {
+                step: ops.len(),
+                reason: format!("bugcheck {:#x}: {}", b.code, b.detail),
+            })
+            .or_else(|| outcome.and_then(|o| o.failure));
+        if let Some(failure) = failure {
+            stats.failures += 1;
+            let minimal = shrink(driver, ops)?;
+            let why = replay(driver, &minimal)?.unwrap_or(failure);
+            stats.minimal_failure = Some((minimal, why));
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+/// Figures of a concurrency run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StressStats {
+    /// Threads.
+    pub threads: usize,
+    /// Iterations per thread (open, `LOCK`, `RUN_LOCKED`, `UNLOCK`, close).
+    pub iterations: u64,
+    /// Operations that succeeded.
+    pub operations: u64,
+    /// `RUN_LOCKED` requests the driver counted (its counter lives in `PAGEDATA`, updated under
+    /// its spin lock): must equal the ones that succeeded, or an update was lost.
+    pub runs_counted: u64,
+    /// What went wrong, if anything.
+    pub problems: Vec<String>,
+}
+
+/// `threads` threads each open, lock, run, unlock and close `iterations` times, at once; then
+/// every count must be back to what the checking handle holds and no update may be lost.
+///
+/// # Errors
+/// When the run cannot start.
+pub fn stress(driver: &Path, threads: usize, iterations: u64) -> Result<StressStats> {
+    let report = isolated(move || {
+        let bed = Bed::load(driver, Options { force_irql: false, ..quiet() })?
+            .map_err(|(s, _)| anyhow::anyhow!("DriverEntry failed: {s:#x}"))?;
+        let bed = std::sync::Arc::new(bed);
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let bed = std::sync::Arc::clone(&bed);
+                std::thread::spawn(move || {
+                    let mut done = 0u64;
+                    let mut problems = Vec::new();
+                    for i in 0..iterations {
+                        let Ok(handle) = bed.open(protocol::DEVICE_NAME) else {
+                            problems.push(format!("thread {t}: open {i} failed"));
+                            continue;
+                        };
+                        let run = RunRequest::new(64, i);
+                        for (code, input, output) in [
+                            (IOCTL_LOCK, Vec::new(), 8),
+                            (IOCTL_RUN_LOCKED, run.as_bytes().to_vec(), 16),
+                            (IOCTL_UNLOCK, Vec::new(), 8),
+                        ] {
+                            let (got, _) = bed.control(&handle, code, &input, output);
+                            if got == status::SUCCESS {
+                                done += 1;
+                            } else {
+                                problems.push(format!("thread {t}: {code:#x} -> {got:#x}"));
+                            }
+                        }
+                        bed.close(handle);
+                        done += 2;
+                    }
+                    (done, problems)
+                })
+            })
+            .collect();
+        let mut stats = StressStats { threads, iterations, ..StressStats::default() };
+        for worker in workers {
+            let (done, problems) =
+                worker.join().unwrap_or_else(|_| (0, vec!["a thread panicked".into()]));
+            stats.operations += done;
+            stats.problems.extend(problems);
+        }
+        match bed.open(protocol::DEVICE_NAME) {
+            Ok(handle) => {
+                if let Some(state) = query(&bed, &handle) {
+                    stats.runs_counted = state.runs;
+                    for section in &state.sections {
+                        if section.lock_count != 1 {
+                            stats.problems.push(format!(
+                                "{} has {} locks with one handle open",
+                                section.name(),
+                                section.lock_count
+                            ));
+                        }
+                    }
+                }
+                bed.close(handle);
+            }
+            Err(refused) => stats.problems.push(format!("final open failed: {refused:#x}")),
+        }
+        let expected_runs = threads as u64 * iterations;
+        if stats.runs_counted != expected_runs {
+            stats.problems.push(format!(
+                "driver counted {} runs, {expected_runs} succeeded: updates lost",
+                stats.runs_counted
+            ));
+        }
+        for (name, count) in bed.lock_counts() {
+            if count != 0 {
+                stats
+                    .problems
+                    .push(format!("{name}: lock count {count} after every handle closed"));
+            }
+        }
+        bed.unload();
+        let mut report = bed.report();
+        report.scenarios = Some(serde_json::to_string(&stats).unwrap_or_default());
+        Ok(report)
+    })?;
+    let mut stats: StressStats =
+        report.scenarios.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    stats.problems.extend(
+        report.violations.iter().map(|v| format!("verifier rule {}: {}", v.rule, v.detail)),
+    );
+    if let Some(b) = report.bugcheck {
+        stats.problems.push(format!("bugcheck {:#x}: {}", b.code, b.detail));
+    }
+    Ok(stats)
+}

@@ -1,0 +1,56 @@
+//! IRQL, per thread: what `KeGetCurrentIrql` returns and `mov cr8` sets. Raising a thread to
+//! `DISPATCH_LEVEL` pages out every unlocked pageable section when Force IRQL checking is on.
+//!
+//! The values live in `const` thread-locals without destructors, which the fault handler may
+//! read and write (no lazy initialisation, no allocation).
+
+use std::cell::Cell;
+
+/// `PASSIVE_LEVEL`.
+pub const PASSIVE_LEVEL: u8 = 0;
+/// `APC_LEVEL`.
+pub const APC_LEVEL: u8 = 1;
+/// `DISPATCH_LEVEL`.
+pub const DISPATCH_LEVEL: u8 = 2;
+
+thread_local! {
+    static IRQL: Cell<u8> = const { Cell::new(PASSIVE_LEVEL) };
+    static SPIN_LOCKS_HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// This thread's IRQL.
+#[must_use]
+pub fn current() -> u8 {
+    IRQL.with(Cell::get)
+}
+
+/// Sets this thread's IRQL. A raise from below `DISPATCH_LEVEL` to it or above runs Force IRQL
+/// checking (async-signal-safe: the CR8 emulation calls this from the fault handler).
+pub fn set(new: u8) {
+    let old = IRQL.with(|irql| irql.replace(new));
+    if new >= DISPATCH_LEVEL
+        && old < DISPATCH_LEVEL
+        && let Some(kernel) = crate::kernel::try_kernel()
+        && kernel.options.force_irql
+    {
+        kernel.mm.page_out_unlocked();
+    }
+}
+
+/// Spin locks this thread holds.
+#[must_use]
+pub fn spin_locks_held() -> u32 {
+    SPIN_LOCKS_HELD.with(Cell::get)
+}
+
+/// Counts a spin lock acquired (`+1`) or released (`-1`) by this thread.
+pub fn count_spin_lock(acquired: bool) {
+    SPIN_LOCKS_HELD.with(|held| {
+        held.set(if acquired { held.get() + 1 } else { held.get().saturating_sub(1) });
+    });
+}
+
+/// Forgets this thread's spin locks (after a violation was reported for them).
+pub fn forget_spin_locks() {
+    SPIN_LOCKS_HELD.with(|held| held.set(0));
+}

@@ -1,0 +1,238 @@
+//! The memory manager, with real paging.
+//!
+//! It keeps the image's sections, one handle and one lock count per pageable
+//! section, and real paging: a pageable section whose count is zero can be paged out (its
+//! pages made inaccessible with `mprotect`), and a fault on it pages it back in.
+//!
+//! Every lock adds one to the count and every unlock takes one away (the references'
+//! "sets the count to one" describes a count at zero; read literally it would reset the locks
+//! of other handles). Counts and presence are atomics, and every change of presence happens
+//! under one spin lock, so that a page-out racing a lock never leaves a locked section out.
+//! All of it is async-signal-safe: the fault handler pages sections in.
+
+use std::{
+    ffi::c_void,
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+};
+
+use crate::loader::{Image, Residency};
+
+/// Section handles are fake kernel addresses, never dereferenced.
+const HANDLE_BASE: usize = 0xFFFF_F800_5EC7_0000;
+
+/// One section as the memory manager tracks it.
+#[derive(Debug)]
+pub struct Section {
+    /// The PE name.
+    pub name: String,
+    /// First address.
+    pub start: usize,
+    /// One past the last address (page-rounded).
+    pub end: usize,
+    /// Protection when present.
+    pub prot: i32,
+    /// How it is treated.
+    pub residency: Residency,
+    /// Lock count.
+    pub count: AtomicI64,
+    /// Highest lock count since the last [`Mm::reset_peaks`].
+    pub peak: AtomicI64,
+    /// Accessible now.
+    pub present: AtomicBool,
+    /// Freed (`INIT` after `DriverEntry`).
+    pub discarded: AtomicBool,
+    /// Faults that paged it back in.
+    pub page_ins: AtomicU64,
+    /// Times it was paged out.
+    pub page_outs: AtomicU64,
+}
+
+impl Section {
+    /// Whether `address` lies in this section.
+    #[must_use]
+    pub const fn contains(&self, address: usize) -> bool {
+        address >= self.start && address < self.end
+    }
+
+    /// Whether it is pageable.
+    #[must_use]
+    pub fn pageable(&self) -> bool {
+        self.residency == Residency::Pageable
+    }
+
+    fn protect(&self, prot: i32) {
+        // SAFETY: the range is a section of the image mapping, which lives for the process;
+        // only its protection changes.
+        let _ = unsafe { libc::mprotect(self.start as *mut c_void, self.end - self.start, prot) };
+    }
+}
+
+/// The memory manager of one loaded image.
+#[derive(Debug)]
+pub struct Mm {
+    /// The image's sections.
+    pub sections: Vec<Section>,
+    /// Held while a section's presence changes.
+    pager: AtomicBool,
+}
+
+/// Holds the pager lock while it lives.
+struct PagerGuard<'a>(&'a AtomicBool);
+
+impl Drop for PagerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Mm {
+    /// The memory manager of `image`: every section present, nothing locked.
+    #[must_use]
+    pub fn new(image: &Image) -> Self {
+        let base = image.base.as_ptr() as usize;
+        let sections = image
+            .sections
+            .iter()
+            .map(|s| Section {
+                name: s.name.clone(),
+                start: base + s.rva,
+                end: base + s.rva + s.size,
+                prot: s.prot,
+                residency: s.residency,
+                count: AtomicI64::new(0),
+                peak: AtomicI64::new(0),
+                present: AtomicBool::new(true),
+                discarded: AtomicBool::new(false),
+                page_ins: AtomicU64::new(0),
+                page_outs: AtomicU64::new(0),
+            })
+            .collect();
+        Self { sections, pager: AtomicBool::new(false) }
+    }
+
+    fn pager(&self) -> PagerGuard<'_> {
+        while self
+            .pager
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        PagerGuard(&self.pager)
+    }
+
+    /// The section containing `address`, with its index.
+    #[must_use]
+    pub fn section_of(&self, address: usize) -> Option<(usize, &Section)> {
+        self.sections.iter().enumerate().find(|(_, s)| s.contains(address))
+    }
+
+    /// `address` as `SECTION+0xOFFSET` when it is in the image.
+    #[must_use]
+    pub fn describe(&self, address: usize) -> String {
+        self.section_of(address).map_or_else(
+            || format!("{address:#x} (outside the image)"),
+            |(_, s)| format!("{}+{:#x}", s.name, address - s.start),
+        )
+    }
+
+    /// The handle of section `index`, as `MmLockPagableDataSection` returns it.
+    #[must_use]
+    pub const fn handle(index: usize) -> usize {
+        HANDLE_BASE + index * 0x10
+    }
+
+    /// The pageable section a handle names.
+    #[must_use]
+    pub fn by_handle(&self, handle: usize) -> Option<&Section> {
+        let offset = handle.checked_sub(HANDLE_BASE)?;
+        if offset % 0x10 != 0 {
+            return None;
+        }
+        self.sections.get(offset / 0x10).filter(|s| s.pageable())
+    }
+
+    /// Adds one lock to `section`, paging it in.
+    pub fn lock(&self, section: &Section) {
+        let _pager = self.pager();
+        let count = section.count.fetch_add(1, Ordering::SeqCst) + 1;
+        section.peak.fetch_max(count, Ordering::Relaxed);
+        if !section.present.swap(true, Ordering::SeqCst) {
+            section.protect(section.prot);
+        }
+    }
+
+    /// Takes one lock from `section`; false (and no change) when its count is zero.
+    pub fn unlock(&self, section: &Section) -> bool {
+        let _pager = self.pager();
+        section
+            .count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c > 0).then(|| c - 1))
+            .is_ok()
+    }
+
+    /// Pages out every pageable section whose count is zero (async-signal-safe).
+    pub fn page_out_unlocked(&self) {
+        for section in self.sections.iter().filter(|s| s.pageable()) {
+            let _pager = self.pager();
+            if section.count.load(Ordering::SeqCst) == 0
+                && section.present.swap(false, Ordering::SeqCst)
+            {
+                section.page_outs.fetch_add(1, Ordering::Relaxed);
+                section.protect(libc::PROT_NONE);
+            }
+        }
+    }
+
+    /// Pages `section` back in after a fault on it (async-signal-safe).
+    pub fn fault_in(&self, section: &Section) {
+        let _pager = self.pager();
+        if !section.present.swap(true, Ordering::SeqCst) {
+            section.page_ins.fetch_add(1, Ordering::Relaxed);
+            section.protect(section.prot);
+        }
+    }
+
+    /// Frees the discardable sections (`INIT`) once `DriverEntry` has returned.
+    pub fn discard(&self) {
+        for section in self.sections.iter().filter(|s| s.residency == Residency::Discardable) {
+            let _pager = self.pager();
+            section.discarded.store(true, Ordering::SeqCst);
+            section.present.store(false, Ordering::SeqCst);
+            section.protect(libc::PROT_NONE);
+        }
+    }
+
+    /// Whether unlocked pageable memory at `address` would be touched (for the rule on
+    /// pageable memory handed to kernel routines at `DISPATCH_LEVEL`).
+    #[must_use]
+    pub fn unlocked_pageable(&self, address: usize) -> Option<&Section> {
+        self.section_of(address)
+            .map(|(_, s)| s)
+            .filter(|s| s.pageable() && s.count.load(Ordering::SeqCst) == 0)
+    }
+
+    /// Lock counts of the pageable sections.
+    #[must_use]
+    pub fn counts(&self) -> Vec<(String, i64)> {
+        self.pageable().map(|s| (s.name.clone(), s.count.load(Ordering::SeqCst))).collect()
+    }
+
+    /// Highest counts since the last reset.
+    #[must_use]
+    pub fn peaks(&self) -> Vec<(String, i64)> {
+        self.pageable().map(|s| (s.name.clone(), s.peak.load(Ordering::SeqCst))).collect()
+    }
+
+    /// Starts a new peak window at the current counts.
+    pub fn reset_peaks(&self) {
+        for s in self.pageable() {
+            s.peak.store(s.count.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    /// The pageable sections.
+    pub fn pageable(&self) -> impl Iterator<Item = &Section> {
+        self.sections.iter().filter(|s| s.pageable())
+    }
+}

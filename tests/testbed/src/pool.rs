@@ -1,0 +1,125 @@
+//! Pool: allocations with their tags, leak tracking at unload, and the checks on frees.
+//!
+//! Blocks come from the C heap (16-byte aligned on `x86_64`, as pool blocks are); blocks the
+//! driver asked not to have zeroed are filled with a pattern, so reads of uninitialised pool
+//! show.
+
+use std::ffi::c_void;
+
+use crate::{exports::Routine, irql, kernel::kernel, verifier::Rule};
+
+/// What the pool remembers of a block.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    /// Bytes.
+    pub size: usize,
+    /// The tag.
+    pub tag: u32,
+}
+
+/// The tag as the four characters `!poolused` shows.
+#[must_use]
+pub fn tag_text(tag: u32) -> String {
+    String::from_utf8_lossy(&tag.to_le_bytes()).into_owned()
+}
+
+/// `POOL_FLAG_UNINITIALIZED`.
+const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
+/// What uninitialised pool holds on the bed.
+const UNINITIALISED: u8 = 0xA5;
+
+fn allocate(routine: Routine, size: usize, tag: u32, zeroed: bool, kind: u64) -> *mut c_void {
+    let k = kernel();
+    if k.enter(routine) {
+        return std::ptr::null_mut();
+    }
+    if size == 0 {
+        k.violation(
+            Rule::ZeroSizeAllocation,
+            [0, u64::from(irql::current()), kind, 0],
+            format!("{}(0 bytes, tag {:?})", routine.name(), tag_text(tag)),
+        );
+        return std::ptr::null_mut();
+    }
+    // SAFETY: malloc has no preconditions; the result is checked for null.
+    let block = unsafe { libc::malloc(size) };
+    if block.is_null() {
+        return block;
+    }
+    let fill = if zeroed { 0 } else { UNINITIALISED };
+    // SAFETY: `block` holds `size` writable bytes.
+    unsafe { std::ptr::write_bytes(block.cast::<u8>(), fill, size) };
+    k.state().pool.insert(block as usize, Block { size, tag });
+    block
+}
+
+pub(crate) extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
+    allocate(Routine::ExAllocatePool2, size, tag, flags & POOL_FLAG_UNINITIALIZED == 0, flags)
+}
+
+pub(crate) extern "win64" fn ex_allocate_pool_with_tag(
+    pool_type: u32,
+    size: usize,
+    tag: u32,
+) -> *mut c_void {
+    allocate(Routine::ExAllocatePoolWithTag, size, tag, false, u64::from(pool_type))
+}
+
+fn free(routine: Routine, block: *mut c_void, tag: Option<u32>) {
+    let k = kernel();
+    k.enter(routine);
+    let mut state = k.state();
+    let Some(known) = state.pool.get(&(block as usize)).copied() else {
+        drop(state);
+        k.violation(
+            Rule::BadPoolFree,
+            [0x10, block as u64, 0, 0],
+            format!("{}({block:p}): not a pool block (or freed already)", routine.name()),
+        );
+        return;
+    };
+    if let Some(tag) = tag.filter(|t| *t != known.tag) {
+        drop(state);
+        k.violation(
+            Rule::PoolTagMismatch,
+            [0x0A, block as u64, u64::from(tag), u64::from(known.tag)],
+            format!(
+                "{}({block:p}, {:?}) of a block tagged {:?}",
+                routine.name(),
+                tag_text(tag),
+                tag_text(known.tag)
+            ),
+        );
+        return;
+    }
+    state.pool.remove(&(block as usize));
+    drop(state);
+    // SAFETY: the block came from malloc above and is freed once (removed from the map).
+    unsafe { libc::free(block) };
+}
+
+pub(crate) extern "win64" fn ex_free_pool_with_tag(block: *mut c_void, tag: u32) {
+    free(Routine::ExFreePoolWithTag, block, Some(tag));
+}
+
+pub(crate) extern "win64" fn ex_free_pool(block: *mut c_void) {
+    free(Routine::ExFreePool, block, None);
+}
+
+/// Checks at unload: every block the driver still holds is a leak.
+pub fn check_at_unload() {
+    let k = kernel();
+    let leaks: Vec<String> = k
+        .state()
+        .pool
+        .iter()
+        .map(|(address, b)| format!("{address:#x}: {} bytes, tag {:?}", b.size, tag_text(b.tag)))
+        .collect();
+    if !leaks.is_empty() {
+        k.violation(
+            Rule::PoolLeakedAtUnload,
+            [0x62, 0, 0, leaks.len() as u64],
+            format!("{} block(s) left: {}", leaks.len(), leaks.join("; ")),
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The sessions the command line runs, each inside the isolated child: `exec` (open, control,
+//! close, unload), `run` (pagelock's scenario suite) and `bench` (IRPs per second).
+
+use std::{path::Path, str::FromStr, sync::Arc, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use pagelock_test::scenarios::{self, Scenario};
+
+use crate::{
+    bed::{Bed, Options},
+    device::BedDevice,
+    report::{BenchFigures, Report, ScenarioLocks},
+};
+
+/// An IOCTL as the command line gives it: `CODE[:INHEX[:OUTLEN]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoctlSpec {
+    /// The control code.
+    pub code: u32,
+    /// The input bytes.
+    pub input: Vec<u8>,
+    /// The output buffer's size.
+    pub output: usize,
+}
+
+impl FromStr for IoctlSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut parts = spec.split(':');
+        let code = parts.next().unwrap_or_default();
+        let code = code
+            .strip_prefix("0x")
+            .or_else(|| code.strip_prefix("0X"))
+            .map_or_else(|| code.parse(), |hex| u32::from_str_radix(hex, 16))
+            .map_err(|_| format!("{spec:?}: CODE is hex (0x...) or decimal, 32 bits"))?;
+        let input = parts.next().unwrap_or_default();
+        if !input.len().is_multiple_of(2) {
+            return Err(format!("{spec:?}: INHEX needs an even number of hex digits"));
+        }
+        let input = (0..input.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&input[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| format!("{spec:?}: INHEX is hex bytes"))?;
+        let output = parts
+            .next()
+            .map_or(Ok(0), str::parse)
+            .map_err(|_| format!("{spec:?}: OUTLEN is a byte count"))?;
+        if parts.next().is_some() {
+            return Err(format!("{spec:?}: expected CODE[:INHEX[:OUTLEN]]"));
+        }
+        Ok(Self { code, input, output })
+    }
+}
+
+/// Loads `driver`; a failed `DriverEntry` ends the session with its report.
+fn load(driver: &Path, options: Options) -> Result<Result<Bed, Report>> {
+    let injecting = options.fail_call.is_some();
+    match Bed::load(driver, options)? {
+        Ok(bed) => Ok(Ok(bed)),
+        // Under fault injection a failed DriverEntry is the error path being exercised: the
+        // report (what it left behind) is the verdict. Otherwise the driver did not load.
+        Err((_, report)) if injecting => Ok(Err(report)),
+        Err((status, _)) => bail!("DriverEntry failed with {status:#010x}"),
+    }
+}
+
+/// `exec`: opens `open` handles on `device`, sends `ioctls` in order on the first, closes every
+/// handle, unloads.
+///
+/// # Errors
+/// When the driver cannot be loaded.
+pub fn exec(
+    driver: &Path,
+    device: &str,
+    open: usize,
+    ioctls: &[IoctlSpec],
+    options: Options,
+) -> Result<Report> {
+    let bed = match load(driver, options)? {
+        Ok(bed) => bed,
+        Err(report) => return Ok(report),
+    };
+    let handles: Vec<_> = (0..open).filter_map(|_| bed.open(device).ok()).collect();
+    if let Some(first) = handles.first() {
+        for spec in ioctls {
+            bed.control(first, spec.code, &spec.input, spec.output);
+        }
+    }
+    for handle in handles {
+        bed.close(handle);
+    }
+    bed.unload();
+    Ok(bed.report())
+}
+
+/// `run`: pagelock's scenario suite, with the lock counts before, during and after each
+/// scenario.
+///
+/// # Errors
+/// When the driver cannot be loaded.
+pub fn run_suite(driver: &Path, options: Options) -> Result<Report> {
+    let bed = match load(driver, options)? {
+        Ok(bed) => bed,
+        Err(report) => return Ok(report),
+    };
+    let mm = &crate::kernel::kernel().mm;
+    let device = BedDevice { bed: &bed, name: pagelock_protocol::WIN32_PATH.to_owned() };
+    let mut verdicts = Vec::new();
+    let mut locks = Vec::new();
+    for scenario in Scenario::ALL {
+        let before = mm.counts();
+        mm.reset_peaks();
+        let verdict = scenario.run(&device);
+        locks.push(ScenarioLocks {
+            name: scenario.name().to_owned(),
+            passed: verdict.passed(),
+            before,
+            during: mm.peaks(),
+            after: mm.counts(),
+        });
+        verdicts.push(verdict);
+    }
+    bed.unload();
+    let mut report = bed.report();
+    // The per-IRP steps of a whole suite are for --json; people read the scenario table.
+    report.scenarios = Some(scenarios::render(&verdicts, false));
+    report.scenarios_passed = Some(scenarios::all_passed(&verdicts));
+    report.scenario_locks = locks;
+    Ok(report)
+}
+
+/// `bench`: `count` IRPs per thread, each thread on its own handle.
+///
+/// # Errors
+/// When the driver cannot be loaded, or no thread could open the device.
+pub fn bench(
+    driver: &Path,
+    device: &str,
+    spec: &IoctlSpec,
+    count: u64,
+    threads: usize,
+    options: &Options,
+) -> Result<Report> {
+    let bed = match load(driver, Options { trace: false, ..options.clone() })? {
+        Ok(bed) => Arc::new(bed),
+        Err(report) => return Ok(report),
+    };
+    let handles = (0..threads)
+        .map(|_| bed.open(device).map_err(|s| anyhow::anyhow!("open {device}: {s:#010x}")))
+        .collect::<Result<Vec<_>>>()
+        .context("bench")?;
+    let started = Instant::now();
+    let workers: Vec<_> = handles
+        .into_iter()
+        .map(|handle| {
+            let (bed, spec) = (Arc::clone(&bed), spec.clone());
+            std::thread::spawn(move || {
+                let mut failed = 0u64;
+                for _ in 0..count {
+                    let (status, _) = bed.control(&handle, spec.code, &spec.input, spec.output);
+                    failed += u64::from(status < 0);
+                }
+                (handle, failed)
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    let mut done = Vec::new();
+    for worker in workers {
+        let (handle, f) = worker.join().map_err(|_| anyhow::anyhow!("a bench thread panicked"))?;
+        failed += f;
+        done.push(handle);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for handle in done {
+        bed.close(handle);
+    }
+    bed.unload();
+    let irps = count * threads as u64;
+    #[allow(clippy::cast_precision_loss)] // rates for people
+    let figures = BenchFigures {
+        irps,
+        threads,
+        seconds,
+        irps_per_second: irps as f64 / seconds,
+        nanoseconds_per_irp: seconds * 1e9 / irps.max(1) as f64,
+        failed,
+    };
+    let mut report = bed.report();
+    if options.force_irql {
+        report.notes.push(
+            "Force IRQL checking pages unlocked sections out at every raise to DISPATCH_LEVEL, \
+             and the next touch pays a fault: --no-force-irql measures the driver itself"
+                .to_owned(),
+        );
+    }
+    report.bench = Some(figures);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoctlSpec;
+
+    #[test]
+    fn ioctl_specs_parse_code_input_and_output() {
+        let spec: IoctlSpec = "0x83376000:0a0B:200".parse().expect("valid");
+        assert_eq!(spec, IoctlSpec { code: 0x8337_6000, input: vec![0x0A, 0x0B], output: 200 });
+        assert_eq!("42".parse::<IoctlSpec>(), Ok(IoctlSpec { code: 42, input: vec![], output: 0 }));
+    }
+
+    #[test]
+    fn bad_ioctl_specs_say_what_is_wrong() {
+        assert!("0xZZ".parse::<IoctlSpec>().unwrap_err().contains("CODE"));
+        assert!("1:abc".parse::<IoctlSpec>().unwrap_err().contains("even"));
+        assert!("1::x".parse::<IoctlSpec>().unwrap_err().contains("OUTLEN"));
+        assert!("1:00:2:3".parse::<IoctlSpec>().unwrap_err().contains("expected"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The verifier rules, in one table.
+//!
+//! Each rule has the bugcheck Windows reports for it where
+//! Windows has one, or a code of the bed's own (`0xBED0_00xx`) where it has none, and what its
+//! four parameters hold. Where the code is Windows' but the bed could not verify Windows' value
+//! of parameter 1 (a Driver Verifier sub-code), parameter 1 is the bed's own rule number
+//! (`0xBED0_00xx`) and the table says so.
+//!
+//! A fatal rule stops the run there, as the bugcheck would; the others are recorded and the run
+//! goes on, so that one run shows every break it can (the exit status is 1 either way).
+
+use serde::{Deserialize, Serialize};
+
+/// A rule the bed enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// An Mm lock or unlock routine called above `APC_LEVEL` (DDI rule `IrqlMmApcLte`).
+    MmAboveApcLevel,
+    /// `MmUnlockPagableImageSection` on a section whose lock count is zero.
+    UnlockAtZero,
+    /// A section handle no Mm routine returned.
+    UnknownSectionHandle,
+    /// `MmLockPagableDataSection` with an address outside every pageable section of the image.
+    LockOutsidePageableSection,
+    /// A pageable section still locked once the last handle closed.
+    LockedAfterLastClose,
+    /// A pageable section still locked at unload.
+    LockedAtUnload,
+    /// `IofCompleteRequest` on an IRP already completed (or no longer in flight).
+    IrpCompletedTwice,
+    /// A dispatch routine returned without completing its IRP and without `STATUS_PENDING`.
+    IrpNeverCompleted,
+    /// A dispatch routine returned a status other than its IRP's `IoStatus.Status`.
+    StatusMismatch,
+    /// `IoStatus.Information` larger than the output buffer.
+    InformationTooLarge,
+    /// A dispatch routine returned at an IRQL other than the one it was called at.
+    IrqlChangedAcrossDispatch,
+    /// Pool still allocated at unload.
+    PoolLeakedAtUnload,
+    /// A free of an address the pool never handed out.
+    BadPoolFree,
+    /// `ExFreePoolWithTag` with a tag other than the block's.
+    PoolTagMismatch,
+    /// A pool allocation of zero bytes.
+    ZeroSizeAllocation,
+    /// A device object left at unload.
+    DeviceLeftAtUnload,
+    /// A symbolic link left at unload.
+    LinkLeftAtUnload,
+    /// A spin lock released by a thread that does not hold it.
+    SpinLockNotHeld,
+    /// A spin lock still held when the driver returned to the I/O manager.
+    SpinLockNeverReleased,
+    /// A spin lock acquired again by the thread that holds it (a deadlock on Windows).
+    SpinLockAcquiredTwice,
+    /// Unlocked pageable memory handed to a kernel routine at `DISPATCH_LEVEL`.
+    PageableMemoryAtDispatch,
+    /// Paged-out pageable data touched at `DISPATCH_LEVEL` or above.
+    PageFaultAtDispatch,
+    /// Paged-out pageable code executed at `DISPATCH_LEVEL` or above.
+    PageableCodeAtDispatch,
+    /// `INIT` (freed after `DriverEntry`) touched afterwards.
+    DiscardedSectionTouched,
+    /// Any other access to memory the driver does not own.
+    InvalidAccess,
+    /// A privileged or GS-relative instruction the bed does not emulate, or a trap.
+    UnsupportedInstruction,
+    /// The driver called `KeBugCheckEx`.
+    DriverBugcheck,
+}
+
+/// Where a rule's bugcheck code comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Windows reports this code and these parameters.
+    Windows,
+    /// Windows reports this code; parameter 1 is the bed's rule number (see the module docs).
+    WindowsCodeBedParameter,
+    /// Windows has no bugcheck for this: the code is the bed's own.
+    Bed,
+}
+
+/// One row of the rule table.
+#[derive(Debug)]
+pub struct Entry {
+    /// The rule.
+    pub rule: Rule,
+    /// Its id in reports (kebab case).
+    pub id: &'static str,
+    /// The bugcheck code.
+    pub code: u32,
+    /// Where the code comes from.
+    pub source: Source,
+    /// Whether the run stops here.
+    pub fatal: bool,
+    /// What the four parameters hold.
+    pub parameters: &'static str,
+    /// What the rule catches.
+    pub meaning: &'static str,
+}
+
+macro_rules! table {
+    ($($rule:ident $id:literal $code:literal $source:ident $fatal:literal $params:literal $meaning:literal;)*) => {
+        /// Every rule.
+        pub const TABLE: &[Entry] = &[$(Entry {
+            rule: Rule::$rule,
+            id: $id,
+            code: $code,
+            source: Source::$source,
+            fatal: $fatal,
+            parameters: $params,
+            meaning: $meaning,
+        },)*];
+    };
+}
+
+table! {
+    MmAboveApcLevel "mm-above-apc-level" 0xC4 WindowsCodeBedParameter false
+        "0xBED00011, IRQL, routine's import address, 0"
+        "Mm lock/unlock routine called above APC_LEVEL (DDI rule IrqlMmApcLte)";
+    UnlockAtZero "unlock-at-zero" 0xBED0_0001 Bed false
+        "section handle, 0, 0, 0"
+        "section unlocked more often than it was locked";
+    UnknownSectionHandle "unknown-section-handle" 0xBED0_0002 Bed false
+        "the handle, 0, 0, 0"
+        "section handle no Mm routine returned";
+    LockOutsidePageableSection "lock-outside-pageable-section" 0xBED0_0003 Bed false
+        "the address, 0, 0, 0"
+        "lock by address outside every pageable section of the image";
+    LockedAfterLastClose "locked-after-last-close" 0xBED0_0004 Bed false
+        "section handle, lock count, 0, 0"
+        "pageable section still locked after the last handle closed";
+    LockedAtUnload "locked-at-unload" 0xBED0_0005 Bed false
+        "section handle, lock count, 0, 0"
+        "pageable section still locked at unload";
+    IrpCompletedTwice "irp-completed-twice" 0x44 Windows true
+        "IRP address, 0, 0, 0"
+        "MULTIPLE_IRP_COMPLETE_REQUESTS";
+    IrpNeverCompleted "irp-never-completed" 0xC9 WindowsCodeBedParameter false
+        "0xBED00018, IRP address, major function, returned status"
+        "dispatch returned without completing the IRP or STATUS_PENDING (I/O verification)";
+    StatusMismatch "status-mismatch" 0xC9 WindowsCodeBedParameter false
+        "0xBED00019, IRP address, returned status, IoStatus.Status"
+        "dispatch returned a status other than IoStatus.Status (I/O verification)";
+    InformationTooLarge "information-too-large" 0xC9 WindowsCodeBedParameter false
+        "0xBED0001A, IRP address, Information, output buffer length"
+        "IoStatus.Information exceeds the output buffer (I/O verification)";
+    IrqlChangedAcrossDispatch "irql-changed-across-dispatch" 0xC9 Windows false
+        "0x05, device object, IRQL before, IRQL after"
+        "IRQL changed across a dispatch routine (I/O verification)";
+    PoolLeakedAtUnload "pool-leaked-at-unload" 0xC4 Windows false
+        "0x62, 0 (driver name), 0, outstanding allocations"
+        "driver unloaded without freeing its pool";
+    BadPoolFree "bad-pool-free" 0xC4 Windows false
+        "0x10, the address, 0, 0"
+        "free of an address the pool never handed out";
+    PoolTagMismatch "pool-tag-mismatch" 0xC2 Windows false
+        "0x0A, the address, tag passed, block's tag"
+        "BAD_POOL_CALLER: ExFreePoolWithTag with another tag";
+    ZeroSizeAllocation "zero-size-allocation" 0xC4 Windows false
+        "0x00, IRQL, pool type or flags, 0"
+        "pool allocation of zero bytes";
+    DeviceLeftAtUnload "device-left-at-unload" 0xBED0_0006 Bed false
+        "device object, 0, 0, 0"
+        "device object left at unload";
+    LinkLeftAtUnload "link-left-at-unload" 0xBED0_0007 Bed false
+        "0, 0, 0, 0"
+        "symbolic link left at unload";
+    SpinLockNotHeld "spin-lock-not-held" 0xC4 WindowsCodeBedParameter false
+        "0xBED0001D, lock address, owner's thread id or 0, 0"
+        "spin lock released by a thread that does not hold it (DDI rule SpinLockRelease)";
+    SpinLockNeverReleased "spin-lock-never-released" 0xC4 WindowsCodeBedParameter false
+        "0xBED0001E, locks held, major function, 0"
+        "spin lock still held when returning to the I/O manager (DDI rule SpinLock)";
+    SpinLockAcquiredTwice "spin-lock-acquired-twice" 0xC4 WindowsCodeBedParameter true
+        "0xBED0001F, lock address, 0, 0"
+        "spin lock acquired again by its holder: a deadlock (DDI rule SpinLock)";
+    PageableMemoryAtDispatch "pageable-memory-at-dispatch" 0xD1 Windows true
+        "address, IRQL, 0 read / 1 write, routine's import address"
+        "unlocked pageable memory passed to a kernel routine at DISPATCH_LEVEL";
+    PageFaultAtDispatch "page-fault-at-dispatch" 0xD1 Windows true
+        "address, IRQL, 0 read / 1 write, instruction address"
+        "DRIVER_IRQL_NOT_LESS_OR_EQUAL: paged-out data touched at DISPATCH_LEVEL";
+    PageableCodeAtDispatch "pageable-code-at-dispatch" 0xD3 Windows true
+        "address, IRQL, 8 (execute), instruction address"
+        "DRIVER_PORTION_MUST_BE_NONPAGED: paged-out code run at DISPATCH_LEVEL";
+    DiscardedSectionTouched "discarded-section-touched" 0x50 Windows true
+        "address, 0 read / 2 write / 10 execute, instruction address, 0"
+        "PAGE_FAULT_IN_NONPAGED_AREA: INIT touched after DriverEntry";
+    InvalidAccess "invalid-access" 0x50 Windows true
+        "address, 0 read / 2 write / 10 execute, instruction address, 0"
+        "PAGE_FAULT_IN_NONPAGED_AREA: memory the driver does not own";
+    UnsupportedInstruction "unsupported-instruction" 0x1E Windows true
+        "exception code, instruction address, 0, 0"
+        "KMODE_EXCEPTION_NOT_HANDLED: privileged/GS instruction not emulated, or a trap";
+    DriverBugcheck "driver-bugcheck" 0 Windows true
+        "the driver's four parameters"
+        "the driver called KeBugCheckEx (the code is the driver's)";
+}
+
+impl Rule {
+    /// The rule's row in [`TABLE`].
+    ///
+    /// # Panics
+    /// Never: every rule has a row (a unit test checks it).
+    #[must_use]
+    pub fn entry(self) -> &'static Entry {
+        TABLE.iter().find(|e| e.rule == self).expect("every rule is in the table")
+    }
+}
+
+/// A rule that fired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The rule's id ([`Entry::id`]).
+    pub rule: String,
+    /// The bugcheck code Windows (or the bed) reports.
+    pub code: u32,
+    /// Its four parameters.
+    pub parameters: [u64; 4],
+    /// What happened, with addresses as section + offset.
+    pub detail: String,
+    /// Whether the run stopped here.
+    pub fatal: bool,
+}
+
+impl Violation {
+    /// A violation of `rule`. For [`Rule::DriverBugcheck`] the code is `code_override`.
+    #[must_use]
+    pub fn new(
+        rule: Rule,
+        code_override: Option<u32>,
+        parameters: [u64; 4],
+        detail: String,
+    ) -> Self {
+        let entry = rule.entry();
+        Self {
+            rule: entry.id.to_owned(),
+            code: code_override.unwrap_or(entry.code),
+            parameters,
+            detail,
+            fatal: entry.fatal,
+        }
+    }
+}
+
+/// The bed's own parameter-1 number of a rule whose table row says so.
+#[must_use]
+pub const fn bed_number(n: u32) -> u64 {
+    0xBED0_0000 | n as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_one_row_and_a_unique_id() {
+        for (i, entry) in TABLE.iter().enumerate() {
+            assert_eq!(entry.rule.entry().id, entry.id);
+            assert!(
+                TABLE[i + 1..].iter().all(|other| other.id != entry.id && other.rule != entry.rule)
+            );
+            let id = serde_json::to_value(entry.rule).expect("serialises");
+            assert_eq!(id.as_str(), Some(entry.id), "serde name and table id agree");
+        }
+    }
+}

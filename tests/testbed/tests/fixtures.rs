@@ -1,0 +1,274 @@
+//! The bed against real kernel images: the fixture driver, correct and with each defect, and
+//! pagelock.sys. A bed that cannot fail proves nothing: every defect must be caught by its own
+//! rule, and the correct drivers must run clean.
+//!
+//! The images are built with `cargo xtask build-driver` (and `cargo xtask build`), or taken
+//! from `TESTBED_FIXTURES_DIR` (`<feature>.sys`, `correct.sys`) and `PAGELOCK_SYS` when set, so
+//! that `cargo xtask test` builds them once. Nothing here depends on timing.
+#![cfg(target_os = "linux")]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Mutex, OnceLock},
+};
+
+use pagelock_testbed::report::Report;
+
+const DEVICE: &str = r"\\.\TestbedFixture";
+/// `IOCTL_WORK` of the fixture: any input, a 4-byte counter out.
+const WORK: &str = "0x80002400:00000000:4";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `cargo xtask <args>` and returns the path it prints last.
+fn xtask(args: &[&str]) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(root())
+        .arg("xtask")
+        .args(args)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo xtask {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(stdout.lines().last().expect("xtask prints the image's path").trim())
+}
+
+/// The fixture image with `feature` (`None`: the correct one), built once per test process.
+fn fixture(feature: Option<&str>) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let name = feature.unwrap_or("correct").to_owned();
+    if let Some(dir) = std::env::var_os("TESTBED_FIXTURES_DIR") {
+        return Path::new(&dir).join(format!("{name}.sys"));
+    }
+    let built = BUILT.get_or_init(Mutex::default);
+    let mut built = built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    built
+        .entry(name)
+        .or_insert_with(|| {
+            let mut args = vec!["build-driver", "--package", "testbed-fixtures"];
+            if let Some(feature) = feature {
+                args.extend(["--features", feature]);
+            }
+            xtask(&args)
+        })
+        .clone()
+}
+
+fn pagelock_sys() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            std::env::var_os("PAGELOCK_SYS").map_or_else(|| xtask(&["build"]), PathBuf::from)
+        })
+        .clone()
+}
+
+fn bed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pagelock-testbed")).args(args).output().expect("the bed runs")
+}
+
+/// Runs the bed with `--json`; returns its exit status and report.
+fn bed_json(args: &[&str]) -> (i32, Report) {
+    let output = bed(&[args, &["--json"]].concat());
+    let code = output.status.code().expect("exited");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}), exit {code}:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (code, report)
+}
+
+fn exec_fixture(feature: Option<&str>, extra: &[&str]) -> (i32, Report) {
+    let driver = fixture(feature);
+    let driver = driver.to_str().expect("UTF-8 path");
+    bed_json(&[&["exec", driver, "--device", DEVICE, "--ioctl", WORK], extra].concat())
+}
+
+/// Asserts the report shows `rule` with bugcheck `code`, and exit status 1.
+fn assert_caught(feature: &str, rule: &str, code: u32, fatal: bool) {
+    let (exit, report) = exec_fixture(Some(feature), &[]);
+    assert_eq!(exit, 1, "{feature}: exit status\n{}", report.render());
+    let violation = report
+        .violations
+        .iter()
+        .find(|v| v.rule == rule)
+        .unwrap_or_else(|| panic!("{feature}: rule {rule} did not fire\n{}", report.render()));
+    assert_eq!(violation.code, code, "{feature}: bugcheck code of {rule}");
+    assert_eq!(violation.fatal, fatal, "{feature}: whether {rule} stops the run");
+    if fatal {
+        let bugcheck = report.bugcheck.as_ref().expect("a fatal rule is a bugcheck");
+        assert_eq!((bugcheck.rule.as_str(), bugcheck.code), (rule, code));
+    }
+}
+
+macro_rules! caught {
+    ($($test:ident: $feature:literal => $rule:literal, $code:literal, $fatal:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            assert_caught($feature, $rule, $code, $fatal);
+        }
+    )*};
+}
+
+caught! {
+    forgetting_to_unlock_in_close_is_caught: "forget-unlock" => "locked-after-last-close", 0xBED0_0004, false;
+    unlocking_more_than_locked_is_caught: "unlock-extra" => "unlock-at-zero", 0xBED0_0001, false;
+    touching_unlocked_pageable_data_at_dispatch_is_caught: "unlocked-data-at-dispatch" => "page-fault-at-dispatch", 0xD1, true;
+    a_spin_lock_acquired_in_page_code_is_caught: "spinlock-in-page" => "pageable-code-at-dispatch", 0xD3, true;
+    pageable_data_passed_to_a_kernel_routine_at_dispatch_is_caught: "pageable-to-kernel" => "pageable-memory-at-dispatch", 0xD1, true;
+    completing_an_irp_twice_is_caught: "complete-twice" => "irp-completed-twice", 0x44, true;
+    never_completing_an_irp_is_caught: "never-complete" => "irp-never-completed", 0xC9, false;
+    returning_a_status_other_than_io_status_is_caught: "status-mismatch" => "status-mismatch", 0xC9, false;
+    information_larger_than_the_output_buffer_is_caught: "information-too-large" => "information-too-large", 0xC9, false;
+    returning_at_raised_irql_is_caught: "return-raised" => "irql-changed-across-dispatch", 0xC9, false;
+    a_spin_lock_never_released_is_caught: "keep-spinlock" => "spin-lock-never-released", 0xC4, false;
+    releasing_a_spin_lock_not_held_is_caught: "release-unheld" => "spin-lock-not-held", 0xC4, false;
+    an_mm_routine_above_apc_level_is_caught: "mm-at-dispatch" => "mm-above-apc-level", 0xC4, false;
+    locking_an_address_outside_pageable_sections_is_caught: "lock-bad-address" => "lock-outside-pageable-section", 0xBED0_0003, false;
+    an_unknown_section_handle_is_caught: "unknown-handle" => "unknown-section-handle", 0xBED0_0002, false;
+    pool_leaked_at_unload_is_caught: "leak-pool" => "pool-leaked-at-unload", 0xC4, false;
+    a_device_left_at_unload_is_caught: "leave-device" => "device-left-at-unload", 0xBED0_0006, false;
+    a_link_left_at_unload_is_caught: "leave-link" => "link-left-at-unload", 0xBED0_0007, false;
+    touching_init_after_driver_entry_is_caught: "touch-init" => "discarded-section-touched", 0x50, true;
+    a_driver_bugcheck_is_reported_with_its_code: "bugcheck" => "driver-bugcheck", 0xE2, true;
+}
+
+#[test]
+fn forgetting_to_unlock_also_leaves_the_section_locked_at_unload() {
+    let (_, report) = exec_fixture(Some("forget-unlock"), &[]);
+    assert!(report.fired("locked-at-unload"), "{}", report.render());
+}
+
+#[test]
+fn the_correct_fixture_runs_clean_and_pages_its_code_back_in() {
+    let (exit, report) = exec_fixture(None, &["--open", "2"]);
+    assert_eq!(exit, 0, "{}", report.render());
+    assert!(report.violations.is_empty() && report.bugcheck.is_none());
+    let work = report.steps.iter().find(|s| s.what.contains("DEVICE_CONTROL")).expect("sent");
+    assert_eq!((work.status, work.output.as_deref()), (Some(0), Some("01000000")));
+    let page = report.sections.iter().find(|s| s.name == "PAGE").expect("a PAGE section");
+    assert!(page.page_ins > 0, "PAGE code ran after being paged out at idle");
+    assert!(report.sections.iter().all(|s| s.lock_count == 0));
+    assert_eq!(report.pool_outstanding, 0);
+}
+
+#[test]
+fn a_failed_create_from_an_injected_pool_failure_gets_no_close_and_runs_clean() {
+    let (exit, report) = exec_fixture(None, &["--fail-call", "ExAllocatePool2:1"]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let create = report.steps.iter().find(|s| s.what.starts_with("IRP_MJ_CREATE")).expect("sent");
+    assert_eq!(create.status, Some(pagelock_protocol::status::INSUFFICIENT_RESOURCES));
+    assert!(!report.steps.iter().any(|s| s.what.starts_with("IRP_MJ_CLOSE")));
+    assert_eq!(report.injected_failures.len(), 1);
+}
+
+#[test]
+fn a_driver_entry_failing_from_an_injected_fault_is_checked_and_never_unloaded() {
+    let (exit, report) = exec_fixture(None, &["--fail-call", "IoCreateSymbolicLink:1"]);
+    assert_eq!(exit, 0, "the fixture deletes its device on that path\n{}", report.render());
+    assert!(report.entry_status.is_some_and(|s| s < 0));
+    assert!(!report.steps.iter().any(|s| s.what == "DriverUnload"));
+}
+
+#[test]
+fn a_missing_import_fails_the_load_naming_it() {
+    let driver = fixture(Some("unsupported-import"));
+    let output = bed(&["exec", driver.to_str().expect("UTF-8"), "--device", DEVICE]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ntoskrnl.exe!KeStallExecutionProcessor"), "{stderr}");
+}
+
+#[test]
+fn pagelock_runs_its_scenario_suite_clean() {
+    let sys = pagelock_sys();
+    let (exit, report) = bed_json(&["run", sys.to_str().expect("UTF-8")]);
+    assert_eq!(exit, 0, "{}", report.render());
+    assert_eq!(report.scenarios_passed, Some(true));
+    assert!(report.scenario_locks.iter().all(|s| s.after.iter().all(|(_, c)| *c == 0)));
+}
+
+#[test]
+fn pagelock_exec_runs_clean_and_locks_only_while_open() {
+    let sys = pagelock_sys();
+    let (exit, report) = bed_json(&[
+        "exec",
+        sys.to_str().expect("UTF-8"),
+        "--device",
+        pagelock_protocol::DEVICE_NAME,
+        "--ioctl",
+        &format!("{:#x}::192", pagelock_protocol::IOCTL_QUERY_STATE),
+    ]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let open = report.steps.iter().find(|s| s.what.starts_with("IRP_MJ_CREATE")).expect("opened");
+    assert!(open.lock_counts.iter().any(|(_, c)| *c == 1));
+    let last = report.steps.last().expect("steps");
+    assert!(last.lock_counts.iter().all(|(_, c)| *c == 0));
+}
+
+#[test]
+fn a_standard_user_is_denied_at_create_by_pagelocks_dacl() {
+    let sys = pagelock_sys();
+    let (exit, report) = bed_json(&[
+        "exec",
+        sys.to_str().expect("UTF-8"),
+        "--device",
+        pagelock_protocol::DOS_DEVICE_NAME,
+        "--caller",
+        "user",
+    ]);
+    assert_eq!(exit, 0, "a refused open is not a driver bug\n{}", report.render());
+    let create = report.steps.iter().find(|s| s.what.starts_with("IRP_MJ_CREATE")).expect("tried");
+    assert_eq!(create.status, Some(pagelock_protocol::status::ACCESS_DENIED));
+    assert!(create.what.contains("DACL"), "refused before the driver: {}", create.what);
+    assert!(!report.steps.iter().any(|s| s.what.starts_with("IRP_MJ_CLOSE")));
+}
+
+#[test]
+fn a_read_only_handle_is_refused_a_write_access_ioctl() {
+    let sys = pagelock_sys();
+    let (exit, report) = bed_json(&[
+        "exec",
+        sys.to_str().expect("UTF-8"),
+        "--device",
+        pagelock_protocol::DEVICE_NAME,
+        "--access",
+        "read",
+        "--ioctl",
+        &format!("{:#x}::64", pagelock_protocol::IOCTL_LOCK),
+    ]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let lock = report.steps.iter().find(|s| s.what.contains("DEVICE_CONTROL")).expect("tried");
+    assert_eq!(lock.status, Some(pagelock_protocol::status::ACCESS_DENIED));
+}
+
+#[test]
+fn usage_and_load_errors_exit_with_2_and_say_why() {
+    let sys = pagelock_sys();
+    let sys = sys.to_str().expect("UTF-8");
+    let cases: [(&[&str], &str); 5] = [
+        (&["exec", sys, "--device", "x", "--ioctl", "0xZZ"], "CODE"),
+        (&["exec", sys, "--device", "x", "--fail-call", "NoSuchRoutine:1"], "NoSuchRoutine"),
+        (&["exec", sys, "--device", "x", "--fail-call", "memcpy:1"], "cannot fail"),
+        (&["exec", sys, "--device", "x", "--caller", "root"], "root"),
+        (&["exec", "/nonexistent/driver.sys", "--device", "x"], "/nonexistent/driver.sys"),
+    ];
+    for (args, says) in cases {
+        let output = bed(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should mention {says}: {stderr}");
+    }
+}
