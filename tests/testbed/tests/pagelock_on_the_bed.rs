@@ -153,21 +153,22 @@ fn a_lost_unlock_is_caught_after_the_last_close() {
     assert_eq!(violation["code"], 0xBED0_0004_u32);
 }
 
+/// One `RUN_LOCKED` on the variant whose opens lock nothing.
+fn run_locked_on_unlocked_variant(extra: &[&str]) -> (Output, Value) {
+    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
+    let input = hex(RunRequest::new(10, 1).as_bytes());
+    let ioctl = format!("{}:{input}:16", code(IOCTL_RUN_LOCKED));
+    let mut args =
+        vec!["exec", sys.to_str().unwrap(), "--device", DEVICE, "--json", "--ioctl", &ioctl];
+    args.extend_from_slice(extra);
+    let output = bed(&args);
+    let report = json(&output);
+    (output, report)
+}
+
 #[test]
 fn locked_work_run_from_unlocked_sections_bugchecks_at_dispatch_level() {
-    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
-    let run = RunRequest::new(10, 1);
-    let input = hex(run.as_bytes());
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--json",
-        "--ioctl",
-        &format!("{}:{input}:16", code(IOCTL_RUN_LOCKED)),
-    ]);
-    let report = json(&output);
+    let (output, report) = run_locked_on_unlocked_variant(&[]);
     assert_eq!(output.status.code(), Some(1), "{report:#}");
     let bugcheck = &report["bugcheck"];
     assert_eq!(bugcheck["code"], 0xD3, "{report:#}");
@@ -180,20 +181,7 @@ fn without_force_irql_checking_the_idle_paged_out_data_still_gives_the_bug_away(
     // With Force IRQL checking off, raising the IRQL pages nothing out; the code was paged in
     // at PASSIVE_LEVEL on entry, but the table was paged out while the driver was idle, so the
     // read under the spin lock faults: DRIVER_IRQL_NOT_LESS_OR_EQUAL on PAGEDATA.
-    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
-    let run = RunRequest::new(10, 1);
-    let input = hex(run.as_bytes());
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--json",
-        "--no-force-irql",
-        "--ioctl",
-        &format!("{}:{input}:16", code(IOCTL_RUN_LOCKED)),
-    ]);
-    let report = json(&output);
+    let (_, report) = run_locked_on_unlocked_variant(&["--no-force-irql"]);
     assert_eq!(report["bugcheck"]["code"], 0xD1, "{report:#}");
     assert!(
         report["bugcheck"]["detail"].as_str().unwrap().contains("read of PAGEDATA+"),
