@@ -107,6 +107,7 @@ const IMAGES: &[(&str, &[&str], bool)] = &[
     ("PAGELOCK_SYS_DEBUG", &[], true),
     ("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false),
     ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false),
+    ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true),
 ];
 
 /// The test bed's fixture driver: correct, then one deliberate defect per feature.

@@ -167,6 +167,20 @@ fn run_locked_on_unlocked_variant(extra: &[&str]) -> (Output, Value) {
 }
 
 #[test]
+fn in_a_debug_image_lockable_code_entered_unlocked_fails_its_assertion_at_passive_level() {
+    // The debug build's `locked_code!` check fires on entry, at PASSIVE_LEVEL, before the spin
+    // lock is taken: the panic handler bugchecks with "RPNC" (Rust panic), as wdk-panic does.
+    let sys = image("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true);
+    let input = hex(RunRequest::new(10, 1).as_bytes());
+    let ioctl = format!("{}:{input}:16", code(IOCTL_RUN_LOCKED));
+    let output =
+        bed(&["exec", sys.to_str().unwrap(), "--device", DEVICE, "--json", "--ioctl", &ioctl]);
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["bugcheck"]["code"], u32::from_be_bytes(*b"RPNC"), "{report:#}");
+}
+
+#[test]
 fn locked_work_run_from_unlocked_sections_bugchecks_at_dispatch_level() {
     let (output, report) = run_locked_on_unlocked_variant(&[]);
     assert_eq!(output.status.code(), Some(1), "{report:#}");
