@@ -57,6 +57,7 @@ param(
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
+. (Join-Path $PSScriptRoot 'common.ps1')
 
 $DriverFile = 'pagelock.sys'
 $ServiceName = 'pagelock'
@@ -116,34 +117,6 @@ $Bugchecks = [ordered]@{
         Name    = 'SYSTEM_THREAD_EXCEPTION_NOT_HANDLED'
         Meaning = 'with exception code 0x80000003: as 0x1E, on a system thread.'
     }
-}
-
-function Write-Step([string]$Message) {
-    Write-Host "==> $Message" -ForegroundColor Cyan
-}
-
-# A registry value, or $Default when the key or the value does not exist.
-function Get-RegistryValue([string]$Path, [string]$Name, $Default) {
-    try {
-        return Get-ItemPropertyValue -LiteralPath $Path -Name $Name
-    } catch {
-        return $Default
-    }
-}
-
-# Runs a console program and returns its exit code and output lines. Windows PowerShell 5.1
-# turns a native program's stderr into error records, which $ErrorActionPreference = 'Stop'
-# would throw on, so errors are not fatal inside this function; callers check the exit code.
-function Invoke-Tool([string]$FilePath, [string[]]$Arguments) {
-    $saved = $ErrorActionPreference
-    $ErrorActionPreference = 'Continue'
-    try {
-        $output = @(& $FilePath @Arguments 2>&1 | ForEach-Object { "$_" })
-        $code = $LASTEXITCODE
-    } finally {
-        $ErrorActionPreference = $saved
-    }
-    [pscustomobject]@{ ExitCode = $code; Output = $output }
 }
 
 # Runs pagelock-test with its output shown as it comes, and returns its exit code.

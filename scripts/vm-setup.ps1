@@ -52,6 +52,7 @@ param(
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
+. (Join-Path $PSScriptRoot 'common.ps1')
 
 $DriverFile = 'pagelock.sys'
 $CertificateFile = 'WDRLocalTestCert.cer'
@@ -88,37 +89,9 @@ $LowResourcesFlag = 0x40000
 $StandardRuleClasses = @(1, 2, 4, 5, 6, 8, 9, 12, 18)
 $LowResourcesRuleClasses = @(19, 36)
 
-function Write-Step([string]$Message) {
-    Write-Host "==> $Message" -ForegroundColor Cyan
-}
-
 function Stop-Setup([string]$Message) {
     Write-Host "vm-setup: FAIL: $Message" -ForegroundColor Red
     exit 1
-}
-
-# Runs a console program and returns its exit code and output lines. Windows PowerShell 5.1
-# turns a native program's stderr into error records, which $ErrorActionPreference = 'Stop'
-# would throw on, so errors are not fatal inside this function; callers check the exit code.
-function Invoke-Tool([string]$FilePath, [string[]]$Arguments) {
-    $saved = $ErrorActionPreference
-    $ErrorActionPreference = 'Continue'
-    try {
-        $output = @(& $FilePath @Arguments 2>&1 | ForEach-Object { "$_" })
-        $code = $LASTEXITCODE
-    } finally {
-        $ErrorActionPreference = $saved
-    }
-    [pscustomobject]@{ ExitCode = $code; Output = $output }
-}
-
-# A registry value, or $Default when the key or the value does not exist.
-function Get-RegistryValue([string]$Path, [string]$Name, $Default) {
-    try {
-        return Get-ItemPropertyValue -LiteralPath $Path -Name $Name
-    } catch {
-        return $Default
-    }
 }
 
 function Resolve-Package([string]$Requested) {

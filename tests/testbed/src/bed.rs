@@ -361,16 +361,7 @@ impl Bed {
             self.open_handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *open_handles -= 1;
         if *open_handles == 0 {
-            for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
-                let count = s.count.load(Ordering::SeqCst);
-                if count != 0 {
-                    k.violation(
-                        Rule::LockedAfterLastClose,
-                        [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
-                        format!("{} has lock count {count} after the last handle closed", s.name),
-                    );
-                }
-            }
+            report_locked_sections(Rule::LockedAfterLastClose, "after the last handle closed");
         }
         drop(open_handles);
         k.mm.page_out_unlocked();
@@ -416,16 +407,7 @@ impl Bed {
         if irql::current() != irql::PASSIVE_LEVEL {
             irql::set(irql::PASSIVE_LEVEL);
         }
-        for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
-            let count = s.count.load(Ordering::SeqCst);
-            if count != 0 {
-                k.violation(
-                    Rule::LockedAtUnload,
-                    [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
-                    format!("{} has lock count {count} {when}", s.name),
-                );
-            }
-        }
+        report_locked_sections(Rule::LockedAtUnload, when);
         pool::check_at_unload();
         let (devices, links): (Vec<(usize, String)>, Vec<String>) = {
             let state = k.state();
@@ -456,6 +438,21 @@ impl Bed {
     pub fn report(&self) -> Report {
         let k = kernel::kernel();
         kernel_report(k, Some(&k.state()), None)
+    }
+}
+
+/// Reports `rule` for every pageable section whose lock count is not zero `when`.
+fn report_locked_sections(rule: Rule, when: &str) {
+    let k = kernel::kernel();
+    for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
+        let count = s.count.load(Ordering::SeqCst);
+        if count != 0 {
+            k.violation(
+                rule,
+                [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
+                format!("{} has lock count {count} {when}", s.name),
+            );
+        }
     }
 }
 
