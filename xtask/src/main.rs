@@ -4,6 +4,7 @@
 //! - `check-pe <file.sys>`: structural checks and the footprint of a kernel image.
 //! - `test`: every check the project has, in one command.
 //! - `run`: the main job.
+//! - `doctor`: every prerequisite, where it was found or what provides it.
 
 #![forbid(unsafe_code)]
 
@@ -58,6 +59,13 @@ enum Command {
     },
     /// Run every check: format, lints, unit tests, the cross build and its checks.
     Test,
+    /// Every prerequisite of the builds and tests: where it was found, or the package that
+    /// provides it; and which toolchain the cross build will use. Installs nothing.
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The main job: build pagelock.sys, check it, and run its scenario suite on the test bed.
     Run,
     /// The long reliability run: fuzz for S seconds, the fault-injection sweep and the
@@ -136,7 +144,62 @@ const FIXTURES: &[&str] = &[
     "unsupported-import",
 ];
 
+/// Installs what is missing, then prints where each prerequisite was found, one line each.
+fn prerequisites() -> Result<()> {
+    toolchain::ensure_installed()?;
+    for line in toolchain::summary() {
+        eprintln!("    {line}");
+    }
+    Ok(())
+}
+
+fn doctor(json: bool) -> bool {
+    let all = toolchain::survey();
+    let ready = all.iter().all(|p| p.found.is_ok());
+    if json {
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "what": p.what,
+                    "provider": p.provider.to_string(),
+                    "found": p.found.as_ref().ok().map(|f| f.display().to_string()),
+                    "missing": p.found.as_ref().err(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "ready": ready, "prerequisites": rows }));
+        return ready;
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(["prerequisite", "found", "provided by"]);
+    for p in &all {
+        let found = match &p.found {
+            Ok(path) => path.display().to_string(),
+            Err(why) => format!("MISSING: {why}"),
+        };
+        table.add_row([p.what.to_string(), found, p.provider.to_string()]);
+    }
+    println!("{table}");
+    match toolchain::find() {
+        Ok(tool) => {
+            println!("cross toolchain: {}, linker {}", tool.description, tool.linker.display())
+        }
+        Err(e) => println!("cross toolchain: none yet ({e:#})"),
+    }
+    if !ready {
+        println!(
+            "`cargo xtask run` and `cargo xtask test` install what is missing (as root on Debian or Ubuntu)."
+        );
+    }
+    ready
+}
+
 fn test() -> Result<()> {
+    step("prerequisites", prerequisites)?;
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
     step("clippy (host crates)", || {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
@@ -231,11 +294,14 @@ fn main() -> ExitCode {
         Command::Fuzz { seconds, seed, from } => {
             build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))
         }
-        Command::Run => build(false).and_then(|sys| {
-            let passed = check_pe(&sys, true)?;
-            run_on_bed(&sys)?;
-            Ok(passed)
-        }),
+        Command::Doctor { json } => Ok(doctor(json)),
+        Command::Run => {
+            step("prerequisites", prerequisites).and_then(|()| build(false)).and_then(|sys| {
+                let passed = check_pe(&sys, true)?;
+                run_on_bed(&sys)?;
+                Ok(passed)
+            })
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

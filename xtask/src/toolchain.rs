@@ -1,8 +1,14 @@
-//! Finding (or installing) what the cross build needs: a compiler with its library source,
-//! lld-link, libclang for bindgen, and mingw-w64's DDK headers.
+//! Finding (or installing) what the builds need.
+//!
+//! Every prerequisite is checked by the file the step that needs it really opens, not by a
+//! neighbour of that file: libclang is found by asking clang-sys (the crate bindgen loads it
+//! through) to load it, the kernel target's library source by the `Cargo.lock` that
+//! `-Zbuild-std` reads, the linkers by the executables cargo runs. Each one names the Debian
+//! package that provides its file, so that what is missing can be installed (as root on Debian or
+//! Ubuntu) or the exact command printed.
 
 use std::{
-    env,
+    env, fmt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -26,8 +32,49 @@ pub struct Toolchain {
     pub description: String,
 }
 
-fn library_source(sysroot: &Path) -> bool {
-    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+/// How a missing prerequisite is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// Debian packages (space-separated) that provide the file.
+    Apt(&'static str),
+    /// Components of the active rustup toolchain.
+    Rustup(&'static str),
+    /// Nothing xtask can install: it comes with the machine.
+    Machine(&'static str),
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Apt(packages) => write!(f, "Debian: {packages}"),
+            Self::Rustup(components) => write!(f, "rustup component add {components}"),
+            Self::Machine(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+/// One thing a build step opens or runs, and where it was found.
+#[derive(Debug)]
+pub struct Prerequisite {
+    /// What it is and which step uses it.
+    pub what: &'static str,
+    /// What provides it.
+    pub provider: Provider,
+    /// The file found, or why none was.
+    pub found: Result<PathBuf, String>,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+fn existing(path: impl Into<PathBuf>) -> Result<PathBuf, String> {
+    let path = path.into();
+    if path.is_file() { Ok(path) } else { Err(format!("no {}", path.display())) }
+}
+
+fn on_path(names: &[&str]) -> Result<PathBuf, String> {
+    names.iter().find_map(|n| which(n)).ok_or_else(|| format!("no {} on PATH", names.join(" or ")))
 }
 
 fn sysroot_of(rustc: &Path) -> Option<PathBuf> {
@@ -35,60 +82,169 @@ fn sysroot_of(rustc: &Path) -> Option<PathBuf> {
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
+/// The file `-Zbuild-std` reads first: the standard library workspace's lock file.
+fn library_lock(sysroot: &Path) -> PathBuf {
+    sysroot.join("lib/rustlib/src/rust/library/Cargo.lock")
 }
 
-fn find_linker() -> Option<PathBuf> {
-    ["lld-link", "lld-link-14", "lld-link-15", "lld-link-16"].iter().find_map(|name| which(name))
+/// Debian's compiler with library source (rustc-web and rust-web-src), used when the rustup
+/// toolchain has no `rust-src`.
+const DEBIAN_SYSROOT: &str = "/usr";
+
+/// The active rustup toolchain's sysroot, if it has `rust-src`.
+fn rustup_with_source() -> Option<PathBuf> {
+    let sysroot = sysroot_of(&which("rustc")?)?;
+    library_lock(&sysroot).is_file().then_some(sysroot)
 }
 
-fn has_libclang() -> bool {
-    if env::var_os("LIBCLANG_PATH").is_some() {
-        return true;
+/// Where clang-sys, and so bindgen, will load libclang from. Asks clang-sys itself (its runtime
+/// loader: `LIBCLANG_PATH` alone when set, else `llvm-config --prefix`, the library search
+/// variables and the system directories; `-cpp.` libraries skipped, ELF64 only, highest
+/// version), so that this check and the build can never disagree.
+///
+/// # Errors
+/// clang-sys's own message when no loadable libclang is found.
+pub fn libclang() -> Result<PathBuf, String> {
+    clang_sys::load().map_err(|e| match e.split_once(", set the `LIBCLANG_PATH`") {
+        // clang-sys's advice on the variable is for its users, not for a new machine.
+        Some((what, _)) => what.replace("couldn't find any valid shared libraries matching", "no"),
+        None => e,
+    })?;
+    let path = clang_sys::get_library().map(|l| l.path().to_path_buf());
+    // A library of the right name that lacks libclang's entry points loads just as well.
+    let is_libclang = clang_sys::clang_createIndex::is_loaded();
+    let _ = clang_sys::unload();
+    let path = path.ok_or("clang-sys loaded no library")?;
+    if !is_libclang {
+        return Err(format!("{} does not export clang_createIndex", path.display()));
     }
-    std::fs::read_dir("/usr/lib").is_ok_and(|dirs| {
-        dirs.flatten().any(|d| {
-            d.file_name().to_string_lossy().starts_with("llvm-")
-                && std::fs::read_dir(d.path().join("lib")).is_ok_and(|libs| {
-                    libs.flatten().any(|l| l.file_name().to_string_lossy().starts_with("libclang"))
-                })
-        })
-    })
+    Ok(path)
 }
 
+/// The header clang's own resource directory must hold for bindgen to parse mingw-w64's
+/// headers (`stddef.h`, `stdarg.h` and the intrinsics come from there, not from mingw).
+const RESOURCE_HEADER: &str = "include/stddef.h";
+
+/// clang's resource directory for the libclang at `library`: `<lib>/clang/<version>` beside the
+/// library as found, beside the file it resolves to, or under the LLVM prefix that installed it
+/// (Debian's libclang lives in the multiarch directory and uses `/usr/lib/llvm-<N>/lib/clang`).
+///
+/// # Errors
+/// Which directories were searched, when none holds the header.
+pub fn resource_dir(library: &Path, llvm_prefix: Option<&Path>) -> Result<PathBuf, String> {
+    let mut lib_dirs: Vec<PathBuf> = Vec::new();
+    lib_dirs.extend(library.parent().map(Path::to_path_buf));
+    if let Ok(real) = library.canonicalize() {
+        lib_dirs.extend(real.parent().map(Path::to_path_buf));
+    }
+    lib_dirs.extend(llvm_prefix.map(|p| p.join("lib")));
+    for dir in &lib_dirs {
+        let Ok(versions) = std::fs::read_dir(dir.join("clang")) else { continue };
+        let mut found: Vec<PathBuf> = versions
+            .flatten()
+            .map(|v| v.path())
+            .filter(|v| v.join(RESOURCE_HEADER).is_file())
+            .collect();
+        found.sort();
+        if let Some(newest) = found.pop() {
+            return Ok(newest);
+        }
+    }
+    let searched: Vec<String> =
+        lib_dirs.iter().map(|d| format!("{}/clang/*/{RESOURCE_HEADER}", d.display())).collect();
+    Err(format!("no {}", searched.join(", no ")))
+}
+
+fn llvm_prefix() -> Option<PathBuf> {
+    let out = Command::new("llvm-config").arg("--prefix").output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Where Debian's `mingw-w64-x86-64-dev` installs the headers the `ddk` build script reads.
 const MINGW_DDK: &str = "/usr/share/mingw-w64/include/ddk/ntddk.h";
+/// An import library the test app links against (also from `mingw-w64-x86-64-dev`).
+const MINGW_KERNEL32: &str = "/usr/x86_64-w64-mingw32/lib/libkernel32.a";
 
-/// What is missing, as (what, Debian package).
-fn missing() -> Vec<(&'static str, &'static str)> {
-    let mut missing = Vec::new();
-    let rustup_ok = which("rustc").and_then(|r| sysroot_of(&r)).is_some_and(|s| library_source(&s));
-    if !rustup_ok && !Path::new("/usr/lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
-        missing.push((
-            "a Rust compiler with library source (rust-src)",
-            "rustc-web cargo-web rust-web-src",
-        ));
+/// Every prerequisite, checked now.
+#[must_use]
+pub fn survey() -> Vec<Prerequisite> {
+    let mut all = Vec::new();
+    let mut add = |what, provider, found| all.push(Prerequisite { what, provider, found });
+
+    let host = which("rustc").and_then(|r| sysroot_of(&r));
+    let host_tool = |name: &str| match &host {
+        Some(sysroot) => existing(sysroot.join("bin").join(name)),
+        None => Err("no rustc on PATH".into()),
+    };
+    add("rustfmt (format check)", Provider::Rustup("rustfmt"), host_tool("rustfmt"));
+    add("clippy (host lints)", Provider::Rustup("clippy"), host_tool("clippy-driver"));
+    add(
+        "host C linker (builds xtask itself)",
+        Provider::Machine("gcc, libc6-dev"),
+        on_path(&["cc"]),
+    );
+
+    if let Some(sysroot) = rustup_with_source() {
+        add(
+            "library source for -Zbuild-std (rustup rust-src)",
+            Provider::Rustup("rust-src"),
+            Ok(library_lock(&sysroot)),
+        );
+    } else {
+        let usr = Path::new(DEBIAN_SYSROOT);
+        add(
+            "rustc for the kernel target",
+            Provider::Apt("rustc-web"),
+            existing(usr.join("bin/rustc")),
+        );
+        add(
+            "cargo for the kernel target",
+            Provider::Apt("cargo-web"),
+            existing(usr.join("bin/cargo")),
+        );
+        add(
+            "library source for -Zbuild-std",
+            Provider::Apt("rust-web-src"),
+            existing(library_lock(usr)),
+        );
+        add(
+            "clippy for the kernel target",
+            Provider::Apt("rust-web-clippy"),
+            existing(usr.join("bin/clippy-driver")),
+        );
     }
-    if !rustup_ok && !Path::new("/usr/bin/cargo-clippy").exists() {
-        missing.push(("clippy for that compiler", "rust-web-clippy"));
-    }
-    if find_linker().is_none() {
-        missing.push(("lld-link", "lld-14"));
-    }
-    if !has_libclang() {
-        missing.push(("libclang (for bindgen)", "libclang-14-dev"));
-    }
-    if !Path::new(MINGW_DDK).exists() {
-        missing.push(("mingw-w64's DDK headers", "mingw-w64-x86-64-dev"));
-    }
-    if which("x86_64-w64-mingw32-gcc").is_none() {
-        missing.push(("the mingw-w64 linker (for the test app)", "gcc-mingw-w64-x86-64"));
-    }
-    missing
+    add("lld-link (links the driver)", Provider::Apt("lld-14"), find_linker());
+    let library = libclang();
+    let resources = match &library {
+        Ok(library) => resource_dir(library, llvm_prefix().as_deref()),
+        Err(_) => Err("no libclang to look beside".into()),
+    };
+    add("libclang (bindgen loads it)", Provider::Apt("libclang1-14"), library);
+    add(
+        "clang's resource headers (bindgen includes them)",
+        Provider::Apt("libclang-common-14-dev"),
+        resources,
+    );
+    add(
+        "mingw-w64 DDK headers (bindgen reads them)",
+        Provider::Apt("mingw-w64-x86-64-dev"),
+        existing(MINGW_DDK),
+    );
+    add(
+        "mingw-w64 import libraries (test app)",
+        Provider::Apt("mingw-w64-x86-64-dev"),
+        existing(MINGW_KERNEL32),
+    );
+    add(
+        "x86_64-w64-mingw32-gcc (links the test app)",
+        Provider::Apt("gcc-mingw-w64-x86-64"),
+        on_path(&["x86_64-w64-mingw32-gcc"]),
+    );
+    all
+}
+
+fn find_linker() -> Result<PathBuf, String> {
+    on_path(&["lld-link", "lld-link-14", "lld-link-15", "lld-link-16"])
 }
 
 fn is_root() -> bool {
@@ -102,34 +258,74 @@ fn is_debian_like() -> bool {
     Path::new("/etc/debian_version").exists()
 }
 
-/// Makes sure everything is installed: installs what is missing with apt-get when running as
-/// root on Debian or Ubuntu, and otherwise fails with the exact command to run.
+fn unique<'a>(words: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for word in words {
+        if !out.contains(&word) {
+            out.push(word);
+        }
+    }
+    out
+}
+
+/// Makes sure everything is installed (checked once per process): installs what is missing (apt-get when running as root
+/// on Debian or Ubuntu, rustup components) and otherwise fails with the exact command to run.
 ///
 /// # Errors
 /// When something is missing and cannot be installed here.
 pub fn ensure_installed() -> Result<()> {
-    let absent = missing();
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    install_missing()?;
+    DONE.get_or_init(|| ());
+    Ok(())
+}
+
+fn install_missing() -> Result<()> {
+    let absent: Vec<Prerequisite> = survey().into_iter().filter(|p| p.found.is_err()).collect();
     if absent.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = absent.iter().flat_map(|(_, p)| p.split(' ')).collect();
-    let command = format!("apt-get install -y {}", packages.join(" "));
-    let what: Vec<&str> = absent.iter().map(|(w, _)| *w).collect();
-    if !(is_root() && is_debian_like()) {
-        bail!("missing: {}\ninstall with: sudo apt-get update && sudo {command}", what.join(", "));
-    }
-    eprintln!("installing {} ({})", what.join(", "), packages.join(" "));
-    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let still = missing();
-    if !still.is_empty() {
+    let of = |pick: fn(&Provider) -> Option<&'static str>| {
+        unique(absent.iter().filter_map(|p| pick(&p.provider)).flat_map(str::split_whitespace))
+    };
+    let packages = of(|p| if let Provider::Apt(s) = p { Some(s) } else { None });
+    let components = of(|p| if let Provider::Rustup(s) = p { Some(s) } else { None });
+    let machine = of(|p| if let Provider::Machine(s) = p { Some(s) } else { None });
+    let what: Vec<&str> = absent.iter().map(|p| p.what).collect();
+    if !machine.is_empty() {
         bail!(
-            "still missing after apt-get: {:?}",
-            still.iter().map(|(w, _)| *w).collect::<Vec<_>>()
+            "missing: {}; install {} with the system's package manager",
+            what.join(", "),
+            machine.join(" ")
         );
+    }
+    let apt = format!("apt-get install -y --no-install-recommends {}", packages.join(" "));
+    if !packages.is_empty() && !(is_root() && is_debian_like()) {
+        bail!("missing: {}\ninstall with: sudo apt-get update && sudo {apt}", what.join(", "));
+    }
+    eprintln!("installing: {}", what.join(", "));
+    if !components.is_empty() {
+        run(Command::new("rustup").args(["component", "add"]).args(&components))?;
+    }
+    if !packages.is_empty() {
+        eprintln!("  {apt}");
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let still: Vec<String> = survey()
+        .into_iter()
+        .filter_map(|p| p.found.err().map(|why| format!("{} ({why})", p.what)))
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after installing: {}", still.join("; "));
     }
     Ok(())
 }
@@ -140,32 +336,50 @@ pub fn ensure_installed() -> Result<()> {
 /// # Errors
 /// When neither is usable (run [`ensure_installed`] first).
 pub fn find() -> Result<Toolchain> {
-    let linker = find_linker().context("lld-link not found (apt-get install lld-14)")?;
-    if let Some(rustc) = which("rustc")
-        && let Some(sysroot) = sysroot_of(&rustc)
-        && library_source(&sysroot)
-    {
+    let linker =
+        find_linker().map_err(anyhow::Error::msg).context("lld-link (apt-get install lld-14)")?;
+    if let Some(sysroot) = rustup_with_source() {
         return Ok(Toolchain {
             cargo: which("cargo").context("cargo not on PATH")?,
+            rustc: which("rustc").context("rustc not on PATH")?,
             clippy: which("cargo-clippy").context("cargo-clippy not on PATH")?,
             description: format!("rustup toolchain at {} (rust-src)", sysroot.display()),
-            rustc,
             linker,
         });
     }
-    let rustc = PathBuf::from("/usr/bin/rustc");
-    if sysroot_of(&rustc).is_some_and(|s| library_source(&s)) {
+    let usr = Path::new(DEBIAN_SYSROOT);
+    if library_lock(usr).is_file() {
         return Ok(Toolchain {
-            cargo: PathBuf::from("/usr/bin/cargo"),
-            clippy: PathBuf::from("/usr/bin/cargo-clippy"),
+            cargo: usr.join("bin/cargo"),
+            rustc: usr.join("bin/rustc"),
+            clippy: usr.join("bin/cargo-clippy"),
             description: "Debian rustc-web with rust-web-src (/usr/bin/rustc)".into(),
-            rustc,
             linker,
         });
     }
     bail!(
         "no Rust compiler with library source; install rust-src or Debian's rustc-web + rust-web-src"
     )
+}
+
+/// One line per prerequisite (where it was found, or what provides it) and one for the cross
+/// toolchain: what `run` and `test` print before they start.
+#[must_use]
+pub fn summary() -> Vec<String> {
+    let mut lines: Vec<String> = survey()
+        .iter()
+        .map(|p| match &p.found {
+            Ok(path) => format!("{}: {}", p.what, path.display()),
+            Err(why) => format!("{}: MISSING ({why}; {})", p.what, p.provider),
+        })
+        .collect();
+    lines.push(match find() {
+        Ok(tool) => {
+            format!("cross toolchain: {}, linker {}", tool.description, tool.linker.display())
+        }
+        Err(e) => format!("cross toolchain: none yet ({e:#})"),
+    });
+    lines
 }
 
 /// Runs a command, failing with its name when it fails.
@@ -178,4 +392,43 @@ pub fn run(command: &mut Command) -> Result<()> {
         bail!("{command:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for file in files {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("directories");
+            std::fs::write(&path, b"").expect("a file");
+        }
+        dir
+    }
+
+    #[test]
+    fn resource_headers_beside_the_library_are_found() {
+        let dir = tree(&["lib/libclang.so.1", "lib/clang/14.0.6/include/stddef.h"]);
+        let found = resource_dir(&dir.path().join("lib/libclang.so.1"), None);
+        assert_eq!(found, Ok(dir.path().join("lib/clang/14.0.6")));
+    }
+
+    #[test]
+    fn resource_headers_under_the_llvm_prefix_are_found() {
+        let dir =
+            tree(&["multiarch/libclang-14.so.1", "llvm-14/lib/clang/14.0.6/include/stddef.h"]);
+        let library = dir.path().join("multiarch/libclang-14.so.1");
+        let found = resource_dir(&library, Some(&dir.path().join("llvm-14")));
+        assert_eq!(found, Ok(dir.path().join("llvm-14/lib/clang/14.0.6")));
+    }
+
+    #[test]
+    fn a_resource_directory_without_its_headers_is_missing() {
+        // The directory Debian's libclang-cpp leaves behind holds no headers.
+        let dir = tree(&["lib/libclang.so.1", "lib/clang/14.0.6/lib/linux/empty"]);
+        let found = resource_dir(&dir.path().join("lib/libclang.so.1"), None);
+        assert!(found.is_err_and(|why| why.contains("include/stddef.h")));
+    }
 }
