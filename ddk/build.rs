@@ -7,6 +7,8 @@
 
 use std::{env, fs, path::PathBuf};
 
+mod libclang;
+
 /// Where Debian's `mingw-w64-x86-64-dev` installs the headers.
 const MINGW_INCLUDE: &str = "/usr/share/mingw-w64/include";
 
@@ -53,9 +55,10 @@ const VARS: &[&str] = &[
     "DO_(DEVICE_INITIALIZING|BUFFERED_IO)",
 ];
 
-fn builder(header: &str) -> bindgen::Builder {
+fn builder(header: &str, resource_dir: &str) -> bindgen::Builder {
     bindgen::Builder::default()
         .header(header)
+        .clang_arg(format!("-resource-dir={resource_dir}"))
         .clang_args([
             "--target=x86_64-w64-mingw32",
             &format!("-I{MINGW_INCLUDE}"),
@@ -101,9 +104,19 @@ fn main() {
         );
     }
 
+    let resource_dir = libclang::library()
+        .and_then(|library| libclang::resource_dir(&library, libclang::llvm_prefix().as_deref()))
+        .unwrap_or_else(|why| {
+            panic!(
+                "clang's resource headers for bindgen: {why}; `cargo xtask doctor` names the \
+                 packages (Debian: libclang1-14 libclang-common-14-dev)"
+            )
+        });
+    let resource_dir = resource_dir.to_str().expect("UTF-8 path");
+
     // The types pass also follows the routines' signatures, so every type they name exists;
     // their declarations are then dropped here and emitted by the second pass under `ntddk`.
-    let mut types = builder(header);
+    let mut types = builder(header, resource_dir);
     for f in FUNCTIONS {
         types = types.allowlist_function(f);
     }
@@ -116,7 +129,7 @@ fn main() {
     let text = types.generate().expect("bindgen could not read the DDK headers").to_string();
     fs::write(out.join("types.rs"), without_extern_blocks(&text)).expect("writing types.rs");
 
-    let mut functions = builder(header)
+    let mut functions = builder(header, resource_dir)
         .allowlist_recursively(false)
         .layout_tests(false)
         .raw_line("#[allow(unused_imports)] use super::*;");

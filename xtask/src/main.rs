@@ -186,7 +186,7 @@ fn doctor(json: bool) -> bool {
     println!("{table}");
     match toolchain::find() {
         Ok(tool) => {
-            println!("cross toolchain: {}, linker {}", tool.description, tool.linker.display())
+            println!("cross toolchain: {}, linker {}", tool.description, tool.linker.display());
         }
         Err(e) => println!("cross toolchain: none yet ({e:#})"),
     }

@@ -97,68 +97,10 @@ fn rustup_with_source() -> Option<PathBuf> {
     library_lock(&sysroot).is_file().then_some(sysroot)
 }
 
-/// Where clang-sys, and so bindgen, will load libclang from. Asks clang-sys itself (its runtime
-/// loader: `LIBCLANG_PATH` alone when set, else `llvm-config --prefix`, the library search
-/// variables and the system directories; `-cpp.` libraries skipped, ELF64 only, highest
-/// version), so that this check and the build can never disagree.
-///
-/// # Errors
-/// clang-sys's own message when no loadable libclang is found.
-pub fn libclang() -> Result<PathBuf, String> {
-    clang_sys::load().map_err(|e| match e.split_once(", set the `LIBCLANG_PATH`") {
-        // clang-sys's advice on the variable is for its users, not for a new machine.
-        Some((what, _)) => what.replace("couldn't find any valid shared libraries matching", "no"),
-        None => e,
-    })?;
-    let path = clang_sys::get_library().map(|l| l.path().to_path_buf());
-    // A library of the right name that lacks libclang's entry points loads just as well.
-    let is_libclang = clang_sys::clang_createIndex::is_loaded();
-    let _ = clang_sys::unload();
-    let path = path.ok_or("clang-sys loaded no library")?;
-    if !is_libclang {
-        return Err(format!("{} does not export clang_createIndex", path.display()));
-    }
-    Ok(path)
-}
+#[path = "../../ddk/libclang.rs"]
+mod libclang;
 
-/// The header clang's own resource directory must hold for bindgen to parse mingw-w64's
-/// headers (`stddef.h`, `stdarg.h` and the intrinsics come from there, not from mingw).
-const RESOURCE_HEADER: &str = "include/stddef.h";
-
-/// clang's resource directory for the libclang at `library`: `<lib>/clang/<version>` beside the
-/// library as found, beside the file it resolves to, or under the LLVM prefix that installed it
-/// (Debian's libclang lives in the multiarch directory and uses `/usr/lib/llvm-<N>/lib/clang`).
-///
-/// # Errors
-/// Which directories were searched, when none holds the header.
-pub fn resource_dir(library: &Path, llvm_prefix: Option<&Path>) -> Result<PathBuf, String> {
-    let mut lib_dirs: Vec<PathBuf> = Vec::new();
-    lib_dirs.extend(library.parent().map(Path::to_path_buf));
-    if let Ok(real) = library.canonicalize() {
-        lib_dirs.extend(real.parent().map(Path::to_path_buf));
-    }
-    lib_dirs.extend(llvm_prefix.map(|p| p.join("lib")));
-    for dir in &lib_dirs {
-        let Ok(versions) = std::fs::read_dir(dir.join("clang")) else { continue };
-        let mut found: Vec<PathBuf> = versions
-            .flatten()
-            .map(|v| v.path())
-            .filter(|v| v.join(RESOURCE_HEADER).is_file())
-            .collect();
-        found.sort();
-        if let Some(newest) = found.pop() {
-            return Ok(newest);
-        }
-    }
-    let searched: Vec<String> =
-        lib_dirs.iter().map(|d| format!("{}/clang/*/{RESOURCE_HEADER}", d.display())).collect();
-    Err(format!("no {}", searched.join(", no ")))
-}
-
-fn llvm_prefix() -> Option<PathBuf> {
-    let out = Command::new("llvm-config").arg("--prefix").output().ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
+pub use libclang::resource_dir;
 
 /// Where Debian's `mingw-w64-x86-64-dev` installs the headers the `ddk` build script reads.
 const MINGW_DDK: &str = "/usr/share/mingw-w64/include/ddk/ntddk.h";
@@ -172,9 +114,9 @@ pub fn survey() -> Vec<Prerequisite> {
     let mut add = |what, provider, found| all.push(Prerequisite { what, provider, found });
 
     let host = which("rustc").and_then(|r| sysroot_of(&r));
-    let host_tool = |name: &str| match &host {
-        Some(sysroot) => existing(sysroot.join("bin").join(name)),
-        None => Err("no rustc on PATH".into()),
+    let host_tool = |name: &str| {
+        host.as_ref()
+            .map_or_else(|| Err("no rustc on PATH".into()), |s| existing(s.join("bin").join(name)))
     };
     add("rustfmt (format check)", Provider::Rustup("rustfmt"), host_tool("rustfmt"));
     add("clippy (host lints)", Provider::Rustup("clippy"), host_tool("clippy-driver"));
@@ -214,11 +156,11 @@ pub fn survey() -> Vec<Prerequisite> {
         );
     }
     add("lld-link (links the driver)", Provider::Apt("lld-14"), find_linker());
-    let library = libclang();
-    let resources = match &library {
-        Ok(library) => resource_dir(library, llvm_prefix().as_deref()),
-        Err(_) => Err("no libclang to look beside".into()),
-    };
+    let library = libclang::library();
+    let resources = library.as_ref().map_or_else(
+        |_| Err("no libclang to look beside".into()),
+        |library| resource_dir(library, libclang::llvm_prefix().as_deref()),
+    );
     add("libclang (bindgen loads it)", Provider::Apt("libclang1-14"), library);
     add(
         "clang's resource headers (bindgen includes them)",
@@ -303,7 +245,7 @@ fn install_missing() -> Result<()> {
         );
     }
     let apt = format!("apt-get install -y --no-install-recommends {}", packages.join(" "));
-    if !packages.is_empty() && !(is_root() && is_debian_like()) {
+    if !(packages.is_empty() || is_root() && is_debian_like()) {
         bail!("missing: {}\ninstall with: sudo apt-get update && sudo {apt}", what.join(", "));
     }
     eprintln!("installing: {}", what.join(", "));
@@ -410,7 +352,7 @@ mod tests {
 
     #[test]
     fn resource_headers_beside_the_library_are_found() {
-        let dir = tree(&["lib/libclang.so.1", "lib/clang/14.0.6/include/stddef.h"]);
+        let dir = tree(&["lib/libclang.so.1", "lib/clang/14.0.6/include/mm_malloc.h"]);
         let found = resource_dir(&dir.path().join("lib/libclang.so.1"), None);
         assert_eq!(found, Ok(dir.path().join("lib/clang/14.0.6")));
     }
@@ -418,7 +360,7 @@ mod tests {
     #[test]
     fn resource_headers_under_the_llvm_prefix_are_found() {
         let dir =
-            tree(&["multiarch/libclang-14.so.1", "llvm-14/lib/clang/14.0.6/include/stddef.h"]);
+            tree(&["multiarch/libclang-14.so.1", "llvm-14/lib/clang/14.0.6/include/mm_malloc.h"]);
         let library = dir.path().join("multiarch/libclang-14.so.1");
         let found = resource_dir(&library, Some(&dir.path().join("llvm-14")));
         assert_eq!(found, Ok(dir.path().join("llvm-14/lib/clang/14.0.6")));
@@ -429,6 +371,6 @@ mod tests {
         // The directory Debian's libclang-cpp leaves behind holds no headers.
         let dir = tree(&["lib/libclang.so.1", "lib/clang/14.0.6/lib/linux/empty"]);
         let found = resource_dir(&dir.path().join("lib/libclang.so.1"), None);
-        assert!(found.is_err_and(|why| why.contains("include/stddef.h")));
+        assert!(found.is_err_and(|why| why.contains("include/mm_malloc.h")));
     }
 }
