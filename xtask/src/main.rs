@@ -199,6 +199,7 @@ fn doctor(json: bool) -> bool {
 }
 
 fn test() -> Result<()> {
+    let start = std::time::Instant::now();
     step("prerequisites", prerequisites)?;
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
     step("clippy (host crates)", || {
@@ -259,8 +260,21 @@ fn test() -> Result<()> {
         toolchain::run(&mut command)
     })?;
     step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;
-    println!("xtask test: all steps passed");
+    println!("xtask test: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The main job: build pagelock.sys, check it against the budget, run its scenario suite on
+/// the test bed.
+fn main_job() -> Result<bool> {
+    let start = std::time::Instant::now();
+    step("prerequisites", prerequisites)?;
+    let sys = step("cross build (release)", || build(false))?;
+    let passed = step("check-pe with the footprint budget", || check_pe(&sys, true))?;
+    step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;
+    let verdict = if passed { "done" } else { "check-pe FAILED" };
+    eprintln!("xtask run: {verdict} in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(passed)
 }
 
 /// Runs the scenario suite against `sys` on the test bed and prints its report.
@@ -271,7 +285,10 @@ fn run_on_bed(sys: &std::path::Path) -> Result<()> {
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("==> {name}");
-    f().map_err(|e| e.context(format!("step failed: {name}")))
+    let start = std::time::Instant::now();
+    let result = f().map_err(|e| e.context(format!("step failed: {name}")));
+    eprintln!("    {name}: {:.1} s", start.elapsed().as_secs_f64());
+    result
 }
 
 fn main() -> ExitCode {
@@ -295,13 +312,7 @@ fn main() -> ExitCode {
             build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))
         }
         Command::Doctor { json } => Ok(doctor(json)),
-        Command::Run => {
-            step("prerequisites", prerequisites).and_then(|()| build(false)).and_then(|sys| {
-                let passed = check_pe(&sys, true)?;
-                run_on_bed(&sys)?;
-                Ok(passed)
-            })
-        }
+        Command::Run => main_job(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
