@@ -6,7 +6,13 @@
 
 #[cfg(windows)]
 fn main() -> Result<(), wdk_build::ConfigError> {
-    wdk_build::configure_wdk_binary_build()
+    wdk_build::configure_wdk_binary_build()?;
+    // INIT code is emitted into INITX and merged into INIT, which lib.rs declares discardable,
+    // so that INIT trails every other section and the kernel frees it after DriverEntry.
+    // wdk-build passes no /SECTION for INIT; link.exe is told its attributes explicitly.
+    println!("cargo::rustc-cdylib-link-arg=/MERGE:INITX=INIT");
+    println!("cargo::rustc-cdylib-link-arg=/SECTION:INIT,ERD");
+    Ok(())
 }
 
 #[cfg(not(windows))]

@@ -25,7 +25,7 @@ crate::paged_code! {
 crate::paged_code! {
     /// `IRP_MJ_CREATE`: allocates the per-open state, then locks both sections by handle.
     fn create(mut irp: Irp) -> Status {
-        let Ok(mut open) = try_box(Open::new()) else {
+        let Ok(open) = try_box(Open::new()) else {
             return irp.complete(status::INSUFFICIENT_RESOURCES, &[]);
         };
         // MmLockPagableSectionByHandle at PASSIVE_LEVEL: the cheap path, one lock per section.
@@ -37,7 +37,7 @@ crate::paged_code! {
             return irp.complete(status::INVALID_PARAMETER, &[]);
         }
         OPEN_HANDLES.fetch_add(1, Ordering::SeqCst);
-        irp.complete(status::SUCCESS, &[])
+        irp.complete_opened()
     }
 }
 

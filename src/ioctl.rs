@@ -63,7 +63,7 @@ crate::paged_code! {
     ///
     /// # Errors
     /// The status to complete the request with; nothing was changed.
-    pub fn handle(open: &mut Open, code: u32, input: &[u8], output_capacity: usize) -> Result<Reply, Status> {
+    pub fn handle(open: &Open, code: u32, input: &[u8], output_capacity: usize) -> Result<Reply, Status> {
         match code {
             protocol::IOCTL_QUERY_STATE => {
                 reply_fits::<StateReply>(output_capacity)?;
@@ -141,10 +141,11 @@ crate::paged_code! {
             }
         }
         let (middle, _) = crate::kernel::performance_counter();
-        let mut locks = sections::SectionLocks::none(section);
         for _ in 0..iterations {
-            locks.add()?;
-            locks.remove();
+            if !section.lock_by_handle() {
+                return Err(status::INVALID_DEVICE_STATE);
+            }
+            section.unlock_held();
         }
         let (end, _) = crate::kernel::performance_counter();
         Ok(Reply::Bench(BenchReply {

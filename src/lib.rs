@@ -22,6 +22,15 @@
 
 extern crate alloc;
 
+// The discardable INIT section, declared once: code the driver places in INIT goes to INITX
+// (see `init_code!`), which the linker merges into this section (`/MERGE:INITX=INIT`). Being
+// discardable in the object ("D"), INIT is placed after every other section, the trailing run
+// the kernel frees after DriverEntry (MmFreeDriverInitialization frees nothing else). The one
+// `int3` makes the object really contain the section. `.pushsection` leaves the assembler in the
+// section it was in.
+#[cfg(target_os = "windows")]
+core::arch::global_asm!(".pushsection INIT,\"xrD\"", "int3", ".popsection");
+
 #[cfg(all(target_os = "windows", feature = "wdk"))]
 extern crate wdk_panic;
 

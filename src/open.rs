@@ -1,20 +1,39 @@
 //! Per-open state: the locks one handle holds, owned so that closing cannot forget one.
+//!
+//! Several requests of one handle can be inside the driver at once: the I/O manager serialises
+//! the requests of a file object only when it was opened for synchronous I/O, so a handle
+//! opened with `FILE_FLAG_OVERLAPPED` can have several `IOCTL_LOCK` and `IOCTL_UNLOCK` running
+//! on several processors. The state is therefore only ever shared (`&Open`), and its counts
+//! are atomics changed in an order that keeps the memory manager's lock count at or above the
+//! driver's own at every instant: a lock is taken before it is counted, and uncounted before it
+//! is released.
+
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use pagelock_protocol::MAX_EXTRA_LOCKS;
 
 use crate::{
     kernel::{Status, status},
-    sections::{LOCKED_CODE, PAGED_DATA, SectionLocks},
+    sections::{LOCKED_CODE, PAGED_DATA},
 };
 
-/// What one open handle holds: one lock on each lockable section from create to close, plus
-/// the extra locks taken with `IOCTL_LOCK`. Lives in nonpaged pool, in the file object.
+/// At most this many pairs per handle: the one taken at create and the extra ones.
+const MAX_PAIRS: u32 = MAX_EXTRA_LOCKS + 1;
+
+/// What one open handle holds: pairs of locks, one on each lockable section, from create to
+/// close; the first taken at create, one more with each `IOCTL_LOCK`. Lives in nonpaged pool,
+/// in the file object.
 ///
-/// INVARIANT: `code.held() == data.held()`, and after [`Open::lock_sections`] succeeded both are
-/// at least 1.
+/// # Invariants
+/// - The driver holds at least `held` locks on each of `PAGELK` and `PAGEDATA` on behalf of this
+///   value, at every instant (a pair is counted only after both locks are taken, and uncounted
+///   before either is released).
+/// - `held <= reserved <= MAX_PAIRS`: `reserved` also counts the pairs a `LOCK` in progress is
+///   taking, so concurrent `LOCK`s cannot pass the nesting limit together.
+/// - After [`Open::lock_sections`] succeeded, `held >= 1` until the value drops.
 pub struct Open {
-    code: SectionLocks,
-    data: SectionLocks,
+    held: AtomicU32,
+    reserved: AtomicU32,
 }
 
 impl Open {
@@ -22,67 +41,121 @@ impl Open {
     /// needs no unwinding.
     #[must_use]
     pub const fn new() -> Self {
-        Self { code: SectionLocks::none(&LOCKED_CODE), data: SectionLocks::none(&PAGED_DATA) }
+        // INVARIANT: nothing held, nothing reserved.
+        Self { held: AtomicU32::new(0), reserved: AtomicU32::new(0) }
     }
 
     crate::paged_code! {
-        /// Locks both sections by handle for this open (and, through `LOCK`, once more each time).
+        /// Locks both sections by handle for this open (`IRP_MJ_CREATE`).
         ///
         /// # Errors
         /// `STATUS_INVALID_DEVICE_STATE` when the handles were never taken; nothing changes.
-        pub fn lock_sections(&mut self) -> Result<(), Status> {
+        pub fn lock_sections(&self) -> Result<(), Status> {
             // A deliberately broken variant for the test bed's self-test (never in a product
             // build): opens lock nothing, so the locked work runs from paged-out sections.
             if cfg!(feature = "defect-unlocked-run") {
                 return Ok(());
             }
-            self.code.add()?;
-            if let Err(status) = self.data.add() {
-                self.code.remove();
-                return Err(status);
-            }
-            Ok(())
+            self.add_pair(|reserved| reserved == 0)
         }
     }
 
     /// Locks held on each section by this handle.
     #[must_use]
-    pub const fn held(&self) -> u32 {
-        self.code.held()
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Acquire)
     }
 
     /// Extra locks taken with `LOCK` and not yet released.
     #[must_use]
-    pub const fn extra(&self) -> u32 {
-        self.code.held().saturating_sub(1)
+    pub fn extra(&self) -> u32 {
+        self.held().saturating_sub(1)
     }
 
     crate::paged_code! {
-        /// `IOCTL_LOCK`: one more lock on each section.
+        /// `IOCTL_LOCK`: one more lock on each section. Returns the extra locks held after it.
         ///
         /// # Errors
         /// `STATUS_INVALID_DEVICE_STATE` at the nesting limit; nothing changes.
-        pub fn lock_extra(&mut self) -> Result<u32, Status> {
-            if self.extra() >= MAX_EXTRA_LOCKS {
-                return Err(status::INVALID_DEVICE_STATE);
+        pub fn lock_extra(&self) -> Result<u32, Status> {
+            if cfg!(feature = "defect-unlocked-run") {
+                return Ok(self.extra());
             }
-            self.lock_sections()?;
+            self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
             Ok(self.extra())
         }
     }
 
     crate::paged_code! {
-        /// `IOCTL_UNLOCK`: releases one extra lock on each section.
+        /// `IOCTL_UNLOCK`: releases one extra lock on each section. Returns the extra locks
+        /// held after it.
         ///
         /// # Errors
         /// `STATUS_INVALID_DEVICE_STATE` when no extra lock is held; nothing changes.
-        pub fn unlock_extra(&mut self) -> Result<u32, Status> {
-            if self.extra() == 0 {
+        pub fn unlock_extra(&self) -> Result<u32, Status> {
+            let before = if cfg!(feature = "defect-unsynchronized-open") {
+                // A deliberately broken variant for the test bed's concurrency work (never in
+                // a product build): check, release, then write back, with kernel calls in the
+                // window. Two UNLOCKs on one handle can both see the same extra lock and
+                // release two, so the handle ends up holding nothing while it is open.
+                let before = self.held.load(Ordering::Relaxed);
+                if before < 2 {
+                    return Err(status::INVALID_DEVICE_STATE);
+                }
+                self.release_pair(before);
+                self.held.store(before - 1, Ordering::Relaxed);
+                before
+            } else {
+                // Uncounted first (so the count never exceeds the memory manager's), then
+                // released; the check and the decrement are one atomic step.
+                let before = self
+                    .held
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
+                    .map_err(|_| status::INVALID_DEVICE_STATE)?;
+                self.release_pair(before);
+                before
+            };
+            // INVARIANT: `held` fell before `reserved`, so `held <= reserved` still holds.
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            Ok(before - 2)
+        }
+    }
+
+    crate::paged_code! {
+        /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
+        /// the pair. On failure nothing stays changed.
+        fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<(), Status> {
+            self.reserved
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| allowed(r).then(|| r + 1))
+                .map_err(|_| status::INVALID_DEVICE_STATE)?;
+            // MmLockPagableSectionByHandle at PASSIVE_LEVEL, code then data.
+            let locked = LOCKED_CODE.lock_by_handle()
+                && (PAGED_DATA.lock_by_handle() || {
+                    LOCKED_CODE.unlock_held();
+                    false
+                });
+            if !locked {
+                self.reserved.fetch_sub(1, Ordering::AcqRel);
                 return Err(status::INVALID_DEVICE_STATE);
             }
-            self.data.remove();
-            self.code.remove();
-            Ok(self.extra())
+            // INVARIANT: both locks are taken before the pair is counted.
+            self.held.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        }
+    }
+
+    crate::paged_code! {
+        /// Releases one pair that was counted as the `before`-th and is no longer counted.
+        fn release_pair(&self, before: u32) {
+            // A deliberately broken variant for the fuzzer's self-test (never in a product
+            // build): the third lock of a handle is forgotten, not released.
+            if cfg!(feature = "defect-lost-unlock") && before == 3 {
+                return;
+            }
+            // MmUnlockPagableImageSection at PASSIVE_LEVEL (UNLOCK, close), data then code;
+            // at zero a section may page out, so nothing of it may run at DISPATCH_LEVEL after.
+            PAGED_DATA.unlock_held();
+            LOCKED_CODE.unlock_held();
         }
     }
 }
@@ -90,5 +163,21 @@ impl Open {
 impl Default for Open {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Drop for Open {
+    crate::paged_code! {
+        /// `IRP_MJ_CLOSE`: releases every pair this handle still holds. Exclusive by then: close
+        /// comes only after the last request of the file object has completed.
+        fn drop(&mut self) {
+            let held = *self.held.get_mut();
+            for before in (1..=held).rev() {
+                self.release_pair(before);
+            }
+            // INVARIANT: the value is gone; nothing is held on its behalf.
+            *self.held.get_mut() = 0;
+            *self.reserved.get_mut() = 0;
+        }
     }
 }

@@ -11,7 +11,8 @@
 //! `PAGELK` and `PAGEDATA` are the lockable sections: each open handle holds one lock on each,
 //! taken by handle in `IRP_MJ_CREATE` and released in `IRP_MJ_CLOSE`, so an idle driver is
 //! entirely pageable. Everything else (the spin lock, these counts, the handles) stays in the
-//! ordinary, resident sections.
+//! ordinary, resident sections. Who holds which lock is counted by the per-open state
+//! ([`crate::open::Open`]), which releases what it holds when it drops.
 
 use core::{
     ffi::c_void,
@@ -22,10 +23,16 @@ use crate::kernel::{self, HandleSlot, SectionHandle};
 
 /// Places a function in `INIT`, discarded once `DriverEntry` returns. Never inlined, so its
 /// code cannot leak into a resident caller or pull a resident callee into `INIT`.
+///
+/// The code goes to `INITX`, which both linkers merge into `INIT` (`/MERGE:INITX=INIT`):
+/// `INIT` itself is declared discardable once, in lib.rs's module assembly, so that the linker
+/// places it after every other section, where the kernel frees it. (Code placed in `INIT`
+/// directly would make the object's `INIT` an ordinary code section wherever it is emitted
+/// before that declaration, and the image would get a second, resident `INIT`.)
 #[macro_export]
 #[doc(hidden)]
 macro_rules! init_code {
-    ($($item:tt)*) => { $crate::place_fn! { "INIT", (); $($item)* } };
+    ($($item:tt)*) => { $crate::place_fn! { "INITX", (); $($item)* } };
 }
 
 /// Places a function in `PAGE`, pageable code for `PASSIVE_LEVEL`. Never inlined; in debug
@@ -193,7 +200,8 @@ impl LockableSection {
 
     crate::paged_code! {
         /// `MmLockPagableSectionByHandle` (the cheap path). False before the handle was taken.
-        fn lock_by_handle(&self) -> bool {
+        /// The caller owns the lock and gives it back with [`Self::unlock_held`].
+        pub fn lock_by_handle(&self) -> bool {
             let Some(handle) = self.handle.get() else { return false };
             // PASSIVE_LEVEL (create, LOCK, BENCH): count + 1, paging the section in if needed.
             handle.lock();
@@ -211,6 +219,15 @@ impl LockableSection {
             // PASSIVE_LEVEL (close, UNLOCK, load, BENCH): count - 1; at zero the section may
             // be paged out, so nothing of it may run or be touched at DISPATCH_LEVEL after.
             handle.unlock();
+        }
+    }
+
+    crate::paged_code! {
+        /// Gives back one lock taken with [`Self::lock_by_handle`].
+        pub fn unlock_held(&self) {
+            if let Some(handle) = self.handle() {
+                self.unlock(handle);
+            }
         }
     }
 
@@ -235,69 +252,6 @@ impl LockableSection {
                     self.unlock(handle);
                 }
             }
-        }
-    }
-}
-
-/// Locks held on one section by one open handle; dropping the value releases them all.
-///
-/// INVARIANT: the driver holds exactly `held` locks on `section` on behalf of this value.
-pub struct SectionLocks {
-    section: &'static LockableSection,
-    held: u32,
-}
-
-impl SectionLocks {
-    /// Holds no lock yet.
-    #[must_use]
-    pub const fn none(section: &'static LockableSection) -> Self {
-        Self { section, held: 0 }
-    }
-
-    crate::paged_code! {
-        /// Takes one more lock by handle.
-        ///
-        /// # Errors
-        /// When the handle was never taken (the driver did not finish loading).
-        pub fn add(&mut self) -> Result<(), kernel::Status> {
-            if self.section.lock_by_handle() {
-                self.held += 1;
-                Ok(())
-            } else {
-                Err(kernel::status::INVALID_DEVICE_STATE)
-            }
-        }
-    }
-
-    crate::paged_code! {
-        /// Releases one lock; false when none is held.
-        pub fn remove(&mut self) -> bool {
-            match (self.held, self.section.handle()) {
-                (1.., Some(handle)) => {
-                    // A deliberately broken variant for the fuzzer's self-test (never in a
-                    // product build): the third lock of a handle is forgotten, not released.
-                    if !(cfg!(feature = "defect-lost-unlock") && self.held == 3) {
-                        self.section.unlock(handle);
-                    }
-                    self.held -= 1;
-                    true
-                }
-                _ => false,
-            }
-        }
-    }
-
-    /// How many locks this value holds.
-    #[must_use]
-    pub const fn held(&self) -> u32 {
-        self.held
-    }
-}
-
-impl Drop for SectionLocks {
-    crate::paged_code! {
-        fn drop(&mut self) {
-            while self.remove() {}
         }
     }
 }

@@ -26,7 +26,7 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn opened() -> Open {
-    let mut open = Open::new();
+    let open = Open::new();
     open.lock_sections().expect("handles were taken");
     open
 }
@@ -61,7 +61,7 @@ fn each_open_holds_one_lock_per_section_until_dropped() {
 #[test]
 fn extra_locks_nest_are_bounded_and_are_released_by_drop() {
     let _turn = exclusive();
-    let mut open = opened();
+    let open = opened();
     assert_eq!(open.unlock_extra(), Err(status::INVALID_DEVICE_STATE));
     assert_eq!(counts(), [1, 1]);
     for depth in 1..=protocol::MAX_EXTRA_LOCKS {
@@ -72,6 +72,37 @@ fn extra_locks_nest_are_bounded_and_are_released_by_drop() {
     assert_eq!(open.unlock_extra(), Ok(63));
     drop(open);
     assert_eq!(counts(), [0, 0]);
+}
+
+#[test]
+fn lock_and_unlock_from_many_threads_on_one_handle_keep_the_counts_exact() {
+    // One handle opened for overlapped I/O: its requests run at once on several processors.
+    let _turn = exclusive();
+    let open = opened();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..2_000 {
+                    for _ in [open.lock_extra(), open.unlock_extra()] {
+                        // The memory manager never holds fewer locks than the handle counts.
+                        let held = open.held();
+                        assert!(
+                            LOCKED_CODE.lock_count() >= held && PAGED_DATA.lock_count() >= held
+                        );
+                    }
+                }
+            });
+        }
+    });
+    // A refused LOCK or UNLOCK changed nothing: what the handle counts is exactly what the
+    // memory manager holds for it.
+    let extra = open.extra();
+    assert_eq!(counts(), [1 + extra, 1 + extra]);
+    while open.unlock_extra().is_ok() {}
+    assert_eq!(counts(), [1, 1]);
+    drop(open);
+    assert_eq!(counts(), [0, 0]);
+    assert_eq!(LOCKED_CODE.handle().map(kernel::SectionHandle::count), Some(0));
 }
 
 #[test]
@@ -95,23 +126,23 @@ fn pageable_code_asserts_its_irql() {
         }
     }
     let _turn = exclusive();
-    let mut open = opened();
+    let open = opened();
     kernel::set_irql(kernel::DISPATCH_LEVEL);
     let _raised = Raised;
-    let _ = ioctl::handle(&mut open, protocol::IOCTL_QUERY_STATE, &[], 1024);
+    let _ = ioctl::handle(&open, protocol::IOCTL_QUERY_STATE, &[], 1024);
 }
 
-fn call(open: &mut Open, code: u32, input: &[u8], capacity: usize) -> Result<Vec<u8>, i32> {
+fn call(open: &Open, code: u32, input: &[u8], capacity: usize) -> Result<Vec<u8>, i32> {
     ioctl::handle(open, code, input, capacity).map(|reply| reply.as_bytes().to_vec())
 }
 
 #[test]
 fn run_locked_returns_the_protocol_checksum_at_dispatch_level() {
     let _turn = exclusive();
-    let mut open = opened();
+    let open = opened();
     let request = RunRequest::new(1000, 0xFEED);
     let reply =
-        call(&mut open, protocol::IOCTL_RUN_LOCKED, request.as_bytes(), 16).expect("valid request");
+        call(&open, protocol::IOCTL_RUN_LOCKED, request.as_bytes(), 16).expect("valid request");
     let reply = protocol::RunReply::read_from_bytes(&reply).expect("reply size");
     assert_eq!(reply.checksum, protocol::checksum(0xFEED, 1000));
     assert_eq!(reply.irql, u32::from(kernel::DISPATCH_LEVEL));
@@ -121,7 +152,7 @@ fn run_locked_returns_the_protocol_checksum_at_dispatch_level() {
 #[test]
 fn bad_requests_get_their_status_and_change_nothing() {
     let _turn = exclusive();
-    let mut open = opened();
+    let open = opened();
     let run = RunRequest::new(10, 1);
     let zero = RunRequest::new(0, 1);
     let too_many = RunRequest::new(protocol::MAX_RUN_ITERATIONS + 1, 1);
@@ -137,7 +168,7 @@ fn bad_requests_get_their_status_and_change_nothing() {
         (0x8337_6FFC, &[], 64, status::INVALID_DEVICE_REQUEST),
     ];
     for (code, input, capacity, expected) in cases {
-        assert_eq!(call(&mut open, code, input, capacity), Err(expected), "code {code:#x}");
+        assert_eq!(call(&open, code, input, capacity), Err(expected), "code {code:#x}");
         assert_eq!(counts(), [1, 1]);
         assert_eq!(open.extra(), 0);
     }
@@ -146,10 +177,10 @@ fn bad_requests_get_their_status_and_change_nothing() {
 #[test]
 fn query_state_reports_sections_and_what_the_caller_holds() {
     let _turn = exclusive();
-    let mut open = opened();
+    let open = opened();
     let other = opened();
-    assert!(matches!(ioctl::handle(&mut open, protocol::IOCTL_LOCK, &[], 8), Ok(Reply::Lock(_))));
-    let bytes = call(&mut open, protocol::IOCTL_QUERY_STATE, &[], 1024).expect("query");
+    assert!(matches!(ioctl::handle(&open, protocol::IOCTL_LOCK, &[], 8), Ok(Reply::Lock(_))));
+    let bytes = call(&open, protocol::IOCTL_QUERY_STATE, &[], 1024).expect("query");
     let state = protocol::StateReply::read_from_bytes(&bytes).expect("reply size");
     assert_eq!(state.sections[0].name(), "PAGELK");
     assert_eq!(state.sections[1].name(), "PAGEDATA");

@@ -11,16 +11,22 @@ use crate::kernel::{self, Irql, LockedBy, SpinLock};
 /// locked work, and by the acquire and release routines themselves.
 static DRIVER_LOCK: SpinLock = SpinLock::new();
 
-/// The lookup table the locked work reads; pageable data.
+/// Everything the locked work touches, in one static in the pageable data section.
+///
+/// One static, and a writable one: LLVM gives a COFF section the flags of the first global it
+/// emits into it, so a read-only static emitted first would make all of `PAGEDATA` read-only
+/// and the write to `runs` at `DISPATCH_LEVEL` a bugcheck (0xBE). With `PAGEDATA` holding only
+/// this interior-mutable value, the section is read/write whatever the symbol order, and
+/// `cargo xtask check-pe` checks that it is.
 #[unsafe(link_section = "PAGEDATA")]
-static TABLE: [u32; TABLE_LEN] = pagelock_protocol::TABLE;
+static PAGED: LockedBy<Paged> =
+    LockedBy::new(&DRIVER_LOCK, Paged { table: pagelock_protocol::TABLE, runs: 0 });
 
-/// Counters the locked work writes; pageable data, guarded by the spin lock.
-#[unsafe(link_section = "PAGEDATA")]
-static STATS: LockedBy<Stats> = LockedBy::new(&DRIVER_LOCK, Stats { runs: 0 });
-
-/// What the locked work keeps between runs.
-pub struct Stats {
+/// What the locked work reads and keeps between runs.
+pub struct Paged {
+    /// The lookup table the checksum rounds read.
+    table: [u32; TABLE_LEN],
+    /// Runs completed since load.
     runs: u64,
 }
 
@@ -33,11 +39,12 @@ crate::locked_code! {
         // why this function and the table live in sections the open handle holds locked.
         let mut guard = DRIVER_LOCK.acquire();
         let irql = kernel::current_irql();
+        let paged = PAGED.access(&mut guard);
         let mut state = seed;
         for round in 0..iterations {
-            state = checksum_round(state, round, &TABLE);
+            state = checksum_round(state, round, &paged.table);
         }
-        STATS.access(&mut guard).runs += 1;
+        paged.runs += 1;
         drop(guard);
         (state, irql)
     }
@@ -47,7 +54,7 @@ crate::locked_code! {
     /// Runs completed since load, read under the spin lock.
     pub fn runs() -> u64 {
         let mut guard = DRIVER_LOCK.acquire();
-        STATS.access(&mut guard).runs
+        PAGED.access(&mut guard).runs
     }
 }
 
@@ -61,6 +68,6 @@ crate::paged_code! {
 crate::paged_code! {
     /// An address inside `PAGEDATA`, for `MmLockPagableDataSection`.
     pub fn data_anchor() -> *const c_void {
-        TABLE.as_ptr().cast()
+        PAGED.address()
     }
 }

@@ -107,7 +107,11 @@ pub const IOCTL_LOCK: u32 = ctl_code(DEVICE_TYPE, 0x802, METHOD_BUFFERED, FILE_W
 /// Releases one extra lock. Input: none. Output: [`LockReply`].
 pub const IOCTL_UNLOCK: u32 = ctl_code(DEVICE_TYPE, 0x803, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 /// Times lock by address against lock by handle. Input: [`BenchRequest`]. Output: [`BenchReply`].
-pub const IOCTL_BENCH: u32 = ctl_code(DEVICE_TYPE, 0x804, METHOD_BUFFERED, FILE_READ_ACCESS);
+///
+/// Needs write access: it changes lock counts and makes up to [`MAX_BENCH_ITERATIONS`]
+/// lock-by-address calls, each a walk of the kernel's loaded-module list under a shared lock
+/// that, in a stream, delays those who take it exclusively (a driver load).
+pub const IOCTL_BENCH: u32 = ctl_code(DEVICE_TYPE, 0x804, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 
 /// Every control code the driver implements, with its name.
 pub const IOCTLS: [(u32, &str); 5] = [
@@ -408,7 +412,7 @@ mod tests {
         assert_eq!(IOCTL_RUN_LOCKED, 0x8337_E004);
         assert_eq!(IOCTL_LOCK, 0x8337_A008);
         assert_eq!(IOCTL_UNLOCK, 0x8337_A00C);
-        assert_eq!(IOCTL_BENCH, 0x8337_6010);
+        assert_eq!(IOCTL_BENCH, 0x8337_A010);
         for (code, _) in IOCTLS {
             assert_eq!(code & 3, METHOD_BUFFERED);
             assert!((0x8000..=0xFFFF).contains(&(code >> 16)));
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn access_bits_are_read_for_queries_and_write_for_changes() {
         assert_eq!(required_access(IOCTL_QUERY_STATE), FILE_READ_ACCESS);
-        assert_eq!(required_access(IOCTL_BENCH), FILE_READ_ACCESS);
+        assert_eq!(required_access(IOCTL_BENCH), FILE_WRITE_ACCESS);
         assert_eq!(required_access(IOCTL_LOCK), FILE_WRITE_ACCESS);
         assert_eq!(required_access(IOCTL_UNLOCK), FILE_WRITE_ACCESS);
         assert_eq!(required_access(IOCTL_RUN_LOCKED), FILE_READ_ACCESS | FILE_WRITE_ACCESS);

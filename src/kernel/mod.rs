@@ -83,6 +83,11 @@ impl<T> LockedBy<T> {
         Self { owner, data: UnsafeCell::new(data) }
     }
 
+    /// The data's address, without touching it (for `MmLockPagableDataSection`).
+    pub const fn address(&self) -> *const c_void {
+        self.data.get().cast_const().cast()
+    }
+
     /// The data, for as long as the guard of its owner is held.
     ///
     /// # Panics

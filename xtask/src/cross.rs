@@ -48,6 +48,10 @@ const DRIVER_LINK_ARGS: &[&str] = &[
     "/NXCOMPAT",
     "/DYNAMICBASE",
     "/OPT:REF",
+    // INIT code is emitted into INITX and merged into the INIT that lib.rs declares
+    // discardable, so that INIT trails every other section. (Never /SECTION:INIT,D here:
+    // lld-link would drop INIT's execute and read bits and move nothing.)
+    "/MERGE:INITX=INIT",
 ];
 
 /// A `cargo` command for the Windows kernel target with the cross toolchain.

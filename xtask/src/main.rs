@@ -116,6 +116,8 @@ const IMAGES: &[(&str, &[&str], bool)] = &[
     ("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false),
     ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false),
     ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true),
+    // Built so that it keeps building; the test bed's scheduler is what will catch it.
+    ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false),
 ];
 
 /// The test bed's fixture driver: correct, then one deliberate defect per feature.

@@ -42,6 +42,10 @@ struct Section {
     header_offset: usize,
     virtual_size: u64,
     characteristics: u32,
+    /// One of the trailing run of discardable sections, which is what the kernel frees after
+    /// `DriverEntry` (`MmFreeDriverInitialization` walks the table backwards while the sections
+    /// are discardable). A discardable section anywhere else stays resident.
+    discarded: bool,
 }
 
 impl Section {
@@ -51,8 +55,8 @@ impl Section {
     fn pageable(&self) -> bool {
         self.name.starts_with("PAGE")
     }
-    fn discarded(&self) -> bool {
-        self.name == "INIT" || self.has(IMAGE_SCN_MEM_DISCARDABLE)
+    const fn discarded(&self) -> bool {
+        self.discarded
     }
     fn resident(&self) -> bool {
         !self.pageable() && !self.discarded()
@@ -68,7 +72,7 @@ impl Section {
 fn sections(data: &[u8]) -> Result<Vec<Section>> {
     let pe = PeFile64::parse(data).context("not a 64-bit PE image")?;
     let base = data.as_ptr() as usize;
-    Ok(pe
+    let mut sections: Vec<Section> = pe
         .section_table()
         .iter()
         .map(|s| Section {
@@ -76,8 +80,21 @@ fn sections(data: &[u8]) -> Result<Vec<Section>> {
             header_offset: std::ptr::from_ref(s) as usize - base,
             virtual_size: u64::from(s.virtual_size.get(LE)),
             characteristics: s.characteristics.get(LE),
+            discarded: false,
         })
-        .collect())
+        .collect();
+    mark_trailing_discardable(&mut sections);
+    Ok(sections)
+}
+
+/// Marks the trailing run of discardable sections, the only ones the kernel frees.
+fn mark_trailing_discardable(sections: &mut [Section]) {
+    for section in sections.iter_mut().rev() {
+        if !section.has(IMAGE_SCN_MEM_DISCARDABLE) {
+            break;
+        }
+        section.discarded = true;
+    }
 }
 
 /// Offset of the optional header's `CheckSum` field in the file.
@@ -107,21 +124,16 @@ pub fn pe_checksum(data: &[u8], checksum_offset: usize) -> u32 {
     total
 }
 
-/// Marks resident sections `IMAGE_SCN_MEM_NOT_PAGED` and `INIT` discardable, as link.exe
-/// /DRIVER does, then writes the checksum.
+/// Marks resident sections `IMAGE_SCN_MEM_NOT_PAGED`, as link.exe /DRIVER does, then writes
+/// the checksum. (`INIT` is discardable from the objects already, see lib.rs: a flag set here
+/// would move nothing, and the kernel frees only the trailing run of discardable sections.)
 ///
 /// # Errors
 /// When the file cannot be read, parsed or written.
 pub fn fix_up(path: &Path) -> Result<()> {
     let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     for section in sections(&data)? {
-        let extra = if section.name == "INIT" {
-            IMAGE_SCN_MEM_DISCARDABLE
-        } else if section.resident() {
-            IMAGE_SCN_MEM_NOT_PAGED
-        } else {
-            0
-        };
+        let extra = if section.resident() { IMAGE_SCN_MEM_NOT_PAGED } else { 0 };
         let at = section.header_offset + offset_of!(ImageSectionHeader, characteristics);
         data[at..at + 4].copy_from_slice(&(section.characteristics | extra).to_le_bytes());
     }
@@ -258,10 +270,22 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     );
     let init = sections.iter().find(|s| s.name == "INIT");
     add(
-        "INIT section discardable",
-        init.is_some_and(|s| s.has(IMAGE_SCN_MEM_DISCARDABLE)),
-        init.map_or_else(|| "absent".into(), |s| format!("{:#010x}", s.characteristics)),
+        "INIT discarded (in the trailing run of discardable sections)",
+        init.is_some_and(Section::discarded),
+        init.map_or_else(
+            || "absent".into(),
+            |s| {
+                let trailing: Vec<&str> =
+                    sections.iter().filter(|s| s.discarded()).map(|s| s.name.as_str()).collect();
+                format!("{:#010x}; freed after DriverEntry: {trailing:?}", s.characteristics)
+            },
+        ),
     );
+    let mut names: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    let mut twice: Vec<&str> = names.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    twice.dedup();
+    add("no two sections with one name", twice.is_empty(), format!("repeated: {twice:?}"));
     let paged_resident: Vec<&str> = sections
         .iter()
         .filter(|s| s.resident() && !s.has(IMAGE_SCN_MEM_NOT_PAGED))
@@ -307,6 +331,8 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
         ),
         ("import tables (resident)".to_owned(), format!("{} bytes", directory(1) + directory(12))),
         ("unwind table .pdata (resident)".to_owned(), format!("{} bytes", directory(3))),
+        // DriverEntry and _fltused: rustc exports a cdylib's #[no_mangle] items (runtime.rs).
+        ("export directory (resident)".to_owned(), format!("{} bytes", directory(0))),
     ];
     for s in &sections {
         let place = if s.pageable() {
@@ -379,10 +405,39 @@ mod tests {
             header_offset: 0,
             virtual_size: 1,
             characteristics,
+            discarded: false,
         };
         assert!(s("PAGELK", IMAGE_SCN_CNT_CODE).pageable());
-        assert!(s("INIT", 0).discarded());
-        assert!(s(".reloc", IMAGE_SCN_MEM_DISCARDABLE).discarded());
         assert!(s(".text", IMAGE_SCN_CNT_CODE).resident());
+    }
+
+    fn layout(sections: &[(&str, u32)]) -> Vec<Section> {
+        let mut sections: Vec<Section> = sections
+            .iter()
+            .map(|(name, characteristics)| Section {
+                name: (*name).into(),
+                header_offset: 0,
+                virtual_size: 1,
+                characteristics: *characteristics,
+                discarded: false,
+            })
+            .collect();
+        mark_trailing_discardable(&mut sections);
+        sections
+    }
+
+    #[test]
+    fn only_the_trailing_run_of_discardable_sections_is_discarded() {
+        let d = IMAGE_SCN_MEM_DISCARDABLE;
+        // lld-link's order when INIT is discardable only after linking: INIT stays resident.
+        let early = layout(&[(".text", 0), ("INIT", d), ("PAGE", 0), (".reloc", d)]);
+        assert!(!early[1].discarded() && early[1].resident());
+        assert!(early[3].discarded());
+        // Discardable in the objects, INIT trails every other section and is freed.
+        let late = layout(&[(".text", 0), ("PAGE", 0), (".reloc", d), ("INIT", d)]);
+        assert!(late[2].discarded() && late[3].discarded());
+        assert!(!late[0].discarded() && !late[1].discarded());
+        // Named INIT but not discardable: never freed.
+        assert!(!layout(&[("INIT", 0)])[0].discarded());
     }
 }

@@ -8,6 +8,9 @@ use crate::{
     open::Open,
 };
 
+/// `FILE_OPENED` (wdm.h): the create opened an existing object.
+const FILE_OPENED: u64 = 1;
+
 /// An IRP the I/O manager sent to this driver.
 ///
 /// INVARIANT: `raw` is an IRP owned by this driver until completed; [`Irp::complete`] consumes
@@ -106,7 +109,10 @@ impl Irp {
 
     crate::paged_code! {
         /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
-        pub fn control(&mut self) -> (Option<&mut Open>, Control<'_>) {
+        ///
+        /// The state is only lent shared: other requests of the same handle may be using it on
+        /// other processors at the same time (a handle opened for overlapped I/O).
+        pub fn control(&mut self) -> (Option<&Open>, Control<'_>) {
             // SAFETY: the I/O manager fills `DeviceIoControl` for IRP_MJ_DEVICE_CONTROL.
             let params = unsafe { self.stack().Parameters.DeviceIoControl };
             let input_len = params.InputBufferLength as usize;
@@ -123,8 +129,11 @@ impl Irp {
             // SAFETY: as in `context_slot`; the state is a different object from the system
             // buffer, so the two borrows do not overlap.
             let file = unsafe { file.as_ref() };
-            // SAFETY: a non-null `FsContext` holds the `Box<Open>` stored by `set_open`.
-            let open = file.and_then(|file| unsafe { file.FsContext.cast::<Open>().as_mut() });
+            // SAFETY: a non-null `FsContext` holds the `Box<Open>` stored by `set_open`, which
+            // lives until close takes it back, and close never overlaps a request of the file
+            // object (each request holds a reference to it). Only shared references are made:
+            // the requests of one handle may run at once, and `Open` is `Sync`.
+            let open = file.and_then(|file| unsafe { file.FsContext.cast::<Open>().as_ref() });
             let control = Control {
                 code: params.IoControlCode,
                 input,
@@ -153,6 +162,21 @@ impl Irp {
             } else {
                 0
             };
+            self.finish(status, information)
+        }
+    }
+
+    crate::paged_code! {
+        /// Completes a successful `IRP_MJ_CREATE`: the I/O status block's `Information` says
+        /// `FILE_OPENED`, what a create of an existing device means.
+        pub fn complete_opened(self) -> Status {
+            self.finish(status::SUCCESS, FILE_OPENED)
+        }
+    }
+
+    crate::paged_code! {
+        /// Sets the I/O status block and hands the IRP back to the I/O manager.
+        fn finish(self, status: Status, information: u64) -> Status {
             let raw = self.raw.as_ptr();
             // SAFETY: the IRP is live and owned by this driver until IofCompleteRequest below.
             let io_status = unsafe { &mut (*raw).IoStatus };

@@ -420,6 +420,9 @@ crate::init_code! {
     ///
     /// # Safety
     /// Called only by the I/O manager, with its driver object and registry path.
+    // SAFETY: `DriverEntry` is defined once in the image, with the signature the I/O manager
+    // calls (DRIVER_INITIALIZE); `/ENTRY:DriverEntry` names it. It is also exported (see
+    // `_fltused` in runtime.rs for why that is harmless).
     #[unsafe(export_name = "DriverEntry")]
     pub unsafe extern "C" fn driver_entry(driver: *mut DRIVER_OBJECT, _registry_path: PCUNICODE_STRING) -> NTSTATUS {
         let Some(raw) = NonNull::new(driver) else {

@@ -2,7 +2,9 @@
 //!
 //! `IoCreateDeviceSecure` would do this from an SDDL string, but it lives in a static WDK
 //! library (wdmsec.lib) that the cross build does not have. The same result comes from
-//! exported routines: build the DACL `D:P(A;;GA;;;SY)(A;;GA;;;BA)` and set it on the device.
+//! exported routines: build the DACL `D:(A;;GA;;;SY)(A;;GA;;;BA)` and set it on the device.
+//! (Not `D:P`: nothing here sets `SE_DACL_PROTECTED`, which only stops inheritance from a
+//! parent, and a device object has no parent to inherit from.)
 
 use core::{ffi::c_void, ptr};
 

@@ -24,7 +24,10 @@ pub enum Residency {
     Resident,
     /// Its name starts with `PAGE`: pageable, lockable.
     Pageable,
-    /// `INIT` or marked discardable: freed once `DriverEntry` returns.
+    /// One of the trailing run of discardable sections: freed once `DriverEntry` returns. The
+    /// kernel (`MmFreeDriverInitialization`) walks the section table backwards while the
+    /// sections are discardable and frees just those; a discardable section followed by any
+    /// other (an `INIT` placed before `PAGE`) is kept, resident, whatever its name or flag.
     Discardable,
 }
 
@@ -109,13 +112,8 @@ pub fn map(data: &[u8], resolve: impl Fn(&str) -> Option<usize>) -> Result<Image
             .copy_from_slice(bytes);
         let name = String::from_utf8_lossy(header.raw_name()).trim_end_matches('\0').to_owned();
         let characteristics = header.characteristics.get(LE);
-        let residency = if name.starts_with("PAGE") {
-            Residency::Pageable
-        } else if name == "INIT" || characteristics & IMAGE_SCN_MEM_DISCARDABLE != 0 {
-            Residency::Discardable
-        } else {
-            Residency::Resident
-        };
+        let residency =
+            if name.starts_with("PAGE") { Residency::Pageable } else { Residency::Resident };
         sections.push(Section {
             name,
             rva,
@@ -123,6 +121,15 @@ pub fn map(data: &[u8], resolve: impl Fn(&str) -> Option<usize>) -> Result<Image
             prot: protection(characteristics),
             residency,
         });
+    }
+
+    // Only the trailing run of discardable sections is freed after DriverEntry.
+    let flags: Vec<u32> =
+        pe.section_table().iter().map(|header| header.characteristics.get(LE)).collect();
+    let trailing = flags.iter().rev().take_while(|f| *f & IMAGE_SCN_MEM_DISCARDABLE != 0).count();
+    let first_freed = sections.len() - trailing;
+    for section in &mut sections[first_freed..] {
+        section.residency = Residency::Discardable;
     }
 
     // Base relocations: the image is never where it asked to be.

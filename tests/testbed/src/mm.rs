@@ -193,7 +193,8 @@ impl Mm {
         }
     }
 
-    /// Frees the discardable sections (`INIT`) once `DriverEntry` has returned.
+    /// Frees the trailing run of discardable sections (`INIT`, `.reloc`) once `DriverEntry`
+    /// has returned, as the kernel does; nothing else.
     pub fn discard(&self) {
         for section in self.sections.iter().filter(|s| s.residency == Residency::Discardable) {
             let _pager = self.pager();
