@@ -144,19 +144,33 @@ extern "win64" fn mm_lock_pagable_data_section(address: *mut c_void) -> *mut c_v
     let k = kernel();
     k.enter(Routine::MmLockPagableDataSection);
     mm_irql(Routine::MmLockPagableDataSection);
+    // As the kernel: the section that holds the address is locked, whatever its name; the
+    // routine never returns NULL.
+    let described = || format!("MmLockPagableDataSection({})", k.mm.describe(address as usize));
     match k.mm.section_of(address as usize) {
-        Some((index, section)) if section.pageable() => {
+        Some((index, section)) => {
+            if !section.pageable() {
+                k.violation(
+                    Rule::LockOutsidePageableSection,
+                    [address as u64, 0, 0, 0],
+                    described(),
+                );
+            }
             k.mm.lock(section);
             Mm::handle(index) as *mut c_void
         }
-        _ => {
-            k.violation(
-                Rule::LockOutsidePageableSection,
-                [address as u64, 0, 0, 0],
-                format!("MmLockPagableDataSection({})", k.mm.describe(address as usize)),
-            );
-            std::ptr::null_mut()
-        }
+        None if k.mm.in_image(address as usize) => crate::isolate::stop(
+            Rule::LockInNoSection,
+            None,
+            [0x1234, address as u64, 0, 0],
+            format!("{}: in the image but in no section", described()),
+        ),
+        None => crate::isolate::stop(
+            Rule::LockOutsideEveryImage,
+            None,
+            [address as u64, 0, 0, 0],
+            format!("{}: in no loaded image", described()),
+        ),
     }
 }
 
@@ -181,8 +195,9 @@ extern "win64" fn mm_unlock_pagable_image_section(handle: *mut c_void) {
     match k.mm.by_handle(handle as usize) {
         Some(section) => {
             if !k.mm.unlock(section) {
-                k.violation(
+                crate::isolate::stop(
                     Rule::UnlockAtZero,
+                    None,
                     [handle as u64, 0, 0, 0],
                     format!(
                         "MmUnlockPagableImageSection({}) with its lock count at 0",

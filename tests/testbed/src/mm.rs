@@ -72,6 +72,8 @@ impl Section {
 pub struct Mm {
     /// The image's sections.
     pub sections: Vec<Section>,
+    /// The image's range, headers included.
+    image: std::ops::Range<usize>,
     /// Held while a section's presence changes.
     pager: AtomicBool,
 }
@@ -107,7 +109,7 @@ impl Mm {
                 page_outs: AtomicU64::new(0),
             })
             .collect();
-        Self { sections, pager: AtomicBool::new(false) }
+        Self { sections, image: base..base + image.size, pager: AtomicBool::new(false) }
     }
 
     fn pager(&self) -> PagerGuard<'_> {
@@ -121,7 +123,13 @@ impl Mm {
         PagerGuard(&self.pager)
     }
 
-    /// The section containing `address`, with its index.
+    /// Whether `address` lies in the image (headers included).
+    #[must_use]
+    pub fn in_image(&self, address: usize) -> bool {
+        self.image.contains(&address)
+    }
+
+    /// The section holding `address`, with its index.
     #[must_use]
     pub fn section_of(&self, address: usize) -> Option<(usize, &Section)> {
         self.sections.iter().enumerate().find(|(_, s)| s.contains(address))
@@ -142,14 +150,15 @@ impl Mm {
         HANDLE_BASE + index * 0x10
     }
 
-    /// The pageable section a handle names.
+    /// The section a handle names.
     #[must_use]
     pub fn by_handle(&self, handle: usize) -> Option<&Section> {
         let offset = handle.checked_sub(HANDLE_BASE)?;
         if offset % 0x10 != 0 {
             return None;
         }
-        self.sections.get(offset / 0x10).filter(|s| s.pageable())
+        // Any section: the kernel locks whatever section an address lies in.
+        self.sections.get(offset / 0x10)
     }
 
     /// Adds one lock to `section`, paging it in.

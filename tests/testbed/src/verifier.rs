@@ -17,12 +17,23 @@ use serde::{Deserialize, Serialize};
 pub enum Rule {
     /// An Mm lock or unlock routine called above `APC_LEVEL` (DDI rule `IrqlMmApcLte`).
     MmAboveApcLevel,
-    /// `MmUnlockPagableImageSection` on a section whose lock count is zero.
+    /// `MmUnlockPagableImageSection` on a section whose lock count is zero. Silent on Windows:
+    /// the count wraps to 0xFFFFFFFF, the next lock by handle takes it for "already locked" and
+    /// locks nothing, and the section pages out under a driver that believes it locked. The
+    /// bed stops at the unlock, where the bug is.
     UnlockAtZero,
     /// A section handle no Mm routine returned.
     UnknownSectionHandle,
-    /// `MmLockPagableDataSection` with an address outside every pageable section of the image.
+    /// `MmLockPagableDataSection` with an address in a resident section. Windows locks that
+    /// section without complaint (it finds the section by address and never checks its name),
+    /// which keeps nothing pageable: the bed returns the handle too and records the mistake.
     LockOutsidePageableSection,
+    /// `MmLockPagableDataSection` with an address inside the image but in no section (the
+    /// headers): `MEMORY_MANAGEMENT` (0x1A) with 0x1234.
+    LockInNoSection,
+    /// `MmLockPagableDataSection` with an address in no loaded image: the kernel's lookup finds
+    /// no loader entry and dereferences a null one; the bed reports it with a code of its own.
+    LockOutsideEveryImage,
     /// A pageable section still locked once the last handle closed.
     LockedAfterLastClose,
     /// A pageable section still locked at unload.
@@ -55,11 +66,14 @@ pub enum Rule {
     SpinLockNeverReleased,
     /// A spin lock acquired again by the thread that holds it (a deadlock on Windows).
     SpinLockAcquiredTwice,
-    /// Unlocked pageable memory handed to a kernel routine at `DISPATCH_LEVEL`.
+    /// Unlocked pageable memory handed to a kernel routine at `DISPATCH_LEVEL`. The kernel's
+    /// instruction faults on an address in a driver image: 0xD3 (`KeBugCheck2` turns 0xA into
+    /// 0xD3 only when the faulting instruction is not a driver's).
     PageableMemoryAtDispatch,
     /// Paged-out pageable data touched at `DISPATCH_LEVEL` or above.
     PageFaultAtDispatch,
-    /// Paged-out pageable code executed at `DISPATCH_LEVEL` or above.
+    /// Paged-out pageable code executed at `DISPATCH_LEVEL` or above. The faulting instruction
+    /// is the driver's own, so Windows reports 0xD1, as for data.
     PageableCodeAtDispatch,
     /// `INIT` (freed after `DriverEntry`) touched afterwards.
     DiscardedSectionTouched,
@@ -121,15 +135,21 @@ table! {
     MmAboveApcLevel "mm-above-apc-level" 0xC4 WindowsCodeBedParameter false
         "0xBED00011, IRQL, routine's import address, 0"
         "Mm lock/unlock routine called above APC_LEVEL (DDI rule IrqlMmApcLte)";
-    UnlockAtZero "unlock-at-zero" 0xBED0_0001 Bed false
+    UnlockAtZero "unlock-at-zero" 0xBED0_0001 Bed true
         "section handle, 0, 0, 0"
-        "section unlocked more often than it was locked";
+        "section unlocked at lock count 0 (silent on Windows: the count wraps and the next lock by handle locks nothing)";
     UnknownSectionHandle "unknown-section-handle" 0xBED0_0002 Bed false
         "the handle, 0, 0, 0"
         "section handle no Mm routine returned";
     LockOutsidePageableSection "lock-outside-pageable-section" 0xBED0_0003 Bed false
         "the address, 0, 0, 0"
-        "lock by address outside every pageable section of the image";
+        "lock by address of a resident section (Windows locks it; nothing is gained)";
+    LockInNoSection "lock-in-no-section" 0x1A Windows true
+        "0x1234, the address, 0, 0"
+        "MEMORY_MANAGEMENT: lock by address inside the image but in no section";
+    LockOutsideEveryImage "lock-outside-every-image" 0xBED0_0008 Bed true
+        "the address, 0, 0, 0"
+        "lock by address in no loaded image (Windows dereferences a null loader entry)";
     LockedAfterLastClose "locked-after-last-close" 0xBED0_0004 Bed false
         "section handle, lock count, 0, 0"
         "pageable section still locked after the last handle closed";
@@ -178,15 +198,15 @@ table! {
     SpinLockAcquiredTwice "spin-lock-acquired-twice" 0xC4 WindowsCodeBedParameter true
         "0xBED0001F, lock address, 0, 0"
         "spin lock acquired again by its holder: a deadlock (DDI rule SpinLock)";
-    PageableMemoryAtDispatch "pageable-memory-at-dispatch" 0xD1 Windows true
+    PageableMemoryAtDispatch "pageable-memory-at-dispatch" 0xD3 Windows true
         "address, IRQL, 0 read / 1 write, routine's import address"
-        "unlocked pageable memory passed to a kernel routine at DISPATCH_LEVEL";
+        "DRIVER_PORTION_MUST_BE_NONPAGED: the kernel touched unlocked pageable memory of the driver at DISPATCH_LEVEL";
     PageFaultAtDispatch "page-fault-at-dispatch" 0xD1 Windows true
         "address, IRQL, 0 read / 1 write, instruction address"
         "DRIVER_IRQL_NOT_LESS_OR_EQUAL: paged-out data touched at DISPATCH_LEVEL";
-    PageableCodeAtDispatch "pageable-code-at-dispatch" 0xD3 Windows true
+    PageableCodeAtDispatch "pageable-code-at-dispatch" 0xD1 Windows true
         "address, IRQL, 8 (execute), instruction address"
-        "DRIVER_PORTION_MUST_BE_NONPAGED: paged-out code run at DISPATCH_LEVEL";
+        "DRIVER_IRQL_NOT_LESS_OR_EQUAL: the driver ran its own paged-out code at DISPATCH_LEVEL";
     DiscardedSectionTouched "discarded-section-touched" 0x50 Windows true
         "address, 0 read / 2 write / 10 execute, instruction address, 0"
         "PAGE_FAULT_IN_NONPAGED_AREA: INIT touched after DriverEntry";

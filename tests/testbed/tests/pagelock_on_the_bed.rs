@@ -185,7 +185,7 @@ fn locked_work_run_from_unlocked_sections_bugchecks_at_dispatch_level() {
     let (output, report) = run_locked_on_unlocked_variant(&[]);
     assert_eq!(output.status.code(), Some(1), "{report:#}");
     let bugcheck = &report["bugcheck"];
-    assert_eq!(bugcheck["code"], 0xD3, "{report:#}");
+    assert_eq!(bugcheck["code"], 0xD1, "{report:#}");
     assert!(bugcheck["detail"].as_str().unwrap().contains("PAGELK+"), "{bugcheck}");
     assert!(rules(&report).contains(&"pageable-code-at-dispatch".to_owned()));
 }
