@@ -137,6 +137,7 @@ const FIXTURES: &[&str] = &[
     "release-unheld",
     "mm-at-dispatch",
     "lock-bad-address",
+    "racy-hold",
     "lock-in-no-section",
     "lock-outside-image",
     "unknown-handle",

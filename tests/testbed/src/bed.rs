@@ -58,6 +58,12 @@ pub struct Handle {
     device: usize,
     access: u32,
     number: u64,
+    /// Opened for synchronous I/O: the I/O manager lets one request of the file object into
+    /// the driver at a time (`FO_SYNCHRONOUS_IO`). Opened for overlapped I/O
+    /// (`FILE_FLAG_OVERLAPPED`), several requests may be in the driver at once.
+    synchronous: bool,
+    /// A request of this synchronous file object is in the driver.
+    busy: AtomicBool,
 }
 
 // SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
@@ -183,6 +189,19 @@ impl Bed {
     /// The status the open failed with: `STATUS_OBJECT_NAME_NOT_FOUND`, the access check's
     /// `STATUS_ACCESS_DENIED`, or the driver's. A failed create gets no cleanup or close.
     pub fn open(&self, name: &str) -> std::result::Result<Handle, i32> {
+        self.open_as(name, true)
+    }
+
+    /// Opens `name` for overlapped I/O (`FILE_FLAG_OVERLAPPED`): requests on the handle from
+    /// several threads reach the driver at once.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_overlapped(&self, name: &str) -> std::result::Result<Handle, i32> {
+        self.open_as(name, false)
+    }
+
+    fn open_as(&self, name: &str, synchronous: bool) -> std::result::Result<Handle, i32> {
         let k = kernel::kernel();
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
         let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
@@ -214,8 +233,7 @@ impl Bed {
             WriteAccess: u8::from(wanted & 2 != 0),
             ..Default::default()
         }));
-        let mut open_handles =
-            self.open_handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open_handles = crate::sched::lock(&self.open_handles);
         // SAFETY: the loaded driver's object and one of its devices.
         let completion = unsafe {
             io::send(
@@ -233,7 +251,14 @@ impl Bed {
         }
         *open_handles += 1;
         drop(open_handles);
-        Ok(Handle { file, device, access: wanted, number })
+        Ok(Handle {
+            file,
+            device,
+            access: wanted,
+            number,
+            synchronous,
+            busy: AtomicBool::new(false),
+        })
     }
 
     /// Sends a control request, as `DeviceIoControl` would: the access check on the code's
@@ -306,6 +331,17 @@ impl Bed {
                 std::ptr::null_mut()
             },
         };
+        // The I/O manager's file object lock: one request at a time on a synchronous handle.
+        while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
+            if !crate::sched::wait_on_other_cpu() {
+                crate::isolate::stop(
+                    Rule::Deadlock,
+                    None,
+                    [handle.file as u64, 0, 0, 0],
+                    format!("{}: the file object's request never finishes", what()),
+                );
+            }
+        }
         // SAFETY: the loaded driver's object and the handle's device; the buffers outlive the call.
         let completion = unsafe {
             io::send(
@@ -314,6 +350,9 @@ impl Bed {
                 Request { major: major::DEVICE_CONTROL, file: handle.file, control: Some(control) },
             )
         };
+        if handle.synchronous {
+            handle.busy.store(false, Ordering::Release);
+        }
         let mut buffer = if buffered { system } else { caller_output };
         // Windows copies Information bytes back unless the status is an error.
         let error = completion.status.cast_unsigned() >> 30 == 3;
@@ -357,8 +396,7 @@ impl Bed {
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
-        let mut open_handles =
-            self.open_handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open_handles = crate::sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {
             report_locked_sections(Rule::LockedAfterLastClose, "after the last handle closed");
@@ -494,5 +532,6 @@ pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bu
     if !kernel.options.force_irql {
         report.notes.push("Force IRQL checking was off".to_owned());
     }
+    report.schedule = crate::sched::ran().then(crate::sched::summary);
     report
 }

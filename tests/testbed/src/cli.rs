@@ -57,6 +57,55 @@ impl Common {
     }
 }
 
+#[derive(Args, Clone)]
+struct ConcurrencyArgs {
+    /// Send the IOCTL list from T threads at once, each on its own emulated CPU under the
+    /// seeded scheduler (1: the list is sent once, on the first handle).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    threads: u16,
+    /// All threads on one handle opened for overlapped I/O (requests in the driver at once);
+    /// otherwise each thread on a synchronous handle of its own.
+    #[arg(long, requires = "threads")]
+    shared: bool,
+    /// Times each thread sends the IOCTL list.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// The schedule's seed; with --schedules, the first of consecutive seeds.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Run K schedules (seeds S, S+1, ...), each on a freshly loaded driver; the first failing
+    /// one is reported with its seed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    schedules: u64,
+    /// How the scheduler picks the next CPU: uniform, or pct:D (priorities, D-1 changes).
+    #[arg(long, default_value = "uniform", value_parser = parse_policy)]
+    policy: pagelock_testbed::sched::Policy,
+}
+
+impl ConcurrencyArgs {
+    fn concurrency(&self, seed: u64) -> Option<session::Concurrency> {
+        (self.threads > 1 || self.shared).then_some(session::Concurrency {
+            threads: usize::from(self.threads),
+            shared: self.shared,
+            repeat: self.repeat,
+            seed,
+            policy: self.policy,
+        })
+    }
+}
+
+fn parse_policy(text: &str) -> Result<pagelock_testbed::sched::Policy, String> {
+    use pagelock_testbed::sched::Policy;
+    match text.split_once(':') {
+        None if text == "uniform" => Ok(Policy::Uniform),
+        Some(("pct", depth)) => match depth.parse() {
+            Ok(depth @ 1..=8) => Ok(Policy::Pct { depth }),
+            _ => Err(format!("{text:?}: the depth of pct:D is 1 to 8")),
+        },
+        _ => Err(format!("{text:?}: expected uniform or pct:D")),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load a driver, open handles, send IOCTLs on the first, close them all, unload, report.
@@ -72,6 +121,8 @@ enum Command {
         /// CODE[:INHEX[:OUTLEN]], sent in order on the first handle (CODE hex with 0x, or decimal).
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         ioctl: Vec<IoctlSpec>,
+        #[command(flatten)]
+        concurrency: ConcurrencyArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -267,13 +318,37 @@ pub fn main() -> ExitCode {
         };
     }
     let (outcome, json) = match cli.command {
-        Command::Exec { driver, device, open, ioctl, common } => (
-            isolate::run(
-                || session::exec(&driver, &device, open, &ioctl, common.options()),
-                isolate::DEFAULT_TIMEOUT,
-            ),
-            common.json,
-        ),
+        Command::Exec { driver, device, open, ioctl, concurrency, common } => {
+            let mut last = None;
+            for k in 0..concurrency.schedules {
+                let seed = concurrency.seed.wrapping_add(k);
+                let outcome = isolate::run(
+                    || {
+                        let c = concurrency.concurrency(seed);
+                        session::exec(&driver, &device, open, &ioctl, common.options(), c)
+                    },
+                    isolate::DEFAULT_TIMEOUT,
+                );
+                let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
+                last = Some(outcome);
+                if failed {
+                    if concurrency.schedules > 1 {
+                        eprintln!(
+                            "schedule {} of {} (seed {seed}) failed; reproduce with --seed {seed}",
+                            k + 1,
+                            concurrency.schedules
+                        );
+                    }
+                    break;
+                }
+            }
+            if concurrency.schedules > 1
+                && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
+            {
+                eprintln!("{} schedules clean", concurrency.schedules);
+            }
+            (last.expect("at least one schedule"), common.json)
+        }
         Command::Run { driver, common } => (
             isolate::run(
                 || session::run_suite(&driver, common.options()),

@@ -275,7 +275,22 @@ fn acquire(routine: Routine, lock: *mut u64) {
                     k.mm.describe(lock as usize)
                 ),
             ),
-            Err(_) => std::hint::spin_loop(),
+            Err(owner) => {
+                // Held by another CPU: let a CPU that is not waiting run (the holder among them).
+                if !crate::sched::wait_on_other_cpu() {
+                    crate::isolate::stop(
+                        Rule::Deadlock,
+                        None,
+                        [lock as u64, owner >> 1, 0, 0],
+                        format!(
+                            "{} of the lock at {}, held by thread {}, which cannot run again",
+                            routine.name(),
+                            k.mm.describe(lock as usize),
+                            owner >> 1
+                        ),
+                    );
+                }
+            }
         }
     }
     irql::count_spin_lock(true);

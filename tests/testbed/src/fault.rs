@@ -183,6 +183,9 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
                     // Another thread paged it in since the fault: try again.
                     return;
                 } else if irql < DISPATCH_LEVEL {
+                    // A page fault is a switch point; the page comes in once this CPU runs
+                    // again, so nothing can page it out before the instruction is retried.
+                    crate::sched::point();
                     mm.fault_in(s);
                     return;
                 } else if execute {

@@ -28,12 +28,29 @@ pub fn current() -> u8 {
 /// checking (async-signal-safe: the CR8 emulation calls this from the fault handler).
 pub fn set(new: u8) {
     let old = IRQL.with(|irql| irql.replace(new));
-    if new >= DISPATCH_LEVEL
-        && old < DISPATCH_LEVEL
-        && let Some(kernel) = crate::kernel::try_kernel()
+    if new >= DISPATCH_LEVEL && old < DISPATCH_LEVEL {
+        force_irql_checking();
+    }
+    // An IRQL change is a switch point of the scheduler (a no-op outside a scheduled run).
+    crate::sched::point();
+}
+
+/// Pages out every unlocked pageable section when Force IRQL checking is on.
+fn force_irql_checking() {
+    if let Some(kernel) = crate::kernel::try_kernel()
         && kernel.options.force_irql
     {
         kernel.mm.page_out_unlocked();
+    }
+}
+
+/// This thread's emulated CPU was just switched in.
+///
+/// At or above `DISPATCH_LEVEL`, Force IRQL checking pages the unlocked sections out again, since a CPU at `PASSIVE_LEVEL` may have
+/// faulted them in meanwhile (async-signal-safe).
+pub fn switched_in() {
+    if current() >= DISPATCH_LEVEL {
+        force_irql_checking();
     }
 }
 

@@ -140,6 +140,8 @@ impl Kernel {
 
     /// Counts a call of `routine`; true when fault injection makes this call fail.
     pub fn enter(&self, routine: Routine) -> bool {
+        // Every kernel call is a switch point of the scheduler (before any lock is taken).
+        crate::sched::point();
         let nth = self.calls[routine as usize].fetch_add(1, Ordering::Relaxed) + 1;
         let fail = self.options.fail_call == Some((routine, nth));
         if routine.failure().is_some() {

@@ -33,6 +33,7 @@ pub mod loader;
 pub mod mm;
 pub mod pool;
 pub mod report;
+pub mod sched;
 pub mod security;
 pub mod session;
 pub mod verifier;

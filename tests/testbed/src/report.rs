@@ -117,6 +117,9 @@ pub struct Report {
     pub bench: Option<BenchFigures>,
     /// Remarks of the bed (limits met, IRPs pended).
     pub notes: Vec<String>,
+    /// The schedule, when the run had several emulated CPUs.
+    #[serde(default)]
+    pub schedule: Option<crate::sched::Summary>,
 }
 
 impl Report {
@@ -216,6 +219,13 @@ impl Report {
                 out,
                 "BUGCHECK {:#x} ({:#x}, {:#x}, {:#x}, {:#x}) by rule {}: {}",
                 b.code, p[0], p[1], p[2], p[3], b.rule, b.detail
+            );
+        }
+        if let Some(s) = &self.schedule {
+            let _ = writeln!(
+                out,
+                "schedule: {} CPUs, seed {}, {:?}: {} switch points, {} switches, trace digest {:016x}",
+                s.cpus, s.seed, s.policy, s.points, s.switches, s.digest
             );
         }
         out.push_str(if self.clean() { "verdict: clean\n" } else { "verdict: FAILED\n" });

@@ -66,8 +66,26 @@ fn load(driver: &Path, options: Options) -> Result<Result<Bed, Report>> {
     }
 }
 
-/// `exec`: opens `open` handles on `device`, sends `ioctls` in order on the first, closes every
-/// handle, unloads.
+/// How `exec` sends its requests from several emulated CPUs.
+#[derive(Clone, Copy, Debug)]
+pub struct Concurrency {
+    /// CPUs, one thread each.
+    pub threads: usize,
+    /// All threads on one handle opened for overlapped I/O; otherwise each on its own
+    /// (synchronous) handle.
+    pub shared: bool,
+    /// Times each thread sends the IOCTL list.
+    pub repeat: u32,
+    /// The schedule's seed.
+    pub seed: u64,
+    /// How the schedule picks the next CPU.
+    pub policy: crate::sched::Policy,
+}
+
+/// `exec`: opens handles, sends the IOCTLs, closes every handle, unloads.
+///
+/// Opens `open` handles on `device` and sends `ioctls` in order on the first. With `concurrency`, its threads send the list instead, each on its own CPU
+/// under the scheduler, on one shared overlapped handle or on their own.
 ///
 /// # Errors
 /// When the driver cannot be loaded.
@@ -77,15 +95,39 @@ pub fn exec(
     open: usize,
     ioctls: &[IoctlSpec],
     options: Options,
+    concurrency: Option<Concurrency>,
 ) -> Result<Report> {
     let bed = match load(driver, options)? {
         Ok(bed) => bed,
         Err(report) => return Ok(report),
     };
     let handles: Vec<_> = (0..open).filter_map(|_| bed.open(device).ok()).collect();
-    if let Some(first) = handles.first() {
-        for spec in ioctls {
-            bed.control(first, spec.code, &spec.input, spec.output);
+    match concurrency {
+        None => {
+            if let Some(first) = handles.first() {
+                for spec in ioctls {
+                    bed.control(first, spec.code, &spec.input, spec.output);
+                }
+            }
+        }
+        Some(c) => {
+            let shared = if c.shared { bed.open_overlapped(device).ok() } else { None };
+            crate::sched::run(c.threads, c.seed, c.policy, |_cpu| {
+                let own = if c.shared { None } else { bed.open(device).ok() };
+                if let Some(handle) = shared.as_ref().or(own.as_ref()) {
+                    for _ in 0..c.repeat {
+                        for spec in ioctls {
+                            bed.control(handle, spec.code, &spec.input, spec.output);
+                        }
+                    }
+                }
+                if let Some(handle) = own {
+                    bed.close(handle);
+                }
+            });
+            if let Some(handle) = shared {
+                bed.close(handle);
+            }
         }
     }
     for handle in handles {

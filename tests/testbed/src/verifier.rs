@@ -66,6 +66,9 @@ pub enum Rule {
     SpinLockNeverReleased,
     /// A spin lock acquired again by the thread that holds it (a deadlock on Windows).
     SpinLockAcquiredTwice,
+    /// Every emulated CPU waits for one that cannot run (a spin lock whose holder finished or
+    /// waits itself): the machine would hang.
+    Deadlock,
     /// Unlocked pageable memory handed to a kernel routine at `DISPATCH_LEVEL`. The kernel's
     /// instruction faults on an address in a driver image: 0xD3 (`KeBugCheck2` turns 0xA into
     /// 0xD3 only when the faulting instruction is not a driver's).
@@ -198,6 +201,9 @@ table! {
     SpinLockAcquiredTwice "spin-lock-acquired-twice" 0xC4 WindowsCodeBedParameter true
         "0xBED0001F, lock address, 0, 0"
         "spin lock acquired again by its holder: a deadlock (DDI rule SpinLock)";
+    Deadlock "deadlock" 0xBED0_0009 Bed true
+        "what is waited for (the lock's address), its holder, 0, 0"
+        "every emulated CPU waits for one that cannot run: the machine would hang";
     PageableMemoryAtDispatch "pageable-memory-at-dispatch" 0xD3 Windows true
         "address, IRQL, 0 read / 1 write, routine's import address"
         "DRIVER_PORTION_MUST_BE_NONPAGED: the kernel touched unlocked pageable memory of the driver at DISPATCH_LEVEL";

@@ -297,3 +297,56 @@ fn threads_opening_locking_running_and_closing_at_once_lose_no_update() {
     assert_eq!(stats["operations"], 4 * 200 * 5);
     assert!(stats["problems"].as_array().unwrap().is_empty());
 }
+
+/// Two CPUs send LOCK, UNLOCK twenty times each on one overlapped handle of `sys`.
+fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
+    let (seed, schedules) = (seed.to_string(), schedules.to_string());
+    let (lock, unlock) = (
+        format!("{}::8", code(IOCTL_LOCK)),
+        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
+    );
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--threads",
+        "2",
+        "--shared",
+        "--repeat",
+        "20",
+        "--seed",
+        &seed,
+        "--schedules",
+        &schedules,
+        "--ioctl",
+        &lock,
+        "--ioctl",
+        &unlock,
+        "--json",
+    ]);
+    let report = json(&output);
+    (output, report)
+}
+
+#[test]
+fn an_unsynchronized_per_open_state_is_caught_on_a_shared_handle_for_every_seed_tried() {
+    let sys =
+        image("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false);
+    for seed in 1..=10 {
+        let (output, report) = lock_unlock_on_a_shared_handle(&sys, seed, 1);
+        assert_eq!(output.status.code(), Some(1), "seed {seed}: {report:#}");
+        let fired = rules(&report);
+        assert!(
+            fired.iter().any(|r| r == "locked-after-last-close" || r == "unlock-at-zero"),
+            "seed {seed}: {fired:?}"
+        );
+    }
+}
+
+#[test]
+fn the_real_per_open_state_stays_exact_on_a_shared_handle() {
+    let (output, report) = lock_unlock_on_a_shared_handle(&release(), 1, 10);
+    assert!(output.status.success(), "{report:#}");
+    assert!(report["schedule"]["switches"].as_u64().unwrap_or(0) > 0, "{report:#}");
+}

@@ -1,0 +1,430 @@
+//! Emulated processors under a seeded scheduler.
+//!
+//! A scheduled run gives each of its threads an emulated processor (CPU). At most one CPU runs
+//! at any instant: it holds the baton. CPUs switch only at points the bed controls, where the
+//! running CPU calls [`point`]: every call into an emulated kernel routine, every IRQL change,
+//! every page fault the bed resolves, and every spin on a held spin lock (or a busy file
+//! object). Which CPU runs next is drawn from a seed, so a run is a function of its seed: the
+//! same seed gives the same interleaving, and the trace digest printed with it shows that it
+//! did.
+//!
+//! Two policies: [`Policy::Uniform`] picks the next CPU uniformly at every point;
+//! [`Policy::Pct`] gives the CPUs random priorities, always runs the highest, and lowers the
+//! running CPU's priority at a few random points, as in probabilistic concurrency testing
+//! (PCT), which finds bugs of small depth with a known probability.
+//!
+//! With one CPU running at a time, page protections are exact again: on every switch to a CPU
+//! at or above `DISPATCH_LEVEL` the unlocked pageable sections are paged out anew (another CPU at
+//! `PASSIVE_LEVEL` may have faulted them in), so Force IRQL checking stays on with several CPUs.
+//!
+//! The handoff runs inside the fault handler too (page faults, CR8 moves), so everything here is
+//! async-signal-safe: atomics, fixed arrays and raw futexes, no allocation, no locks.
+//!
+//! Limits: a race whose window holds no kernel call (a plain read-modify-write, a CAS retry
+//! loop) is never explored, nor is x86 store buffering; driver code that waits on memory
+//! another CPU must change without calling the kernel cannot progress (the run's watchdog then
+//! ends it).
+
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
+};
+
+/// Most CPUs of a run.
+pub const MAX_CPUS: usize = 16;
+
+/// How the next CPU is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Uniformly at random at every point.
+    Uniform,
+    /// Priority-based (PCT): random priorities, the highest runs, `depth` - 1 priority changes.
+    Pct {
+        /// Bug depth the schedule targets (1 to 8).
+        depth: u32,
+    },
+}
+
+const ABSENT: u8 = 0;
+const RUNNABLE: u8 = 1;
+const SPINNING: u8 = 2;
+const DONE: u8 = 3;
+const NONE: u32 = u32::MAX;
+
+/// One emulated processor.
+struct Cpu {
+    /// Futex word: set to 1 to wake the CPU after the baton was passed to it.
+    wake: AtomicU32,
+    /// `ABSENT`, `RUNNABLE`, `SPINNING` or `DONE`.
+    status: AtomicU8,
+    /// Its priority under [`Policy::Pct`].
+    priority: AtomicU32,
+}
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static CPUS: [Cpu; MAX_CPUS] = [const {
+    Cpu { wake: AtomicU32::new(0), status: AtomicU8::new(ABSENT), priority: AtomicU32::new(0) }
+}; MAX_CPUS];
+static COUNT: AtomicU32 = AtomicU32::new(0);
+static RUNNING: AtomicU32 = AtomicU32::new(NONE);
+static RNG: AtomicU64 = AtomicU64::new(0);
+static PCT: AtomicBool = AtomicBool::new(false);
+static DEPTH: AtomicU32 = AtomicU32::new(0);
+static CHANGE_POINTS: [AtomicU64; 8] = [const { AtomicU64::new(u64::MAX) }; 8];
+static POINTS: AtomicU64 = AtomicU64::new(0);
+static SWITCHES: AtomicU64 = AtomicU64::new(0);
+static DIGEST: AtomicU64 = AtomicU64::new(FNV_OFFSET);
+static SEED: AtomicU64 = AtomicU64::new(0);
+
+const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+thread_local! {
+    static ME: Cell<u32> = const { Cell::new(NONE) };
+}
+
+/// splitmix64: the next pseudo-random number. Only the CPU holding the baton draws.
+fn draw() -> u64 {
+    let mut z = RNG.load(Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    RNG.store(z, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn below(n: u32) -> u32 {
+    u32::try_from(draw() % u64::from(n.max(1))).unwrap_or(0)
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on a live, aligned u32; a null timeout waits until woken. A spurious or
+    // early return only makes the caller check again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32 wakes at most one waiter.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+/// Whether a scheduled run is in progress.
+#[must_use]
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Acquire)
+}
+
+/// The emulated CPU of this thread, in a scheduled run.
+#[must_use]
+pub fn current_cpu() -> Option<u32> {
+    let me = ME.with(Cell::get);
+    (me != NONE).then_some(me)
+}
+
+fn cpu(index: u32) -> &'static Cpu {
+    &CPUS[index as usize]
+}
+
+fn cpus() -> impl Iterator<Item = u32> {
+    0..COUNT.load(Ordering::Relaxed)
+}
+
+/// Passes the baton to `next` and, unless it is `me`, waits until it comes back.
+fn hand_over(me: u32, next: u32) {
+    if next == me {
+        return;
+    }
+    SWITCHES.fetch_add(1, Ordering::Relaxed);
+    RUNNING.store(next, Ordering::Release);
+    cpu(next).wake.store(1, Ordering::Release);
+    futex_wake(&cpu(next).wake);
+    wait_for_baton(me);
+}
+
+fn wait_for_baton(me: u32) {
+    let word = &cpu(me).wake;
+    while RUNNING.load(Ordering::Acquire) != me {
+        futex_wait(word, 0);
+        word.store(0, Ordering::Relaxed);
+    }
+    crate::irql::switched_in();
+}
+
+/// Chooses the CPU to run next among those `eligible`, by the policy.
+fn choose(me: u32, point: u64, eligible: impl Fn(u8) -> bool) -> Option<u32> {
+    let candidates = || cpus().filter(|c| eligible(cpu(*c).status.load(Ordering::Relaxed)));
+    if PCT.load(Ordering::Relaxed) {
+        if me != NONE && CHANGE_POINTS.iter().any(|p| p.load(Ordering::Relaxed) == point) {
+            // A priority change point: the running CPU drops below every other.
+            cpu(me).priority.store(0, Ordering::Relaxed);
+        }
+        candidates().max_by_key(|c| (cpu(*c).priority.load(Ordering::Relaxed), *c))
+    } else {
+        let n = u32::try_from(candidates().count()).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        candidates().nth(below(n) as usize)
+    }
+}
+
+fn record(point: u64, me: u32, next: u32) {
+    let value = point << 16 | u64::from(me) << 8 | u64::from(next);
+    let digest = DIGEST.load(Ordering::Relaxed);
+    DIGEST.store((digest ^ value).wrapping_mul(FNV_PRIME), Ordering::Relaxed);
+}
+
+/// A switch point: the running CPU may hand the baton to another. Does nothing outside a
+/// scheduled run or on a thread without a CPU (async-signal-safe).
+pub fn point() {
+    if !active() {
+        return;
+    }
+    let Some(me) = current_cpu() else { return };
+    let point = POINTS.fetch_add(1, Ordering::Relaxed);
+    let next = choose(me, point, |s| s == RUNNABLE || s == SPINNING).unwrap_or(me);
+    record(point, me, next);
+    hand_over(me, next);
+}
+
+/// Called while waiting for something another CPU holds (a spin lock, a busy file object).
+///
+/// Lets a CPU that is not itself waiting run. False when there is none, which is a deadlock.
+/// Outside a scheduled run it only spins.
+#[must_use]
+pub fn wait_on_other_cpu() -> bool {
+    let Some(me) = current_cpu().filter(|_| active()) else {
+        std::hint::spin_loop();
+        return true;
+    };
+    cpu(me).status.store(SPINNING, Ordering::Relaxed);
+    let point = POINTS.fetch_add(1, Ordering::Relaxed);
+    let next = choose(me, point, |s| s == RUNNABLE);
+    cpu(me).status.store(RUNNABLE, Ordering::Relaxed);
+    let Some(next) = next.filter(|n| *n != me) else { return false };
+    record(point, me, next);
+    hand_over(me, next);
+    true
+}
+
+/// Whether a scheduled run happened in this process (its summary then describes it).
+#[must_use]
+pub fn ran() -> bool {
+    COUNT.load(Ordering::Relaxed) > 0
+}
+
+/// What a scheduled run did: its seed, its switch points and switches, and the digest of every
+/// decision (the same seed gives the same digest, or the run was not reproducible).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// The seed.
+    pub seed: u64,
+    /// The policy.
+    pub policy: Policy,
+    /// CPUs.
+    pub cpus: u32,
+    /// Switch points reached.
+    pub points: u64,
+    /// Times the baton changed hands.
+    pub switches: u64,
+    /// FNV-1a over every (point, from, to) decision.
+    pub digest: u64,
+}
+
+/// The summary of the last scheduled run, or of the one in progress.
+#[must_use]
+pub fn summary() -> Summary {
+    let policy = if PCT.load(Ordering::Relaxed) {
+        Policy::Pct { depth: DEPTH.load(Ordering::Relaxed) }
+    } else {
+        Policy::Uniform
+    };
+    Summary {
+        seed: SEED.load(Ordering::Relaxed),
+        policy,
+        cpus: COUNT.load(Ordering::Relaxed),
+        points: POINTS.load(Ordering::Relaxed),
+        switches: SWITCHES.load(Ordering::Relaxed),
+        digest: DIGEST.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs `work(cpu)` on `cpus` emulated CPUs, one thread each, under a seeded scheduler.
+///
+/// Returns their results in CPU order once all have finished. One scheduled run per
+/// process at a time (each run of the bed is its own child process).
+///
+/// # Panics
+/// When `cpus` is 0 or above [`MAX_CPUS`], or a CPU's thread panicked.
+pub fn run<R: Send>(
+    cpus: usize,
+    seed: u64,
+    policy: Policy,
+    work: impl Fn(u32) -> R + Sync,
+) -> Vec<R> {
+    assert!((1..=MAX_CPUS).contains(&cpus), "1 to {MAX_CPUS} CPUs");
+    let count = u32::try_from(cpus).unwrap_or(1);
+    RNG.store(seed, Ordering::Relaxed);
+    SEED.store(seed, Ordering::Relaxed);
+    POINTS.store(0, Ordering::Relaxed);
+    SWITCHES.store(0, Ordering::Relaxed);
+    DIGEST.store(FNV_OFFSET, Ordering::Relaxed);
+    COUNT.store(count, Ordering::Relaxed);
+    RUNNING.store(NONE, Ordering::Relaxed);
+    PCT.store(matches!(policy, Policy::Pct { .. }), Ordering::Relaxed);
+    DEPTH.store(if let Policy::Pct { depth } = policy { depth } else { 0 }, Ordering::Relaxed);
+    for (i, c) in CPUS.iter().enumerate() {
+        c.status.store(if i < cpus { RUNNABLE } else { ABSENT }, Ordering::Relaxed);
+        c.wake.store(0, Ordering::Relaxed);
+        // Distinct priorities above 0 (0 is where a change point puts the running CPU).
+        c.priority.store(u32::try_from(i).unwrap_or(0) + 1, Ordering::Relaxed);
+    }
+    if let Policy::Pct { depth } = policy {
+        for i in (1..cpus).rev() {
+            let j = below(u32::try_from(i).unwrap_or(0) + 1) as usize;
+            let (a, b) = (
+                CPUS[i].priority.load(Ordering::Relaxed),
+                CPUS[j].priority.load(Ordering::Relaxed),
+            );
+            CPUS[i].priority.store(b, Ordering::Relaxed);
+            CPUS[j].priority.store(a, Ordering::Relaxed);
+        }
+        // The change points fall within the first points of the run, where a short run has them.
+        let changes = usize::try_from(depth.clamp(1, 8) - 1).unwrap_or(0);
+        for (k, p) in CHANGE_POINTS.iter().enumerate() {
+            let at = if k < changes { draw() % 4096 } else { u64::MAX };
+            p.store(at, Ordering::Relaxed);
+        }
+    }
+    let ready = AtomicU32::new(0);
+    ACTIVE.store(true, Ordering::Release);
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..count)
+            .map(|me| {
+                let (work, ready) = (&work, &ready);
+                scope.spawn(move || {
+                    ME.with(|m| m.set(me));
+                    ready.fetch_add(1, Ordering::AcqRel);
+                    wait_for_baton(me);
+                    let result = work(me);
+                    cpu(me).status.store(DONE, Ordering::Relaxed);
+                    let point = POINTS.load(Ordering::Relaxed);
+                    match choose(me, point, |s| s == RUNNABLE || s == SPINNING) {
+                        Some(next) => {
+                            record(point, me, next);
+                            SWITCHES.fetch_add(1, Ordering::Relaxed);
+                            RUNNING.store(next, Ordering::Release);
+                            cpu(next).wake.store(1, Ordering::Release);
+                            futex_wake(&cpu(next).wake);
+                        }
+                        None => RUNNING.store(NONE, Ordering::Release),
+                    }
+                    ME.with(|m| m.set(NONE));
+                    result
+                })
+            })
+            .collect();
+        while ready.load(Ordering::Acquire) < count {
+            std::thread::yield_now();
+        }
+        let first = choose(NONE, u64::MAX, |s| s == RUNNABLE).unwrap_or(0);
+        RUNNING.store(first, Ordering::Release);
+        cpu(first).wake.store(1, Ordering::Release);
+        futex_wake(&cpu(first).wake);
+        threads.into_iter().map(|t| t.join().expect("a CPU's thread panicked")).collect()
+    });
+    ACTIVE.store(false, Ordering::Release);
+    results
+}
+
+/// A mutex of the bed's own that a CPU may have to wait for while another CPU, switched out,
+/// holds it: waiting yields the baton instead of blocking the only running CPU.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    if !active() || current_cpu().is_none() {
+        return mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if !wait_on_other_cpu() {
+                    return mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Two CPUs each append their number at every point; the order is the schedule.
+    fn interleaving(seed: u64, policy: Policy) -> (Vec<u32>, Summary) {
+        let order = std::sync::Mutex::new(Vec::new());
+        run(2, seed, policy, |me| {
+            for _ in 0..50 {
+                order.lock().unwrap().push(me);
+                point();
+            }
+        });
+        (order.into_inner().unwrap(), summary())
+    }
+
+    #[test]
+    fn a_seed_gives_one_interleaving_and_its_digest() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (a, first) = interleaving(7, Policy::Uniform);
+        let (b, second) = interleaving(7, Policy::Uniform);
+        assert_eq!(a, b);
+        assert_eq!(first, second);
+        assert_eq!(a.len(), 100);
+        assert!(first.switches > 10, "uniform choice switches often: {first:?}");
+        let (c, third) = interleaving(8, Policy::Uniform);
+        assert!(a != c && first.digest != third.digest, "another seed, another schedule");
+    }
+
+    #[test]
+    fn pct_runs_the_highest_priority_cpu_until_a_change_point() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Depth 1: no change point, so one CPU runs to its end before the other starts.
+        let (order, summary) = interleaving(3, Policy::Pct { depth: 1 });
+        assert_eq!(summary.switches, 1, "{order:?}");
+        assert!(order[..50].iter().all(|c| *c == order[0]));
+    }
+
+    #[test]
+    fn waiting_for_a_cpu_that_is_done_is_a_deadlock() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let results = run(2, 1, Policy::Uniform, |me| {
+            if me == 0 {
+                // Let the other CPU finish first, then wait for it: nobody can run.
+                while cpu(1).status.load(Ordering::Relaxed) != DONE {
+                    point();
+                }
+                wait_on_other_cpu()
+            } else {
+                true
+            }
+        });
+        assert_eq!(results, [false, true]);
+    }
+}
