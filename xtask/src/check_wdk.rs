@@ -529,8 +529,7 @@ fn clippy(tool: &Toolchain, dir: &Path, env: &[(&str, String)], profile: Profile
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR_OVERRIDE");
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
     for (key, value) in env {
         command.env(key, value);
     }
