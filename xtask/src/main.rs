@@ -2,12 +2,14 @@
 //!
 //! - `build [--debug]`: cross-builds pagelock.sys (on Windows: the official `cargo make` flow).
 //! - `check-pe <file.sys>`: structural checks and the footprint of a kernel image.
+//! - `check-wdk [--source DIR]`: the official `wdk` path type-checked and linted on this host.
 //! - `test`: every check the project has, in one command.
 //! - `run`: the main job.
 //! - `doctor`: every prerequisite, where it was found or what provides it.
 
 #![forbid(unsafe_code)]
 
+mod check_wdk;
 mod cross;
 mod inf;
 mod pe;
@@ -56,6 +58,14 @@ enum Command {
         /// Also enforce pagelock's footprint budget.
         #[arg(long)]
         budget: bool,
+    },
+    /// Type-check and lint the official `wdk` path (wdk-sys, wdk-build) on this host, against
+    /// mingw-w64's headers: debug and release, warnings denied.
+    CheckWdk {
+        /// The driver's workspace to check (a scratch copy of it, say); the project's own by
+        /// default.
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Run every check: format, lints, unit tests, the cross build and its checks.
     Test,
@@ -212,6 +222,12 @@ fn test() -> Result<()> {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     })?;
     step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
+    if !cfg!(windows) {
+        // On Windows the build below is the `wdk` path itself.
+        step("the official wdk path: type-check and clippy (check-wdk)", || {
+            check_wdk::run(&cross::root())
+        })?;
+    }
     step("test app: type-check and clippy (x86_64-pc-windows-msvc)", cross::clippy_app)?;
     step("test app: link (x86_64-pc-windows-gnu)", cross::link_app)?;
     step("driver.inx against the primitive-driver rules", || {
@@ -313,6 +329,9 @@ fn main() -> ExitCode {
             })
         }
         Command::CheckPe { file, budget } => check_pe(&file, budget),
+        Command::CheckWdk { source } => {
+            check_wdk::run(&source.unwrap_or_else(cross::root)).map(|()| true)
+        }
         Command::Test => test().map(|()| true),
         Command::Fuzz { seconds, seed, from } => {
             build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))

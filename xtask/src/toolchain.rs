@@ -98,12 +98,12 @@ fn rustup_with_source() -> Option<PathBuf> {
 }
 
 #[path = "../../ddk/libclang.rs"]
-mod libclang;
+pub mod libclang;
 
 pub use libclang::resource_dir;
 
 /// Where Debian's `mingw-w64-x86-64-dev` installs the headers the `ddk` build script reads.
-const MINGW_DDK: &str = "/usr/share/mingw-w64/include/ddk/ntddk.h";
+pub const MINGW_DDK: &str = "/usr/share/mingw-w64/include/ddk/ntddk.h";
 /// An import library the test app links against (also from `mingw-w64-x86-64-dev`).
 const MINGW_KERNEL32: &str = "/usr/x86_64-w64-mingw32/lib/libkernel32.a";
 

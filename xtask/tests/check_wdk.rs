@@ -1,0 +1,79 @@
+//! `xtask check-wdk` fails when the driver's `wdk` path has an error: run on a scratch copy of
+//! the driver's workspace with one wrong field path in src/kernel/nt/irp.rs, it must fail and
+//! name the compiler's E0609 (no such field) in that file. The copy goes through the same
+//! scratch workspace and target directory as the real check, so only the driver is checked
+//! again.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// What check-wdk reads of the driver's workspace (it fails, loudly, on anything missing).
+const SOURCES: &[&str] =
+    &["Cargo.toml", "Cargo.lock", "build.rs", ".cargo/config.toml", "src", "protocol", "ddk"];
+
+/// The correct path to the current stack location in the IRP (two anonymous unions deep) and
+/// the wrong one (one level skipped), the kind of slip the `wdk` bindings' field names invite.
+const RIGHT: &str = "__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation";
+const WRONG: &str = "__bindgen_anon_1.CurrentStackLocation";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        for entry in fs::read_dir(from).expect("a directory") {
+            let entry = entry.expect("an entry");
+            if entry.file_name() != "target" {
+                copy_tree(&entry.path(), &to.join(entry.file_name()));
+            }
+        }
+    } else {
+        fs::create_dir_all(to.parent().expect("a parent")).expect("directories");
+        fs::copy(from, to).expect("a copy");
+    }
+}
+
+#[test]
+fn a_wrong_field_path_in_the_wdk_path_fails_the_check() {
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    for item in SOURCES {
+        copy_tree(&root().join(item), &scratch.path().join(item));
+    }
+    let irp = scratch.path().join("src/kernel/nt/irp.rs");
+    let text = fs::read_to_string(&irp).expect("irp.rs");
+    assert!(text.contains(RIGHT), "irp.rs no longer holds {RIGHT}: pick another field path");
+    fs::write(&irp, text.replacen(RIGHT, WRONG, 1)).expect("the broken copy");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["check-wdk", "--source"])
+        .arg(scratch.path())
+        .output()
+        .expect("xtask runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-wdk passed a broken driver:\n{stderr}");
+    assert!(stderr.contains("error[E0609]"), "check-wdk failed, but not on the field:\n{stderr}");
+    assert!(stderr.contains("irp.rs"), "the error is not in irp.rs:\n{stderr}");
+}
+
+#[test]
+fn a_wdk_build_archive_that_is_not_the_locked_one_is_refused() {
+    // A cargo home whose registry cache holds a wdk-build 0.6.0 archive of other bytes: the
+    // check must refuse it before extracting or patching anything.
+    let home = tempfile::tempdir().expect("a temporary directory");
+    let cache = home.path().join("registry/cache/index.crates.io-0000000000000000");
+    fs::create_dir_all(&cache).expect("directories");
+    fs::write(cache.join("wdk-build-0.6.0.crate"), b"not the published crate").expect("a file");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["check-wdk", "--source"])
+        .arg(root())
+        .env("CARGO_HOME", home.path())
+        .output()
+        .expect("xtask runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-wdk accepted a forged archive:\n{stderr}");
+    assert!(stderr.contains("Cargo.lock says"), "check-wdk failed, but not on the sum:\n{stderr}");
+}
