@@ -165,6 +165,10 @@ enum Command {
         /// The seed (default: from the clock); the same seed gives the same sequences.
         #[arg(long)]
         seed: Option<u64>,
+        /// Emulated CPUs: with more than 1, a third of the steps send that many requests at once,
+        /// under the seeded scheduler, on handles opened for overlapped I/O.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        threads: u16,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -236,20 +240,22 @@ fn rules() -> String {
 /// `fuzz` and `stress`: their own figures and verdicts.
 fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
     match command {
-        Command::Fuzz { driver, seconds, seed, json } => Some((|| {
+        Command::Fuzz { driver, seconds, seed, threads, json } => Some((|| {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(1))
             });
-            let stats = pagelock_testbed::fuzz::fuzz(driver, *seconds, seed)?;
+            let stats =
+                pagelock_testbed::fuzz::fuzz(driver, *seconds, seed, usize::from(*threads))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
-                    "fuzz: seed {}, {} s: {} sequences, {} steps, {} IRPs, {} failures",
+                    "fuzz: seed {}, {} s, {} CPUs: {} sequences, {} steps, {} IRPs, {} failures",
                     stats.seed,
                     stats.seconds,
+                    stats.threads,
                     stats.sequences,
                     stats.steps,
                     stats.irps,
@@ -266,10 +272,11 @@ fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
                         println!("  {i:>3} {op:?}");
                     }
                     println!(
-                        "reproduce: pagelock-testbed fuzz {} --seconds {} --seed {}",
+                        "reproduce: pagelock-testbed fuzz {} --seconds {} --seed {} --threads {}",
                         driver.display(),
                         stats.seconds,
-                        stats.seed
+                        stats.seed,
+                        stats.threads
                     );
                 }
             }

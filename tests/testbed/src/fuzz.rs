@@ -59,6 +59,14 @@ pub enum Op {
         /// The output capacity.
         output: usize,
     },
+    /// Send several control requests at once, one per emulated CPU, under the schedule of
+    /// `seed` (the handles are opened for overlapped I/O, so several may be on one handle).
+    Parallel {
+        /// The schedule's seed.
+        seed: u64,
+        /// The requests, each an [`Op::Control`].
+        requests: Vec<Self>,
+    },
 }
 
 /// A deterministic generator (`SplitMix64`), so that a seed reproduces a run.
@@ -91,54 +99,72 @@ const fn sizes(size: usize) -> [usize; 5] {
     [0, size.saturating_sub(1), size, size + 1, 64]
 }
 
-/// A random step.
-pub fn random_op(rng: &mut Rng) -> Op {
+/// A random step; with `threads` above 1, a third of the steps are [`Op::Parallel`] batches of
+/// `threads` requests, half of them all on one handle.
+pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
+    if threads > 1 && rng.below(3) == 0 {
+        let seed = rng.next();
+        let same = (rng.below(2) == 0).then(|| rng.below(MAX_HANDLES));
+        let requests = (0..threads)
+            .map(|_| {
+                let mut op = random_control(rng);
+                if let (Op::Control { handle, .. }, Some(slot)) = (&mut op, same) {
+                    *handle = slot;
+                }
+                op
+            })
+            .collect();
+        return Op::Parallel { seed, requests };
+    }
     match rng.below(10) {
         0 | 1 => Op::Open,
         2 => Op::Close(rng.below(MAX_HANDLES)),
-        _ => {
-            let handle = rng.below(MAX_HANDLES);
-            let code = match rng.below(8) {
-                0 => IOCTL_QUERY_STATE,
-                1 | 2 => IOCTL_RUN_LOCKED,
-                3 => IOCTL_LOCK,
-                4 => IOCTL_UNLOCK,
-                5 => IOCTL_BENCH,
-                6 => protocol::ctl_code(
-                    protocol::DEVICE_TYPE,
-                    0x800 + u32::try_from(rng.below(16)).unwrap_or(0),
-                    rng.pick(&[0, 1, 2, 3]),
-                    rng.pick(&[0, 1, 2, 3]),
-                ),
-                _ => u32::try_from(rng.next() & 0xFFFF_FFFF).unwrap_or(0),
-            };
-            let input = match (code, rng.below(4)) {
-                (IOCTL_RUN_LOCKED, 0 | 1) => {
-                    let iterations = rng.pick(&[
-                        0,
-                        1,
-                        2,
-                        100,
-                        protocol::MAX_RUN_ITERATIONS,
-                        protocol::MAX_RUN_ITERATIONS + 1,
-                    ]);
-                    RunRequest::new(iterations, rng.next()).as_bytes().to_vec()
-                }
-                (IOCTL_BENCH, 0 | 1) => {
-                    BenchRequest::new(rng.pick(&[0, 1, 10, protocol::MAX_BENCH_ITERATIONS + 1]))
-                        .as_bytes()
-                        .to_vec()
-                }
-                (IOCTL_QUERY_STATE | IOCTL_LOCK | IOCTL_UNLOCK, 0..=2) => Vec::new(),
-                _ => {
-                    let len = rng.pick(&sizes(16));
-                    (0..len).map(|_| u8::try_from(rng.next() & 0xFF).unwrap_or(0)).collect()
-                }
-            };
-            let output = rng.pick(&[0, 7, 8, 15, 16, 31, 32, 95, 96, 97, 256]);
-            Op::Control { handle, code, input, output }
-        }
+        _ => random_control(rng),
     }
+}
+
+/// A random control request.
+fn random_control(rng: &mut Rng) -> Op {
+    let handle = rng.below(MAX_HANDLES);
+    let code = match rng.below(8) {
+        0 => IOCTL_QUERY_STATE,
+        1 | 2 => IOCTL_RUN_LOCKED,
+        3 => IOCTL_LOCK,
+        4 => IOCTL_UNLOCK,
+        5 => IOCTL_BENCH,
+        6 => protocol::ctl_code(
+            protocol::DEVICE_TYPE,
+            0x800 + u32::try_from(rng.below(16)).unwrap_or(0),
+            rng.pick(&[0, 1, 2, 3]),
+            rng.pick(&[0, 1, 2, 3]),
+        ),
+        _ => u32::try_from(rng.next() & 0xFFFF_FFFF).unwrap_or(0),
+    };
+    let input = match (code, rng.below(4)) {
+        (IOCTL_RUN_LOCKED, 0 | 1) => {
+            let iterations = rng.pick(&[
+                0,
+                1,
+                2,
+                100,
+                protocol::MAX_RUN_ITERATIONS,
+                protocol::MAX_RUN_ITERATIONS + 1,
+            ]);
+            RunRequest::new(iterations, rng.next()).as_bytes().to_vec()
+        }
+        (IOCTL_BENCH, 0 | 1) => {
+            BenchRequest::new(rng.pick(&[0, 1, 10, protocol::MAX_BENCH_ITERATIONS + 1]))
+                .as_bytes()
+                .to_vec()
+        }
+        (IOCTL_QUERY_STATE | IOCTL_LOCK | IOCTL_UNLOCK, 0..=2) => Vec::new(),
+        _ => {
+            let len = rng.pick(&sizes(16));
+            (0..len).map(|_| u8::try_from(rng.next() & 0xFF).unwrap_or(0)).collect()
+        }
+    };
+    let output = rng.pick(&[0, 7, 8, 15, 16, 31, 32, 95, 96, 97, 256]);
+    Op::Control { handle, code, input, output }
 }
 
 /// What one handle should hold, by the protocol.
@@ -220,17 +246,42 @@ fn expected_status(code: u32, input: &[u8], output: usize, extra: u32) -> i32 {
     }
 }
 
-/// Runs `ops` on a loaded bed, checking after every step. Returns the first failure.
+/// What a reply must hold beyond its status: nothing on failure, the right checksum at
+/// `DISPATCH_LEVEL` from `RUN_LOCKED`.
+fn check_reply(code: u32, input: &[u8], got: i32, reply: &[u8]) -> Result<(), String> {
+    if !status::is_success(got) && !reply.is_empty() {
+        return Err(format!("code {code:#x} failed but returned {} bytes", reply.len()));
+    }
+    if got == status::SUCCESS && code == IOCTL_RUN_LOCKED {
+        let request = RunRequest::read_from_bytes(input).unwrap_or_default();
+        let reply = protocol::RunReply::read_from_bytes(reply).unwrap_or_default();
+        if reply.checksum != protocol::checksum(request.seed, request.iterations)
+            || reply.irql != protocol::DISPATCH_LEVEL
+        {
+            return Err(format!("RUN_LOCKED replied {reply:?} for {request:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ops` on a loaded bed, checking after every step. Returns the first failure. A
+/// sequence with [`Op::Parallel`] steps opens its handles for overlapped I/O.
 #[allow(clippy::too_many_lines)] // one walk over the steps, with the model beside it
 pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> {
     let mut open: Vec<Model> = Vec::new();
+    let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. }));
     for (step, op) in ops.iter().enumerate() {
         let fail = |reason: String| Some(Failure { step, reason });
         match op {
             Op::Open => {
                 if open.len() < MAX_HANDLES {
                     *irps += 1;
-                    match bed.open(protocol::DEVICE_NAME) {
+                    let opened = if overlapped {
+                        bed.open_overlapped(protocol::DEVICE_NAME)
+                    } else {
+                        bed.open(protocol::DEVICE_NAME)
+                    };
+                    match opened {
                         Ok(handle) => open.push(Model { handle, extra: 0 }),
                         Err(status) => return fail(format!("open failed with {status:#x}")),
                     }
@@ -249,40 +300,72 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                 }
                 let index = handle % open.len();
                 *irps += 1;
-                let extra = open[index].extra;
                 let (got, reply) = bed.control(&open[index].handle, *code, input, *output);
-                let expected = expected_status(*code, input, *output, extra);
+                let expected = expected_status(*code, input, *output, open[index].extra);
                 if expected != got {
                     return fail(format!(
                         "code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
                         input.len()
                     ));
                 }
-                if !status::is_success(got) && !reply.is_empty() {
-                    return fail(format!(
-                        "code {code:#x} failed but returned {} bytes",
-                        reply.len()
-                    ));
+                if let Err(reason) = check_reply(*code, input, got, &reply) {
+                    return fail(reason);
                 }
-                if got == status::SUCCESS {
-                    match *code {
-                        IOCTL_LOCK => open[index].extra += 1,
-                        IOCTL_UNLOCK => open[index].extra -= 1,
-                        IOCTL_RUN_LOCKED => {
-                            let request = RunRequest::read_from_bytes(input).unwrap_or_default();
-                            let reply =
-                                protocol::RunReply::read_from_bytes(&reply).unwrap_or_default();
-                            if reply.checksum
-                                != protocol::checksum(request.seed, request.iterations)
-                                || reply.irql != protocol::DISPATCH_LEVEL
-                            {
-                                return fail(format!(
-                                    "RUN_LOCKED replied {reply:?} for {request:?}"
-                                ));
-                            }
+                open[index].extra = open[index].extra
+                    + u32::from(got == status::SUCCESS && *code == IOCTL_LOCK)
+                    - u32::from(got == status::SUCCESS && *code == IOCTL_UNLOCK);
+            }
+            Op::Parallel { seed, requests } => {
+                if open.is_empty() {
+                    continue;
+                }
+                let targets: Vec<(usize, u32, &[u8], usize)> = requests
+                    .iter()
+                    .filter_map(|r| match r {
+                        Op::Control { handle, code, input, output } => {
+                            Some((handle % open.len(), *code, input.as_slice(), *output))
                         }
-                        _ => {}
+                        _ => None,
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    continue;
+                }
+                *irps += targets.len() as u64;
+                let replies =
+                    crate::sched::run(targets.len(), *seed, crate::sched::Policy::Uniform, |cpu| {
+                        let (index, code, input, output) = targets[cpu as usize];
+                        bed.control(&open[index].handle, code, input, output)
+                    });
+                // Each status must be the protocol's in some order of the batch: LOCK and UNLOCK
+                // may succeed or meet the limit depending on which ran first, nothing else may.
+                let mut net = vec![0i64; open.len()];
+                for ((index, code, input, output), (got, reply)) in targets.iter().zip(&replies) {
+                    let expected = expected_status(*code, input, *output, open[*index].extra);
+                    let either = [status::SUCCESS, status::INVALID_DEVICE_STATE];
+                    let order_dependent = (*code == IOCTL_LOCK || *code == IOCTL_UNLOCK)
+                        && either.contains(&expected)
+                        && either.contains(got);
+                    if expected != *got && !order_dependent {
+                        return fail(format!(
+                            "concurrent code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
+                            input.len()
+                        ));
                     }
+                    if let Err(reason) = check_reply(*code, input, *got, reply) {
+                        return fail(reason);
+                    }
+                    if *got == status::SUCCESS {
+                        net[*index] +=
+                            i64::from(*code == IOCTL_LOCK) - i64::from(*code == IOCTL_UNLOCK);
+                    }
+                }
+                for (model, net) in open.iter_mut().zip(net) {
+                    let extra = i64::from(model.extra) + net;
+                    if !(0..=i64::from(MAX_EXTRA_LOCKS)).contains(&extra) {
+                        return fail(format!("concurrent LOCK/UNLOCK left {extra} extra locks"));
+                    }
+                    model.extra = u32::try_from(extra).unwrap_or(0);
                 }
             }
         }
@@ -380,6 +463,10 @@ pub fn shrink(driver: &Path, mut ops: Vec<Op>) -> Result<Vec<Op>> {
     Ok(ops)
 }
 
+const fn one() -> usize {
+    1
+}
+
 /// Figures of a fuzz run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
@@ -387,6 +474,9 @@ pub struct Stats {
     pub seed: u64,
     /// Seconds asked for.
     pub seconds: u64,
+    /// Emulated CPUs sending the requests of a parallel step (1: none).
+    #[serde(default = "one")]
+    pub threads: usize,
     /// Sequences run.
     pub sequences: u64,
     /// Steps (opens, requests, closes) generated.
@@ -404,13 +494,13 @@ pub struct Stats {
 ///
 /// # Errors
 /// When a run cannot start.
-pub fn fuzz(driver: &Path, seconds: u64, seed: u64) -> Result<Stats> {
-    let mut stats = Stats { seed, seconds, ..Stats::default() };
+pub fn fuzz(driver: &Path, seconds: u64, seed: u64, threads: usize) -> Result<Stats> {
+    let mut stats = Stats { seed, seconds, threads, ..Stats::default() };
     let mut rng = Rng::new(seed);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         let len = 1 + rng.below(200);
-        let ops: Vec<Op> = (0..len).map(|_| random_op(&mut rng)).collect();
+        let ops: Vec<Op> = (0..len).map(|_| random_op(&mut rng, threads)).collect();
         stats.sequences += 1;
         stats.steps += ops.len() as u64;
         let sequence = ops.clone();

@@ -350,3 +350,41 @@ fn the_real_per_open_state_stays_exact_on_a_shared_handle() {
     assert!(output.status.success(), "{report:#}");
     assert!(report["schedule"]["switches"].as_u64().unwrap_or(0) > 0, "{report:#}");
 }
+
+#[test]
+fn the_fuzzer_on_two_cpus_catches_the_unsynchronized_per_open_state_and_shrinks_it() {
+    let sys =
+        image("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false);
+    let args = ["fuzz", sys.to_str().unwrap(), "--seconds", "60", "--seed", "1", "--threads", "2"];
+    let output = bed(&[&args[..], &["--json"]].concat());
+    let stats = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{stats:#}");
+    let (ops, failure) = (&stats["minimal_failure"][0], &stats["minimal_failure"][1]);
+    let ops = ops.as_array().unwrap();
+    assert!(ops.len() <= 12, "{ops:#?}");
+    // What remains needs requests in flight at once: the last step is a parallel one.
+    assert!(ops.last().is_some_and(|op| op.get("Parallel").is_some()), "{ops:#?}");
+    assert!(failure["reason"].as_str().unwrap().contains("lock"), "{failure:#}");
+    // The same seed finds the same failure: the schedules are part of the sequence.
+    let again = json(&bed(&[&args[..], &["--json"]].concat()));
+    assert_eq!(again["minimal_failure"], stats["minimal_failure"]);
+}
+
+#[test]
+fn the_fuzzer_on_two_cpus_finds_nothing_in_the_real_driver() {
+    let sys = release();
+    let output = bed(&[
+        "fuzz",
+        sys.to_str().unwrap(),
+        "--seconds",
+        "3",
+        "--seed",
+        "5",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let stats = json(&output);
+    assert!(output.status.success(), "{stats:#}");
+    assert!(stats["sequences"].as_u64().unwrap() > 0);
+}
