@@ -92,7 +92,7 @@ pub fn run(broken_irql: bool) -> Result<bool> {
     build_stand_ins(&root.join("tests/wine"), &bin, &imports, broken_irql)?;
     let prefix = work.join("prefix");
     let mut wine = Wine::start(&prefix, &work.join("logs"))?;
-    let outcome = prepare_prefix(&mut wine, &root, &sys, &bin).and_then(|()| lane(&mut wine));
+    let outcome = prepare_prefix(&wine, &root, &sys, &bin).and_then(|()| lane(&mut wine));
     wine.stop();
     let (expected, total) = outcome?;
     let verdict = if expected == total { "PASS" } else { "FAIL" };
@@ -216,11 +216,22 @@ fn build_stand_ins(src: &Path, bin: &Path, imports: &[String], broken_irql: bool
     gcc(&control.join(SHIM), &shim, &zero)
 }
 
+/// The DLL overrides of `wine64 <args>`: winedbg.exe=d, so that a crash ends the program
+/// instead of hanging in the debugger, and no Mono or Gecko installers; for the app, newdev=n
+/// too: the stand-in beside it (wineboot needs Wine's own newdev to set the prefix up).
+fn overrides(args: &[&str]) -> &'static str {
+    if args.first() == Some(&"wineboot") {
+        "winedbg.exe=d;mscoree=d;mshtml=d"
+    } else {
+        "winedbg.exe=d;newdev=n;mscoree=d;mshtml=d"
+    }
+}
+
 /// A Wine prefix with its server, and the logs of the commands run in it.
 struct Wine {
     prefix: PathBuf,
     logs: PathBuf,
-    server: Child,
+    server: Option<Child>,
     count: usize,
 }
 
@@ -234,30 +245,51 @@ struct Outcome {
 }
 
 impl Wine {
-    /// A fresh, empty prefix at `prefix` with a persistent wineserver of its own.
+    /// A fresh prefix at `prefix`, set up by `wineboot --init`, with a persistent wineserver of
+    /// its own.
+    ///
+    /// wineboot runs under a server of its own, which is let exit before the persistent one
+    /// starts: a persistent server from the start leaves two service managers in the prefix,
+    /// one that creates the driver's service and one that then cannot find it.
     fn start(prefix: &Path, logs: &Path) -> Result<Self> {
         // A server left by an earlier run would hold the old prefix.
         let _ = Self::server_command(prefix).arg("-k").status();
-        if prefix.exists() {
-            std::fs::remove_dir_all(prefix)
-                .with_context(|| format!("removing {}", prefix.display()))?;
+        for dir in [prefix, logs] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
         }
-        if logs.exists() {
-            std::fs::remove_dir_all(logs)?;
-        }
-        std::fs::create_dir_all(prefix)?;
         std::fs::create_dir_all(logs)?;
+        let mut wine =
+            Self { prefix: prefix.to_path_buf(), logs: logs.to_path_buf(), server: None, count: 0 };
+        let boot = wine.run("wineboot", &["wineboot", "--init"], logs, STEP_TIMEOUT)?;
+        if boot.status != Some(0) {
+            bail!("wineboot --init failed ({:?}):\n{}", boot.status, boot.output);
+        }
+        // -w: until wineboot's server has exited, with the services it started.
+        let mut wait = Self::server_command(prefix).arg("-w").spawn()?;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while wait.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = wait.kill();
+                bail!("wineboot's wineserver did not exit in {} s", STEP_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let log = File::create(logs.join("wineserver.txt"))?;
         // -f: in the foreground, so that this process owns it; -p: persistent, so that the
         // services (and the driver) stay up between two commands.
-        let server = Self::server_command(prefix)
-            .args(["-f", "-p"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {WINESERVER64}"))?;
-        Ok(Self { prefix: prefix.to_path_buf(), logs: logs.to_path_buf(), server, count: 0 })
+        wine.server = Some(
+            Self::server_command(prefix)
+                .args(["-f", "-p"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {WINESERVER64}"))?,
+        );
+        Ok(wine)
     }
 
     fn server_command(prefix: &Path) -> Command {
@@ -283,9 +315,7 @@ impl Wine {
             .env("WINEARCH", "win64")
             .env("WINESERVER", WINESERVER64)
             .env("WINEDEBUG", std::env::var("WINEDEBUG").unwrap_or_else(|_| "-all".into()))
-            // winedbg.exe=d: a crash ends the program instead of hanging in the debugger;
-            // newdev=n: the stand-in beside the app; no Mono or Gecko installers.
-            .env("WINEDLLOVERRIDES", "winedbg.exe=d;newdev=n;mscoree=d;mshtml=d")
+            .env("WINEDLLOVERRIDES", overrides(args))
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::null())
@@ -312,12 +342,14 @@ impl Wine {
     /// Stops the server (and every Wine process of the prefix with it).
     fn stop(&mut self) {
         let _ = Self::server_command(&self.prefix).arg("-k").status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.server.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut server) = self.server.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(server.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = server.kill();
+            let _ = server.wait();
         }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
     }
 
     fn drive_c(&self) -> PathBuf {
@@ -325,15 +357,10 @@ impl Wine {
     }
 }
 
-/// Initialises the prefix, then puts the app with its stand-ins in `C:\pagelock`, the package
+/// Puts the app with its stand-ins in `C:\pagelock`, the package
 /// (the stamped INF and the test copy of the image) in `C:\pagelock\package` and the shim in
 /// `C:\windows\system32`, where the driver's import finds it.
-fn prepare_prefix(wine: &mut Wine, root: &Path, sys: &Path, bin: &Path) -> Result<()> {
-    let cwd = wine.prefix.clone();
-    let boot = wine.run("wineboot", &["wineboot", "--init"], &cwd, STEP_TIMEOUT)?;
-    if boot.status != Some(0) {
-        bail!("wineboot --init failed ({:?}):\n{}", boot.status, boot.output);
-    }
+fn prepare_prefix(wine: &Wine, root: &Path, sys: &Path, bin: &Path) -> Result<()> {
     let app = wine.drive_c().join("pagelock");
     let package = app.join("package");
     std::fs::create_dir_all(&package)?;
