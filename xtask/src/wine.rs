@@ -479,7 +479,7 @@ fn lane(wine: &mut Wine) -> Result<(usize, usize)> {
         "control: run-locked under the IRQL-0 shim",
         &["run", "--scenario", "run-locked"],
         1,
-        &["FAIL  run-locked", "IRQL"],
+        &["FAIL  run-locked", "IRQL\n        expected: 2\n        seen:     0"],
     );
     let outcome = wine.run(
         run_locked.name,
