@@ -6,6 +6,7 @@
 //! - `test`: every check the project has, in one command.
 //! - `run`: the main job.
 //! - `doctor`: every prerequisite, where it was found or what provides it.
+//! - `wine`: the Windows test app drives the driver through Wine (also a step of `test`).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod pe;
 mod reliability;
 mod routines;
 mod toolchain;
+mod wine;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -91,6 +93,14 @@ enum Command {
         /// instead of running it again.
         #[arg(long)]
         from: Option<PathBuf>,
+    },
+    /// The Windows test app drives the real driver through Wine: its commands in order, each
+    /// with its expected exit status and output, then a negative control that must fail.
+    Wine {
+        /// Run the lane under a kernel shim that answers IRQL 0 everywhere, which must make
+        /// the lane fail (a check of the lane itself).
+        #[arg(long)]
+        broken_irql: bool,
     },
 }
 
@@ -282,6 +292,9 @@ fn test() -> Result<()> {
         toolchain::run(&mut command)
     })?;
     step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;
+    step("the test app drives the driver through Wine (cargo xtask wine)", || {
+        if wine::run(false)? { Ok(()) } else { bail!("the Wine lane failed") }
+    })?;
     println!("xtask test: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -337,6 +350,7 @@ fn main() -> ExitCode {
             build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))
         }
         Command::Doctor { json } => Ok(doctor(json)),
+        Command::Wine { broken_irql } => wine::run(broken_irql),
         Command::Run => main_job(),
     };
     match result {

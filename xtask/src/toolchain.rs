@@ -182,6 +182,21 @@ pub fn survey() -> Vec<Prerequisite> {
         Provider::Apt("gcc-mingw-w64-x86-64"),
         on_path(&["x86_64-w64-mingw32-gcc"]),
     );
+    add(
+        "wine64 (runs the test app and the driver: cargo xtask wine)",
+        Provider::Apt("wine64"),
+        existing(crate::wine::WINE64),
+    );
+    add(
+        "wineserver64 (the Wine lane's server)",
+        Provider::Apt("wine64"),
+        existing(crate::wine::WINESERVER64),
+    );
+    add(
+        "Wine's ntoskrnl.exe (the Wine lane's kernel shim forwards to it)",
+        Provider::Apt("libwine"),
+        existing(Path::new(crate::wine::WINE_DLLS).join("ntoskrnl.exe")),
+    );
     all
 }
 

@@ -294,7 +294,8 @@ fn state_checks<D: Device + ?Sized>(
         seen,
         passed,
     };
-    let state = match probe.query() {
+    // The workers' closes may reach the driver after their CloseHandle returned.
+    let state = match crate::scenarios::settled(probe, 1) {
         Ok(state) => state,
         Err(failure) => {
             return vec![check("QUERY_STATE".into(), "success".into(), failure.to_string(), false)];
