@@ -134,9 +134,11 @@ impl<'a, H: Host> App<'a, H> {
             Command::Stop => self.stop(),
             Command::Query { json } => self.query(*json),
             Command::Run { scenario, verbose } => self.scenarios(*scenario, *verbose),
-            Command::Stress { threads, iterations } => {
-                self.stress(StressConfig { threads: *threads, iterations: *iterations })
-            }
+            Command::Stress { threads, iterations, shared } => self.stress(StressConfig {
+                threads: *threads,
+                iterations: *iterations,
+                shared: *shared,
+            }),
             Command::Bench { iterations } => self.bench(*iterations),
         });
         match result {
@@ -561,7 +563,7 @@ mod tests {
         let host = FakeHost::new();
         let (status, out, _) = run(&host, &["run"]);
         assert_eq!(status, EXIT_OK, "{out}");
-        assert!(out.ends_with("scenarios: 7 passed, 0 failed\n"));
+        assert!(out.ends_with("scenarios: 8 passed, 0 failed\n"));
         let mut broken = FakeHost::new();
         broken.device = Model::with(Fault::UnlockWithoutLock);
         let (status, out, _) = run(&broken, &["run", "--scenario", "nested-locks"]);

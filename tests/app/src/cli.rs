@@ -59,6 +59,10 @@ pub enum Command {
         /// Open-to-close cycles per thread.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: u64,
+        /// All threads on one handle opened for overlapped I/O, each request waited on: several
+        /// requests of one file object in the driver at once.
+        #[arg(long)]
+        shared: bool,
     },
     /// Times lock by address against lock by handle in the driver (BENCH) and prints the ratio.
     Bench {
@@ -121,7 +125,7 @@ mod tests {
         );
         assert_eq!(
             parse(&["stress", "--threads", "8", "--iterations", "10000"]).ok(),
-            Some(Command::Stress { threads: 8, iterations: 10_000 })
+            Some(Command::Stress { threads: 8, iterations: 10_000, shared: false })
         );
         assert_eq!(parse(&["bench"]).ok(), Some(Command::Bench { iterations: 10_000 }));
     }

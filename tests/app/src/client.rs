@@ -81,6 +81,16 @@ impl<'d, D: Device + ?Sized> Session<'d, D> {
         Ok(Self { device, handle: Some(handle) })
     }
 
+    /// Opens a handle for overlapped I/O, for requests from several threads at once (see
+    /// [`Device::open_overlapped`]).
+    ///
+    /// # Errors
+    /// As [`Session::open`].
+    pub fn open_overlapped(device: &'d D) -> Result<Self, Failure> {
+        let handle = device.open_overlapped()?.map_err(Failure::Status)?;
+        Ok(Self { device, handle: Some(handle) })
+    }
+
     const fn handle(&self) -> &D::Handle {
         self.handle.as_ref().expect("a session holds its handle until it is closed")
     }

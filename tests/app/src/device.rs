@@ -26,9 +26,12 @@ impl std::fmt::Display for TransportError {
 impl std::error::Error for TransportError {}
 
 /// A way to reach `\Device\PageLock`.
-pub trait Device {
+///
+/// Shared between threads: the scenarios and the stress run send requests from several at
+/// once, on their own handles or on one opened with [`Device::open_overlapped`].
+pub trait Device: Sync {
     /// An open handle.
-    type Handle;
+    type Handle: Send + Sync;
 
     /// Opens a handle with read and write access.
     ///
@@ -36,6 +39,28 @@ pub trait Device {
     /// `Ok(Err(status))` when the open was refused with an `NTSTATUS` (for example
     /// `STATUS_ACCESS_DENIED`), `Err` when the transport failed.
     fn open(&self) -> Result<Result<Self::Handle, i32>, TransportError>;
+
+    /// Opens a handle for overlapped I/O (`FILE_FLAG_OVERLAPPED`): the I/O manager lets several
+    /// requests of one such handle into the driver at once, where a synchronous handle's
+    /// requests wait for each other. A transport without the distinction opens an ordinary
+    /// handle.
+    ///
+    /// # Errors
+    /// As [`Device::open`].
+    fn open_overlapped(&self) -> Result<Result<Self::Handle, i32>, TransportError> {
+        self.open()
+    }
+
+    /// Runs `work(0)` to `work(n - 1)` at once, one thread each, and returns when all have
+    /// finished. A machine runs them on its processors; the test bed on emulated ones, under
+    /// its seeded scheduler, which decides where the threads interleave.
+    fn concurrently(&self, n: usize, work: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|scope| {
+            for i in 0..n {
+                scope.spawn(move || work(i));
+            }
+        });
+    }
 
     /// Sends `code` with `input`, offering `output_capacity` bytes for the reply.
     ///

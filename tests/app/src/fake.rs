@@ -44,6 +44,9 @@ pub enum Fault {
     AcceptsUnknownCodes,
     /// The first open after load leaves one more handle counted than there is.
     MiscountsHandles,
+    /// On a handle opened for overlapped I/O an `UNLOCK` releases two locks, as a per-open
+    /// state that two concurrent `UNLOCK`s both read before either wrote would.
+    SharedHandleUnlocksTwice,
 }
 
 #[derive(Default)]
@@ -57,6 +60,8 @@ struct State {
     unlocks: u64,
     runs: u64,
     handle_bias: u32,
+    /// Handles opened for overlapped I/O.
+    overlapped: std::collections::BTreeSet<u64>,
 }
 
 /// The fake driver. Handles are numbers; a closed one is refused like a handle without state.
@@ -217,7 +222,10 @@ impl Model {
                     };
                 }
                 state.opens.insert(handle, extra - 1);
-                state.locks -= 1;
+                let twice =
+                    fault == Fault::SharedHandleUnlocksTwice && state.overlapped.contains(&handle);
+                // Saturating: the broken variant can release more than the sections hold.
+                state.locks = state.locks.saturating_sub(if twice { 2 } else { 1 });
                 state.unlocks += SECTION_COUNT as u64;
                 Ok(LockReply { version: PROTOCOL_VERSION, extra_locks: extra - 1 }
                     .as_bytes()
@@ -266,6 +274,14 @@ impl Device for Model {
         Ok(Ok(handle))
     }
 
+    fn open_overlapped(&self) -> Result<Result<u64, i32>, TransportError> {
+        let handle = self.open()?;
+        if let Ok(handle) = handle {
+            self.state().overlapped.insert(handle);
+        }
+        Ok(handle)
+    }
+
     fn control(
         &self,
         handle: &u64,
@@ -296,7 +312,7 @@ impl Device for Model {
             Fault::ExtraLocksSurviveClose => 1,
             _ => 1 + extra,
         };
-        state.locks -= released;
+        state.locks = state.locks.saturating_sub(released);
         state.unlocks += u64::from(released) * SECTION_COUNT as u64;
         drop(state);
         Ok(())

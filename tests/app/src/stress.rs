@@ -23,10 +23,13 @@ const SAMPLES: usize = 10;
 /// How much stress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StressConfig {
-    /// Threads, each with its own handles.
+    /// Threads, each with its own handles (or all on one, with `shared`).
     pub threads: u32,
-    /// Open-to-close cycles per thread.
+    /// Open-to-close cycles per thread (`LOCK`, `RUN_LOCKED`, `UNLOCK` rounds with `shared`).
     pub iterations: u64,
+    /// Every thread on one handle opened for overlapped I/O, so that several requests of one
+    /// file object are in the driver at once; the handle is opened before and closed after.
+    pub shared: bool,
 }
 
 impl StressConfig {
@@ -132,9 +135,14 @@ impl StressReport {
     #[must_use]
     pub fn render(&self) -> String {
         let mut text = String::new();
+        let cycle = if self.config.shared {
+            "LOCK, RUN_LOCKED, UNLOCK, all threads on one overlapped handle"
+        } else {
+            "open, LOCK, RUN_LOCKED, UNLOCK, close"
+        };
         let _ = writeln!(
             text,
-            "stress: {} threads x {} cycles (open, LOCK, RUN_LOCKED, UNLOCK, close) in {:.1} s",
+            "stress: {} threads x {} cycles ({cycle}) in {:.1} s",
             self.config.threads,
             self.config.iterations,
             self.elapsed.as_secs_f64()
@@ -168,11 +176,17 @@ impl StressReport {
     }
 }
 
-/// One thread's cycles.
-fn cycles<D: Device + ?Sized>(device: &D, thread: u32, iterations: u64, done: &AtomicU64) -> Tally {
+/// One thread's cycles, on its own handles or on `shared`.
+fn cycles<D: Device + ?Sized>(
+    device: &D,
+    shared: Option<&Session<'_, D>>,
+    thread: u32,
+    iterations: u64,
+    done: &AtomicU64,
+) -> Tally {
     let mut tally = Tally::default();
     for iteration in 0..iterations {
-        let ok = cycle(device, thread, iteration, &mut tally);
+        let ok = cycle(device, shared, thread, iteration, &mut tally);
         if ok {
             tally.completed += 1;
         }
@@ -181,15 +195,26 @@ fn cycles<D: Device + ?Sized>(device: &D, thread: u32, iterations: u64, done: &A
     tally
 }
 
-/// One open-to-close cycle; whether every step succeeded.
-fn cycle<D: Device + ?Sized>(device: &D, thread: u32, iteration: u64, tally: &mut Tally) -> bool {
-    let session = match Session::open(device) {
-        Ok(session) => session,
-        Err(failure) => {
-            tally.fail(Step::Open, thread, iteration, failure);
-            return false;
-        }
+/// One open-to-close cycle (without the open and close on a shared handle); whether every
+/// step succeeded.
+fn cycle<D: Device + ?Sized>(
+    device: &D,
+    shared: Option<&Session<'_, D>>,
+    thread: u32,
+    iteration: u64,
+    tally: &mut Tally,
+) -> bool {
+    let own = match shared {
+        Some(_) => None,
+        None => match Session::open(device) {
+            Ok(session) => Some(session),
+            Err(failure) => {
+                tally.fail(Step::Open, thread, iteration, failure);
+                return false;
+            }
+        },
     };
+    let Some(session) = shared.or(own.as_ref()) else { return false };
     let mut ok = true;
     let locked = match session.lock() {
         Ok(_) => true,
@@ -223,7 +248,9 @@ fn cycle<D: Device + ?Sized>(device: &D, thread: u32, iteration: u64, tally: &mu
         tally.fail(Step::Unlock, thread, iteration, failure);
         ok = false;
     }
-    if let Err(error) = session.close() {
+    if let Some(own) = own
+        && let Err(error) = own.close()
+    {
         tally.fail(Step::Close, thread, iteration, error);
         ok = false;
     }
@@ -240,12 +267,24 @@ pub fn stress<D: Device + Sync + ?Sized>(
     let done = AtomicU64::new(0);
     let probe = Session::open(device);
     let before = probe.as_ref().ok().and_then(|probe| probe.query().ok());
+    let shared = if config.shared {
+        match Session::open_overlapped(device) {
+            Ok(session) => Some(session),
+            Err(failure) => {
+                let mut tally = Tally::default();
+                tally.fail(Step::Open, 0, 0, failure);
+                return report(config, tally, Vec::new(), Duration::ZERO);
+            }
+        }
+    } else {
+        None
+    };
     let start = Instant::now();
     let tally = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..config.threads)
             .map(|thread| {
-                let done = &done;
-                scope.spawn(move || cycles(device, thread, config.iterations, done))
+                let (done, shared) = (&done, shared.as_ref());
+                scope.spawn(move || cycles(device, shared, thread, config.iterations, done))
             })
             .collect();
         while !workers.iter().all(std::thread::ScopedJoinHandle::is_finished) {
@@ -263,6 +302,12 @@ pub fn stress<D: Device + Sync + ?Sized>(
         total
     });
     let elapsed = start.elapsed();
+    let mut tally = tally;
+    if let Some(shared) = shared
+        && let Err(error) = shared.close()
+    {
+        tally.fail(Step::Close, 0, config.iterations, error);
+    }
     let checks = match probe {
         Ok(probe) => state_checks(&probe, before.as_ref(), tally.runs_answered),
         Err(failure) => vec![Check {
@@ -272,6 +317,15 @@ pub fn stress<D: Device + Sync + ?Sized>(
             passed: false,
         }],
     };
+    report(config, tally, checks, elapsed)
+}
+
+fn report(
+    config: StressConfig,
+    tally: Tally,
+    checks: Vec<Check>,
+    elapsed: Duration,
+) -> StressReport {
     StressReport {
         config,
         completed: tally.completed,
@@ -339,7 +393,7 @@ mod tests {
     #[test]
     fn stress_passes_and_balances_against_the_model() {
         let model = Model::correct();
-        let config = StressConfig { threads: 4, iterations: 200 };
+        let config = StressConfig { threads: 4, iterations: 200, shared: false };
         let mut last = 0;
         let report = stress(&model, config, |done| last = done);
         assert!(report.passed(), "{}", report.render());
@@ -352,7 +406,8 @@ mod tests {
     #[test]
     fn stress_fails_when_close_leaks() {
         let model = Model::with(Fault::LeakOnClose);
-        let report = stress(&model, StressConfig { threads: 2, iterations: 10 }, |_| {});
+        let report =
+            stress(&model, StressConfig { threads: 2, iterations: 10, shared: false }, |_| {});
         assert!(!report.passed());
         assert_eq!(report.failure_count(), 0, "every step succeeded");
         let text = report.render();
@@ -367,7 +422,8 @@ mod tests {
     #[test]
     fn stress_counts_and_samples_step_failures() {
         let model = Model::with(Fault::WrongChecksum);
-        let report = stress(&model, StressConfig { threads: 3, iterations: 5 }, |_| {});
+        let report =
+            stress(&model, StressConfig { threads: 3, iterations: 5, shared: false }, |_| {});
         assert_eq!(report.failures[2], (Step::RunLocked, 15));
         assert_eq!(report.samples.len(), SAMPLES);
         assert!(report.render().contains("failures: RUN_LOCKED 15"));

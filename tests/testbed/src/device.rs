@@ -5,6 +5,9 @@ use pagelock_test::device::{Device, Reply, TransportError};
 
 use crate::bed::{Bed, Handle};
 
+/// The seed of the schedules the scenario suite's concurrent parts run under.
+const SUITE_SEED: u64 = 0x5CED_0001;
+
 /// A device on the bed, opened by name (a device name or a link).
 pub struct BedDevice<'a> {
     /// The loaded driver.
@@ -18,6 +21,15 @@ impl Device for BedDevice<'_> {
 
     fn open(&self) -> Result<Result<Handle, i32>, TransportError> {
         Ok(self.bed.open(&self.name))
+    }
+
+    fn open_overlapped(&self) -> Result<Result<Handle, i32>, TransportError> {
+        Ok(self.bed.open_overlapped(&self.name))
+    }
+
+    fn concurrently(&self, n: usize, work: &(dyn Fn(usize) + Sync)) {
+        // On emulated CPUs under the scheduler, with a fixed seed: the suite is reproducible.
+        crate::sched::run(n, SUITE_SEED, crate::sched::Policy::Uniform, |cpu| work(cpu as usize));
     }
 
     fn control(
