@@ -89,6 +89,9 @@ enum Command {
         /// The fuzzer's seed.
         #[arg(long, default_value_t = 20_261_123)]
         seed: u64,
+        /// Emulated CPUs sending the fuzzer's parallel steps.
+        #[arg(long, default_value_t = 4)]
+        threads: u16,
         /// Take the fuzzer's figures from this JSON output of `pagelock-testbed fuzz --json`
         /// instead of running it again.
         #[arg(long)]
@@ -346,9 +349,8 @@ fn main() -> ExitCode {
             check_wdk::run(&source.unwrap_or_else(cross::root)).map(|()| true)
         }
         Command::Test => test().map(|()| true),
-        Command::Fuzz { seconds, seed, from } => {
-            build(false).and_then(|sys| reliability::run(&sys, seconds, seed, from.as_deref()))
-        }
+        Command::Fuzz { seconds, seed, threads, from } => build(false)
+            .and_then(|sys| reliability::run(&sys, seconds, seed, threads, from.as_deref())),
         Command::Doctor { json } => Ok(doctor(json)),
         Command::Wine { broken_irql } => wine::run(broken_irql),
         Command::Run => main_job(),
