@@ -1,7 +1,6 @@
 //! The Windows kernel, through whichever binding source the build selected.
 
 use core::{
-    cell::UnsafeCell,
     ffi::{CStr, c_void},
     ptr::{self, NonNull},
 };
@@ -163,63 +162,29 @@ impl SectionHandle {
     }
 }
 
-/// A kernel spin lock. It lives in resident memory; the data it guards may be pageable.
-pub struct SpinLock {
-    raw: UnsafeCell<sys::KSPIN_LOCK>,
-}
+/// The kernel's spin lock routines: the backend of [`super::SpinLock`].
+pub(super) struct SpinBackend;
 
-// SAFETY: a KSPIN_LOCK is made to be shared between processors; every access goes through the
-// kernel's acquire and release routines.
-unsafe impl Sync for SpinLock {}
+// SAFETY: KeAcquireSpinLockRaiseToDpc raises to DISPATCH_LEVEL, spins until this processor
+// owns the lock, and returns the IRQL from before; KeReleaseSpinLock releases it and returns
+// to that IRQL; both order memory as a lock must. A zeroed KSPIN_LOCK is a released one (all
+// that KeInitializeSpinLock does).
+unsafe impl super::lock::Backend for SpinBackend {
+    type State = sys::KSPIN_LOCK;
+    const UNLOCKED: sys::KSPIN_LOCK = 0;
 
-impl SpinLock {
-    /// A released spin lock (`KeInitializeSpinLock` only zeroes it).
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { raw: UnsafeCell::new(0) }
+    #[inline]
+    unsafe fn acquire(state: *mut sys::KSPIN_LOCK) -> Irql {
+        // SAFETY: by the caller's contract `state` is a live, initialised spin lock, not held
+        // by this thread, and the IRQL is <= DISPATCH_LEVEL.
+        unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(state) }
     }
 
-    /// Raises to `DISPATCH_LEVEL` and takes the lock; the guard releases it when dropped.
-    ///
-    /// Never inlined: the acquire must run from resident code whatever section its caller
-    /// is in.
-    #[inline(never)]
-    pub fn acquire(&self) -> SpinLockGuard<'_> {
-        // SAFETY: `raw` is a valid, initialised spin lock for the life of `self`; the caller
-        // runs at IRQL <= DISPATCH_LEVEL, as every path to here does.
-        let previous = unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(self.raw.get()) };
-        SpinLockGuard { lock: self, previous }
-    }
-}
-
-impl Default for SpinLock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Proof that a [`SpinLock`] is held; dropping it releases the lock and restores the IRQL.
-///
-/// INVARIANT: `lock` is held by this thread and `previous` is the IRQL from before the acquire.
-pub struct SpinLockGuard<'a> {
-    lock: &'a SpinLock,
-    previous: Irql,
-}
-
-impl SpinLockGuard<'_> {
-    /// Whether this guard holds `lock`.
-    #[must_use]
-    pub fn holds(&self, lock: &SpinLock) -> bool {
-        ptr::eq(self.lock, lock)
-    }
-}
-
-impl Drop for SpinLockGuard<'_> {
-    #[inline(never)]
-    fn drop(&mut self) {
-        // SAFETY: by the invariant this thread holds the lock and `previous` is the IRQL to
-        // return to.
-        unsafe { ntddk::KeReleaseSpinLock(self.lock.raw.get(), self.previous) }
+    #[inline]
+    unsafe fn release(state: *mut sys::KSPIN_LOCK, previous: Irql) {
+        // SAFETY: by the caller's contract this thread holds the lock on this processor and
+        // `previous` is the IRQL its acquire returned.
+        unsafe { ntddk::KeReleaseSpinLock(state, previous) }
     }
 }
 
