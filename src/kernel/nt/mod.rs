@@ -385,7 +385,7 @@ impl Drop for SymbolicLink {
 /// Called only by the I/O manager, with its driver object and registry path.
 // SAFETY: `DriverEntry` is defined once in the image, with the signature the I/O manager
 // calls (DRIVER_INITIALIZE); `/ENTRY:DriverEntry` names it. It is also exported (see
-// `_fltused` in runtime.rs for why that is harmless).
+// `_fltused` in pagelock-runtime for why that is harmless).
 #[unsafe(export_name = "DriverEntry")]
 #[init]
 pub unsafe extern "C" fn driver_entry(
