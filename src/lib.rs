@@ -23,7 +23,7 @@
 extern crate alloc;
 
 // The discardable INIT section, declared once: code the driver places in INIT goes to INITX
-// (see `init_code!`), which the linker merges into this section (`/MERGE:INITX=INIT`). Being
+// (`#[init]`), which the linker merges into this section (`/MERGE:INITX=INIT`). Being
 // discardable in the object ("D"), INIT is placed after every other section, the trailing run
 // the kernel frees after DriverEntry (MmFreeDriverInitialization frees nothing else). The one
 // `int3` makes the object really contain the section. `.pushsection` leaves the assembler in the
@@ -40,6 +40,9 @@ static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
 
 pub mod kernel;
 pub mod sections;
+// The checks pagelock-macros' attributes call on entry: `#[paged]` and `#[locked(..)]` expand
+// to calls of `crate::placement::assert_pageable_irql` and `crate::placement::assert_locked`.
+use sections as placement;
 
 #[cfg(target_os = "windows")]
 mod device;

@@ -10,6 +10,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use pagelock_macros::paged;
 use pagelock_protocol::MAX_EXTRA_LOCKS;
 
 use crate::{
@@ -45,19 +46,18 @@ impl Open {
         Self { held: AtomicU32::new(0), reserved: AtomicU32::new(0) }
     }
 
-    crate::paged_code! {
-        /// Locks both sections by handle for this open (`IRP_MJ_CREATE`).
-        ///
-        /// # Errors
-        /// `STATUS_INVALID_DEVICE_STATE` when the handles were never taken; nothing changes.
-        pub fn lock_sections(&self) -> Result<(), Status> {
-            // A deliberately broken variant for the test bed's self-test (never in a product
-            // build): opens lock nothing, so the locked work runs from paged-out sections.
-            if cfg!(feature = "defect-unlocked-run") {
-                return Ok(());
-            }
-            self.add_pair(|reserved| reserved == 0)
+    /// Locks both sections by handle for this open (`IRP_MJ_CREATE`).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` when the handles were never taken; nothing changes.
+    #[paged]
+    pub fn lock_sections(&self) -> Result<(), Status> {
+        // A deliberately broken variant for the test bed's self-test (never in a product
+        // build): opens lock nothing, so the locked work runs from paged-out sections.
+        if cfg!(feature = "defect-unlocked-run") {
+            return Ok(());
         }
+        self.add_pair(|reserved| reserved == 0)
     }
 
     /// Locks held on each section by this handle.
@@ -72,91 +72,87 @@ impl Open {
         self.held().saturating_sub(1)
     }
 
-    crate::paged_code! {
-        /// `IOCTL_LOCK`: one more lock on each section. Returns the extra locks held after it.
-        ///
-        /// # Errors
-        /// `STATUS_INVALID_DEVICE_STATE` at the nesting limit; nothing changes.
-        pub fn lock_extra(&self) -> Result<u32, Status> {
-            if cfg!(feature = "defect-unlocked-run") {
-                return Ok(self.extra());
-            }
-            self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
-            Ok(self.extra())
+    /// `IOCTL_LOCK`: one more lock on each section. Returns the extra locks held after it.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` at the nesting limit; nothing changes.
+    #[paged]
+    pub fn lock_extra(&self) -> Result<u32, Status> {
+        if cfg!(feature = "defect-unlocked-run") {
+            return Ok(self.extra());
         }
+        self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
+        Ok(self.extra())
     }
 
-    crate::paged_code! {
-        /// `IOCTL_UNLOCK`: releases one extra lock on each section. Returns the extra locks
-        /// held after it.
-        ///
-        /// # Errors
-        /// `STATUS_INVALID_DEVICE_STATE` when no extra lock is held; nothing changes.
-        pub fn unlock_extra(&self) -> Result<u32, Status> {
-            let before = if cfg!(feature = "defect-unsynchronized-open") {
-                // A deliberately broken variant for the test bed's concurrency work (never in
-                // a product build): check, release, then write back, with kernel calls in the
-                // window. Two UNLOCKs on one handle can both see the same extra lock and
-                // release two, so the handle ends up holding nothing while it is open.
-                let before = self.held.load(Ordering::Relaxed);
-                if before < 2 {
-                    return Err(status::INVALID_DEVICE_STATE);
-                }
-                self.release_pair(before);
-                self.held.store(before - 1, Ordering::Relaxed);
-                before
-            } else {
-                // Uncounted first (so the count never exceeds the memory manager's), then
-                // released; the check and the decrement are one atomic step.
-                let before = self
-                    .held
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
-                    .map_err(|_| status::INVALID_DEVICE_STATE)?;
-                self.release_pair(before);
-                before
-            };
-            // INVARIANT: `held` fell before `reserved`, so `held <= reserved` still holds.
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
-            Ok(before - 2)
-        }
-    }
-
-    crate::paged_code! {
-        /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
-        /// the pair. On failure nothing stays changed.
-        fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<(), Status> {
-            self.reserved
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| allowed(r).then(|| r + 1))
-                .map_err(|_| status::INVALID_DEVICE_STATE)?;
-            // MmLockPagableSectionByHandle at PASSIVE_LEVEL, code then data.
-            let locked = LOCKED_CODE.lock_by_handle()
-                && (PAGED_DATA.lock_by_handle() || {
-                    LOCKED_CODE.unlock_held();
-                    false
-                });
-            if !locked {
-                self.reserved.fetch_sub(1, Ordering::AcqRel);
+    /// `IOCTL_UNLOCK`: releases one extra lock on each section. Returns the extra locks
+    /// held after it.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` when no extra lock is held; nothing changes.
+    #[paged]
+    pub fn unlock_extra(&self) -> Result<u32, Status> {
+        let before = if cfg!(feature = "defect-unsynchronized-open") {
+            // A deliberately broken variant for the test bed's concurrency work (never in
+            // a product build): check, release, then write back, with kernel calls in the
+            // window. Two UNLOCKs on one handle can both see the same extra lock and
+            // release two, so the handle ends up holding nothing while it is open.
+            let before = self.held.load(Ordering::Relaxed);
+            if before < 2 {
                 return Err(status::INVALID_DEVICE_STATE);
             }
-            // INVARIANT: both locks are taken before the pair is counted.
-            self.held.fetch_add(1, Ordering::AcqRel);
-            Ok(())
-        }
+            Self::release_pair(before);
+            self.held.store(before - 1, Ordering::Relaxed);
+            before
+        } else {
+            // Uncounted first (so the count never exceeds the memory manager's), then
+            // released; the check and the decrement are one atomic step.
+            let before = self
+                .held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
+                .map_err(|_| status::INVALID_DEVICE_STATE)?;
+            Self::release_pair(before);
+            before
+        };
+        // INVARIANT: `held` fell before `reserved`, so `held <= reserved` still holds.
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        Ok(before - 2)
     }
 
-    crate::paged_code! {
-        /// Releases one pair that was counted as the `before`-th and is no longer counted.
-        fn release_pair(&self, before: u32) {
-            // A deliberately broken variant for the fuzzer's self-test (never in a product
-            // build): the third lock of a handle is forgotten, not released.
-            if cfg!(feature = "defect-lost-unlock") && before == 3 {
-                return;
-            }
-            // MmUnlockPagableImageSection at PASSIVE_LEVEL (UNLOCK, close), data then code;
-            // at zero a section may page out, so nothing of it may run at DISPATCH_LEVEL after.
-            PAGED_DATA.unlock_held();
-            LOCKED_CODE.unlock_held();
+    /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
+    /// the pair. On failure nothing stays changed.
+    #[paged]
+    fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<(), Status> {
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| allowed(r).then(|| r + 1))
+            .map_err(|_| status::INVALID_DEVICE_STATE)?;
+        // MmLockPagableSectionByHandle at PASSIVE_LEVEL, code then data.
+        let locked = LOCKED_CODE.lock_by_handle()
+            && (PAGED_DATA.lock_by_handle() || {
+                LOCKED_CODE.unlock_held();
+                false
+            });
+        if !locked {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(status::INVALID_DEVICE_STATE);
         }
+        // INVARIANT: both locks are taken before the pair is counted.
+        self.held.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Releases one pair that was counted as the `before`-th and is no longer counted.
+    #[paged]
+    fn release_pair(before: u32) {
+        // A deliberately broken variant for the fuzzer's self-test (never in a product
+        // build): the third lock of a handle is forgotten, not released.
+        if cfg!(feature = "defect-lost-unlock") && before == 3 {
+            return;
+        }
+        // MmUnlockPagableImageSection at PASSIVE_LEVEL (UNLOCK, close), data then code;
+        // at zero a section may page out, so nothing of it may run at DISPATCH_LEVEL after.
+        PAGED_DATA.unlock_held();
+        LOCKED_CODE.unlock_held();
     }
 }
 
@@ -167,17 +163,16 @@ impl Default for Open {
 }
 
 impl Drop for Open {
-    crate::paged_code! {
-        /// `IRP_MJ_CLOSE`: releases every pair this handle still holds. Exclusive by then: close
-        /// comes only after the last request of the file object has completed.
-        fn drop(&mut self) {
-            let held = *self.held.get_mut();
-            for before in (1..=held).rev() {
-                self.release_pair(before);
-            }
-            // INVARIANT: the value is gone; nothing is held on its behalf.
-            *self.held.get_mut() = 0;
-            *self.reserved.get_mut() = 0;
+    /// `IRP_MJ_CLOSE`: releases every pair this handle still holds. Exclusive by then: close
+    /// comes only after the last request of the file object has completed.
+    #[paged]
+    fn drop(&mut self) {
+        let held = *self.held.get_mut();
+        for before in (1..=held).rev() {
+            Self::release_pair(before);
         }
+        // INVARIANT: the value is gone; nothing is held on its behalf.
+        *self.held.get_mut() = 0;
+        *self.reserved.get_mut() = 0;
     }
 }

@@ -19,83 +19,28 @@ use core::{
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
+use pagelock_macros::{init, paged};
+
 use crate::kernel::{self, HandleSlot, SectionHandle};
 
-/// Places a function in `INIT`, discarded once `DriverEntry` returns. Never inlined, so its
-/// code cannot leak into a resident caller or pull a resident callee into `INIT`.
+/// `PAGED_CODE()`: pageable code must not run above `APC_LEVEL`. `#[paged]` calls it on entry
+/// in debug builds (as `crate::placement::assert_pageable_irql`).
 ///
-/// The code goes to `INITX`, which both linkers merge into `INIT` (`/MERGE:INITX=INIT`):
-/// `INIT` itself is declared discardable once, in lib.rs's module assembly, so that the linker
-/// places it after every other section, where the kernel frees it. (Code placed in `INIT`
-/// directly would make the object's `INIT` an ordinary code section wherever it is emitted
-/// before that declaration, and the image would get a second, resident `INIT`.)
-#[macro_export]
-#[doc(hidden)]
-macro_rules! init_code {
-    ($($item:tt)*) => { $crate::place_fn! { "INITX", (); $($item)* } };
-}
-
-/// Places a function in `PAGE`, pageable code for `PASSIVE_LEVEL`. Never inlined; in debug
-/// builds it asserts IRQL <= `APC_LEVEL` on entry, as the WDK's `PAGED_CODE()` does.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! paged_code {
-    ($($item:tt)*) => {
-        $crate::place_fn! { "PAGE", $crate::sections::assert_pageable_irql(); $($item)* }
-    };
-}
-
-/// Places a function in `PAGELK`, the lockable code section. Never inlined; in debug builds it
-/// asserts on entry that the section is locked at that moment, which the WDK's
-/// `PAGED_CODE_LOCKED()` only annotates.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! locked_code {
-    ($($item:tt)*) => {
-        $crate::place_fn! {
-            "PAGELK",
-            $crate::sections::assert_locked(&$crate::sections::LOCKED_CODE);
-            $($item)*
-        }
-    };
-}
-
-/// Shared expansion of the placement macros.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! place_fn {
-    ($section:literal, $check:expr;
-     $(#[$attr:meta])* $vis:vis fn $name:ident ($($args:tt)*) $(-> $ret:ty)? $body:block) => {
-        $(#[$attr])*
-        #[unsafe(link_section = $section)]
-        #[inline(never)]
-        $vis fn $name($($args)*) $(-> $ret)? {
-            $check;
-            $body
-        }
-    };
-    ($section:literal, $check:expr;
-     $(#[$attr:meta])* $vis:vis unsafe extern "C" fn $name:ident ($($args:tt)*) $(-> $ret:ty)? $body:block) => {
-        $(#[$attr])*
-        #[unsafe(link_section = $section)]
-        #[inline(never)]
-        $vis unsafe extern "C" fn $name($($args)*) $(-> $ret)? {
-            $check;
-            $body
-        }
-    };
-}
-
-/// `PAGED_CODE()`: pageable code must not run above `APC_LEVEL` (debug builds).
+/// # Panics
+/// Above `APC_LEVEL`.
 #[inline]
 pub fn assert_pageable_irql() {
-    debug_assert!(kernel::current_irql() <= kernel::APC_LEVEL, "pageable code above APC_LEVEL");
+    assert!(kernel::current_irql() <= kernel::APC_LEVEL, "pageable code above APC_LEVEL");
 }
 
-/// Lockable code must only run while its section is locked (debug builds).
+/// Lockable code must only run while its section is locked. `#[locked(SECTION)]` calls it on
+/// entry in debug builds (as `crate::placement::assert_locked`).
+///
+/// # Panics
+/// When the driver holds no lock on `section`.
 #[inline]
 pub fn assert_locked(section: &LockableSection) {
-    debug_assert!(section.lock_count() > 0, "lockable code ran while its section was unlocked");
+    assert!(section.lock_count() > 0, "lockable code ran while its section was unlocked");
 }
 
 /// A lockable section: its handle and the locks the driver holds on it, kept resident.
@@ -168,66 +113,61 @@ impl LockableSection {
         self.locks.load(Ordering::SeqCst)
     }
 
-    crate::init_code! {
-        /// Takes the section's handle with `MmLockPagableDataSection` and releases it at once, so
-        /// the section stays pageable until a handle opens. Called once, from `DriverEntry`.
-        ///
-        /// # Errors
-        /// When the memory manager returns no handle.
-        pub fn take_handle(&self, size: u32) -> Result<(), kernel::Status> {
-            // PASSIVE_LEVEL, DriverEntry: the one lock by address, only to learn the handle.
-            let handle = self.lock_by_address().ok_or(kernel::status::UNSUCCESSFUL)?;
-            // Released at once: an idle driver keeps nothing locked.
+    /// Takes the section's handle with `MmLockPagableDataSection` and releases it at once, so
+    /// the section stays pageable until a handle opens. Called once, from `DriverEntry`.
+    ///
+    /// # Errors
+    /// When the memory manager returns no handle.
+    #[init]
+    pub fn take_handle(&self, size: u32) -> Result<(), kernel::Status> {
+        // PASSIVE_LEVEL, DriverEntry: the one lock by address, only to learn the handle.
+        let handle = self.lock_by_address().ok_or(kernel::status::UNSUCCESSFUL)?;
+        // Released at once: an idle driver keeps nothing locked.
+        self.unlock(handle);
+        self.size.store(size, Ordering::Relaxed);
+        self.handle.set(handle);
+        Ok(())
+    }
+
+    /// `MmLockPagableDataSection` (the expensive path): locks the section, returns its handle.
+    #[paged]
+    pub fn lock_by_address(&self) -> Option<SectionHandle> {
+        // PASSIVE_LEVEL: locks the whole section containing the anchor, count + 1.
+        // The memory manager's count rises before the driver's, and falls after it, so
+        // the driver never believes a section locked that is not.
+        let handle = SectionHandle::lock_by_address(self.anchor())?;
+        COUNTERS.lock_by_address.fetch_add(1, Ordering::Relaxed);
+        self.locks.fetch_add(1, Ordering::SeqCst);
+        Some(handle)
+    }
+
+    /// `MmLockPagableSectionByHandle` (the cheap path). False before the handle was taken.
+    /// The caller owns the lock and gives it back with [`Self::unlock_held`].
+    #[paged]
+    pub fn lock_by_handle(&self) -> bool {
+        let Some(handle) = self.handle.get() else { return false };
+        // PASSIVE_LEVEL (create, LOCK, BENCH): count + 1, paging the section in if needed.
+        handle.lock();
+        COUNTERS.lock_by_handle.fetch_add(1, Ordering::Relaxed);
+        self.locks.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// `MmUnlockPagableImageSection` of one lock the driver holds.
+    #[paged]
+    pub fn unlock(&self, handle: SectionHandle) {
+        self.locks.fetch_sub(1, Ordering::SeqCst);
+        COUNTERS.unlock.fetch_add(1, Ordering::Relaxed);
+        // PASSIVE_LEVEL (close, UNLOCK, load, BENCH): count - 1; at zero the section may
+        // be paged out, so nothing of it may run or be touched at DISPATCH_LEVEL after.
+        handle.unlock();
+    }
+
+    /// Gives back one lock taken with [`Self::lock_by_handle`].
+    #[paged]
+    pub fn unlock_held(&self) {
+        if let Some(handle) = self.handle() {
             self.unlock(handle);
-            self.size.store(size, Ordering::Relaxed);
-            self.handle.set(handle);
-            Ok(())
-        }
-    }
-
-    crate::paged_code! {
-        /// `MmLockPagableDataSection` (the expensive path): locks the section, returns its handle.
-        pub fn lock_by_address(&self) -> Option<SectionHandle> {
-            // PASSIVE_LEVEL: locks the whole section containing the anchor, count + 1.
-            // The memory manager's count rises before the driver's, and falls after it, so
-            // the driver never believes a section locked that is not.
-            let handle = SectionHandle::lock_by_address(self.anchor())?;
-            COUNTERS.lock_by_address.fetch_add(1, Ordering::Relaxed);
-            self.locks.fetch_add(1, Ordering::SeqCst);
-            Some(handle)
-        }
-    }
-
-    crate::paged_code! {
-        /// `MmLockPagableSectionByHandle` (the cheap path). False before the handle was taken.
-        /// The caller owns the lock and gives it back with [`Self::unlock_held`].
-        pub fn lock_by_handle(&self) -> bool {
-            let Some(handle) = self.handle.get() else { return false };
-            // PASSIVE_LEVEL (create, LOCK, BENCH): count + 1, paging the section in if needed.
-            handle.lock();
-            COUNTERS.lock_by_handle.fetch_add(1, Ordering::Relaxed);
-            self.locks.fetch_add(1, Ordering::SeqCst);
-            true
-        }
-    }
-
-    crate::paged_code! {
-        /// `MmUnlockPagableImageSection` of one lock the driver holds.
-        pub fn unlock(&self, handle: SectionHandle) {
-            self.locks.fetch_sub(1, Ordering::SeqCst);
-            COUNTERS.unlock.fetch_add(1, Ordering::Relaxed);
-            // PASSIVE_LEVEL (close, UNLOCK, load, BENCH): count - 1; at zero the section may
-            // be paged out, so nothing of it may run or be touched at DISPATCH_LEVEL after.
-            handle.unlock();
-        }
-    }
-
-    crate::paged_code! {
-        /// Gives back one lock taken with [`Self::lock_by_handle`].
-        pub fn unlock_held(&self) {
-            if let Some(handle) = self.handle() {
-                self.unlock(handle);
-            }
         }
     }
 
@@ -237,20 +177,23 @@ impl LockableSection {
         self.handle.get()
     }
 
-    crate::paged_code! {
-        /// At unload: releases locks that are still held. A correct driver has none by then,
-        /// since Windows unloads only after the last handle's close; if some remain, this logs
-        /// the bug loudly and releases them, so the section is not locked forever.
-        pub fn release_leftovers(&self) {
-            let left = self.lock_count();
-            if left == 0 {
-                return;
-            }
-            kernel::log_error(c"BUG: section still locked at unload; releasing (locks, name bytes)", left, u32::from_le_bytes([self.name[0], self.name[1], self.name[2], self.name[3]]));
-            if let Some(handle) = self.handle() {
-                for _ in 0..left {
-                    self.unlock(handle);
-                }
+    /// At unload: releases locks that are still held. A correct driver has none by then,
+    /// since Windows unloads only after the last handle's close; if some remain, this logs
+    /// the bug loudly and releases them, so the section is not locked forever.
+    #[paged]
+    pub fn release_leftovers(&self) {
+        let left = self.lock_count();
+        if left == 0 {
+            return;
+        }
+        kernel::log_error(
+            c"BUG: section still locked at unload; releasing (locks, name bytes)",
+            left,
+            u32::from_le_bytes([self.name[0], self.name[1], self.name[2], self.name[3]]),
+        );
+        if let Some(handle) = self.handle() {
+            for _ in 0..left {
+                self.unlock(handle);
             }
         }
     }

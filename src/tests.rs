@@ -189,3 +189,28 @@ fn query_state_reports_sections_and_what_the_caller_holds() {
     assert_eq!(state.caller_extra_locks, 1);
     drop(other);
 }
+
+#[test]
+fn a_spin_lock_guard_is_not_send() {
+    /// Implemented twice for a `Send` type, which makes the call below ambiguous.
+    trait AmbiguousIfSend<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+    // Compiles only while the first impl is the one that applies: dropping a guard restores
+    // its processor's IRQL, so it must not move to another thread.
+    <kernel::SpinLockGuard<'static> as AmbiguousIfSend<_>>::check();
+}
+
+#[test]
+fn a_guard_raises_to_dispatch_level_and_its_drop_returns_and_releases() {
+    static LOCK: kernel::SpinLock = kernel::SpinLock::new();
+    let guard = LOCK.acquire();
+    assert_eq!(kernel::current_irql(), kernel::DISPATCH_LEVEL);
+    assert!(guard.holds(&LOCK));
+    drop(guard);
+    assert_eq!(kernel::current_irql(), kernel::PASSIVE_LEVEL);
+    // Released: a second acquire does not spin forever.
+    drop(LOCK.acquire());
+}

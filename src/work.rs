@@ -3,9 +3,13 @@
 
 use core::ffi::c_void;
 
+use pagelock_macros::{locked, paged};
 use pagelock_protocol::{TABLE_LEN, checksum_round};
 
-use crate::kernel::{self, Irql, LockedBy, SpinLock};
+use crate::{
+    kernel::{self, Irql, LockedBy, SpinLock},
+    sections::LOCKED_CODE,
+};
 
 /// The driver's spin lock. Resident: it is touched at `DISPATCH_LEVEL` before and after the
 /// locked work, and by the acquire and release routines themselves.
@@ -30,44 +34,42 @@ pub struct Paged {
     runs: u64,
 }
 
-crate::locked_code! {
-    /// `RUN_LOCKED`: takes the spin lock, runs `iterations` rounds of the protocol's checksum
-    /// over the pageable table, counts the run, releases the lock. Returns the checksum and
-    /// the IRQL the rounds ran at.
-    pub fn run_locked(seed: u64, iterations: u32) -> (u64, Irql) {
-        // Raises to DISPATCH_LEVEL: from here to the guard's drop nothing may page, which is
-        // why this function and the table live in sections the open handle holds locked.
-        let mut guard = DRIVER_LOCK.acquire();
-        let irql = kernel::current_irql();
-        let paged = PAGED.access(&mut guard);
-        let mut state = seed;
-        for round in 0..iterations {
-            state = checksum_round(state, round, &paged.table);
-        }
-        paged.runs += 1;
-        drop(guard);
-        (state, irql)
+/// `RUN_LOCKED`: takes the spin lock, runs `iterations` rounds of the protocol's checksum
+/// over the pageable table, counts the run, releases the lock. Returns the checksum and
+/// the IRQL the rounds ran at.
+#[locked(LOCKED_CODE)]
+pub fn run_locked(seed: u64, iterations: u32) -> (u64, Irql) {
+    // Raises to DISPATCH_LEVEL: from here to the guard's drop nothing may page, which is
+    // why this function and the table live in sections the open handle holds locked.
+    let mut guard = DRIVER_LOCK.acquire();
+    let irql = kernel::current_irql();
+    let paged = PAGED.access(&mut guard);
+    let mut state = seed;
+    for round in 0..iterations {
+        state = checksum_round(state, round, &paged.table);
     }
+    paged.runs += 1;
+    drop(guard);
+    (state, irql)
 }
 
-crate::locked_code! {
-    /// Runs completed since load, read under the spin lock.
-    pub fn runs() -> u64 {
-        let mut guard = DRIVER_LOCK.acquire();
-        PAGED.access(&mut guard).runs
-    }
+/// Runs completed since load, read under the spin lock.
+#[locked(LOCKED_CODE)]
+pub fn runs() -> u64 {
+    let mut guard = DRIVER_LOCK.acquire();
+    PAGED.access(&mut guard).runs
 }
 
-crate::paged_code! {
-    /// An address inside `PAGELK`, for `MmLockPagableCodeSection`.
-    pub fn code_anchor() -> *const c_void {
-        run_locked as *const c_void
-    }
+/// An address inside `PAGELK`, for `MmLockPagableCodeSection`.
+#[must_use]
+#[paged]
+pub fn code_anchor() -> *const c_void {
+    run_locked as *const c_void
 }
 
-crate::paged_code! {
-    /// An address inside `PAGEDATA`, for `MmLockPagableDataSection`.
-    pub fn data_anchor() -> *const c_void {
-        PAGED.address()
-    }
+/// An address inside `PAGEDATA`, for `MmLockPagableDataSection`.
+#[must_use]
+#[paged]
+pub fn data_anchor() -> *const c_void {
+    PAGED.address()
 }

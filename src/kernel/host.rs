@@ -120,56 +120,34 @@ impl SectionHandle {
     }
 }
 
-/// A spin lock; raising IRQL is modelled per thread.
-pub struct SpinLock {
-    held: AtomicBool,
-}
+/// The stand-in spin lock: a flag taken with an atomic swap; raising the IRQL is modelled per
+/// thread. The backend of [`super::SpinLock`].
+pub(super) struct SpinBackend;
 
-impl SpinLock {
-    /// A released lock.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { held: AtomicBool::new(false) }
-    }
+// SAFETY: `acquire` raises this thread's IRQL to DISPATCH_LEVEL, then spins until it swaps the
+// flag from released to held (Acquire), so one thread holds it at a time and sees what the last
+// holder wrote; `release` stores released (Release) and returns to the IRQL it is given.
+unsafe impl super::lock::Backend for SpinBackend {
+    type State = bool;
+    const UNLOCKED: bool = false;
 
-    /// Raises to `DISPATCH_LEVEL` and takes the lock.
-    pub fn acquire(&self) -> SpinLockGuard<'_> {
+    unsafe fn acquire(state: *mut bool) -> Irql {
+        // SAFETY: by the caller's contract `state` is live; only this backend touches it, and
+        // always atomically.
+        let held = unsafe { AtomicBool::from_ptr(state) };
         let previous = current_irql();
         set_irql(super::DISPATCH_LEVEL);
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        while held.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
             core::hint::spin_loop();
         }
-        SpinLockGuard { lock: self, previous }
+        previous
     }
-}
 
-impl Default for SpinLock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Proof that a [`SpinLock`] is held.
-pub struct SpinLockGuard<'a> {
-    lock: &'a SpinLock,
-    previous: Irql,
-}
-
-impl SpinLockGuard<'_> {
-    /// Whether this guard holds `lock`.
-    #[must_use]
-    pub fn holds(&self, lock: &SpinLock) -> bool {
-        core::ptr::eq(self.lock, lock)
-    }
-}
-
-impl Drop for SpinLockGuard<'_> {
-    fn drop(&mut self) {
-        self.lock.held.store(false, Ordering::Release);
-        set_irql(self.previous);
+    unsafe fn release(state: *mut bool, previous: Irql) {
+        // SAFETY: as in `acquire`.
+        let held = unsafe { AtomicBool::from_ptr(state) };
+        held.store(false, Ordering::Release);
+        set_irql(previous);
     }
 }

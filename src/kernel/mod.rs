@@ -16,6 +16,9 @@ mod host;
 #[cfg(not(target_os = "windows"))]
 pub use host::*;
 
+mod lock;
+pub use lock::{SpinLock, SpinLockGuard};
+
 use core::{
     cell::UnsafeCell,
     ffi::c_void,
@@ -69,6 +72,13 @@ impl Default for HandleSlot {
 ///
 /// The data can live in a pageable section while the lock lives in resident memory: the
 /// type only ties access to the lock, not placement.
+///
+/// The tie is checked at run time, as Rust-for-Linux's `LockedBy` checks it: [`Self::access`]
+/// compares the guard's lock with the owner, one pointer comparison per access. Tying it at
+/// compile time would need the lock in the type: a `&'static SpinLock` const generic (unstable,
+/// `adt_const_params`), or a brand type per lock, which safe code cannot keep unique (nothing
+/// stops a second lock of the same brand), so it would need an unsafe constructor: a contract
+/// for every lock declared instead of a check the compiler cannot get wrong.
 pub struct LockedBy<T> {
     owner: &'static SpinLock,
     data: UnsafeCell<T>,

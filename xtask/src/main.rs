@@ -143,35 +143,33 @@ const IMAGES: &[(&str, &[&str], bool)] = &[
     ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false),
 ];
 
-/// The test bed's fixture driver: correct, then one deliberate defect per feature.
-const FIXTURES: &[&str] = &[
-    "correct",
-    "forget-unlock",
-    "unlock-extra",
-    "unlocked-data-at-dispatch",
-    "spinlock-in-page",
-    "pageable-to-kernel",
-    "complete-twice",
-    "never-complete",
-    "status-mismatch",
-    "information-too-large",
-    "return-raised",
-    "keep-spinlock",
-    "release-unheld",
-    "mm-at-dispatch",
-    "lock-bad-address",
-    "racy-hold",
-    "lock-in-no-section",
-    "lock-outside-image",
-    "unknown-handle",
-    "leak-pool",
-    "leave-device",
-    "leave-link",
-    "touch-init",
-    "touch-init-not-last",
-    "bugcheck",
-    "unsupported-import",
-];
+/// The test bed's fixture driver: its package, and the feature that is its binding source
+/// rather than a defect.
+const FIXTURE_PACKAGE: &str = "testbed-fixtures";
+const FIXTURE_BINDINGS: &str = "mingw-ddk";
+
+/// The fixture variants to build: `correct`, then one per defect feature of the fixture
+/// crate, read from `cargo metadata` so that the list lives in its Cargo.toml only.
+fn fixture_variants() -> Result<Vec<String>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(cross::root())
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata's JSON")?;
+    let features = metadata["packages"]
+        .as_array()
+        .and_then(|packages| packages.iter().find(|p| p["name"] == FIXTURE_PACKAGE))
+        .and_then(|package| package["features"].as_object())
+        .with_context(|| format!("the features of {FIXTURE_PACKAGE} in cargo metadata"))?;
+    let defects = features.keys().filter(|f| *f != FIXTURE_BINDINGS && *f != "default").cloned();
+    Ok(std::iter::once("correct".to_owned()).chain(defects).collect())
+}
 
 /// Installs what is missing, then prints where each prerequisite was found, one line each.
 fn prerequisites() -> Result<()> {
@@ -276,10 +274,9 @@ fn test() -> Result<()> {
     let fixtures = cross::root().join("target/testbed-fixtures");
     step("fixture images for the test bed", || {
         std::fs::create_dir_all(&fixtures)?;
-        for name in FIXTURES {
-            let features: &[&str] =
-                if *name == "correct" { &[] } else { std::slice::from_ref(name) };
-            let path = cross::build_driver("testbed-fixtures", features, Profile::Release)?;
+        for name in fixture_variants()? {
+            let features: &[&str] = if name == "correct" { &[] } else { &[name.as_str()] };
+            let path = cross::build_driver(FIXTURE_PACKAGE, features, Profile::Release)?;
             std::fs::copy(&path, fixtures.join(format!("{name}.sys")))?;
         }
         Ok(())

@@ -2,6 +2,8 @@
 
 use core::{ffi::c_void, ptr::NonNull};
 
+use pagelock_macros::paged;
+
 use super::sys::{self, IO_STACK_LOCATION, IRP};
 use crate::{
     kernel::{Status, status},
@@ -50,141 +52,142 @@ impl Irp {
         unsafe { self.irp().AssociatedIrp.SystemBuffer }.cast()
     }
 
-    crate::paged_code! {
-        /// The current stack location, which the I/O manager set up for this driver.
-        fn stack(&self) -> &IO_STACK_LOCATION {
-            // SAFETY: `Tail` is the overlay while the IRP is in a driver's hands.
-            let overlay = unsafe { &self.irp().Tail.Overlay };
-            // SAFETY: the members of this union are pointers laid over each other; the I/O
-            // manager fills `CurrentStackLocation` before calling the driver.
-            let location = unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
-            // SAFETY: the current stack location is valid and aligned for the whole request.
-            unsafe { &*location }
-        }
+    /// The current stack location, which the I/O manager set up for this driver.
+    #[paged]
+    fn stack(&self) -> &IO_STACK_LOCATION {
+        // SAFETY: `Tail` is the overlay while the IRP is in a driver's hands.
+        let overlay = unsafe { &self.irp().Tail.Overlay };
+        // SAFETY: the members of this union are pointers laid over each other; the I/O
+        // manager fills `CurrentStackLocation` before calling the driver.
+        let location = unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+        // SAFETY: the current stack location is valid and aligned for the whole request.
+        unsafe { &*location }
     }
 
-    crate::paged_code! {
-        /// The major function code (`IRP_MJ_*`).
-        pub fn major(&self) -> u32 {
-            u32::from(self.stack().MajorFunction)
-        }
+    /// The major function code (`IRP_MJ_*`).
+    #[must_use]
+    #[paged]
+    pub fn major(&self) -> u32 {
+        u32::from(self.stack().MajorFunction)
     }
 
-    crate::paged_code! {
-        /// The file object's `FsContext` slot, where the per-open state lives.
-        fn context_slot(&mut self) -> Option<&mut *mut c_void> {
-            let file = self.stack().FileObject;
-            // SAFETY: for create, cleanup, close and device control the I/O manager passes the
-            // file object of the handle, live for the whole request; only this driver's
-            // dispatch routine touches its `FsContext`, and `&mut self` keeps it exclusive.
-            unsafe { file.as_mut() }.map(|file| &mut file.FsContext)
-        }
+    /// The file object's `FsContext` slot, where the per-open state lives.
+    #[expect(
+        clippy::needless_pass_by_ref_mut,
+        reason = "the slot is reached through raw pointers; `&mut self` is what makes it exclusive"
+    )]
+    #[paged]
+    fn context_slot(&mut self) -> Option<&mut *mut c_void> {
+        let file = self.stack().FileObject;
+        // SAFETY: for create, cleanup, close and device control the I/O manager passes the
+        // file object of the handle, live for the whole request; only this driver's
+        // dispatch routine touches its `FsContext`, and `&mut self` keeps it exclusive.
+        unsafe { file.as_mut() }.map(|file| &mut file.FsContext)
     }
 
-    crate::paged_code! {
-        /// Stores the per-open state in the file object (`IRP_MJ_CREATE`).
-        ///
-        /// # Errors
-        /// Gives the state back when the request has no file object.
-        pub fn set_open(&mut self, open: alloc::boxed::Box<Open>) -> Result<(), alloc::boxed::Box<Open>> {
-            match self.context_slot() {
-                Some(slot) if slot.is_null() => {
-                    *slot = alloc::boxed::Box::into_raw(open).cast();
-                    Ok(())
-                }
-                _ => Err(open),
+    /// Stores the per-open state in the file object (`IRP_MJ_CREATE`).
+    ///
+    /// # Errors
+    /// Gives the state back when the request has no file object.
+    #[paged]
+    pub fn set_open(
+        &mut self,
+        open: alloc::boxed::Box<Open>,
+    ) -> Result<(), alloc::boxed::Box<Open>> {
+        match self.context_slot() {
+            Some(slot) if slot.is_null() => {
+                *slot = alloc::boxed::Box::into_raw(open).cast();
+                Ok(())
             }
+            _ => Err(open),
         }
     }
 
-    crate::paged_code! {
-        /// Takes the per-open state back out of the file object (`IRP_MJ_CLOSE`).
-        pub fn take_open(&mut self) -> Option<alloc::boxed::Box<Open>> {
-            let raw = core::mem::take(self.context_slot()?).cast::<Open>();
-            // SAFETY: a non-null `FsContext` was stored by `set_open` from a live `Box<Open>`;
-            // the slot is cleared, so the box has exactly one owner again.
-            (!raw.is_null()).then(|| unsafe { alloc::boxed::Box::from_raw(raw) })
-        }
+    /// Takes the per-open state back out of the file object (`IRP_MJ_CLOSE`).
+    #[paged]
+    pub fn take_open(&mut self) -> Option<alloc::boxed::Box<Open>> {
+        let raw = core::mem::take(self.context_slot()?).cast::<Open>();
+        // SAFETY: a non-null `FsContext` was stored by `set_open` from a live `Box<Open>`;
+        // the slot is cleared, so the box has exactly one owner again.
+        (!raw.is_null()).then(|| unsafe { alloc::boxed::Box::from_raw(raw) })
     }
 
-    crate::paged_code! {
-        /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
-        ///
-        /// The state is only lent shared: other requests of the same handle may be using it on
-        /// other processors at the same time (a handle opened for overlapped I/O).
-        pub fn control(&mut self) -> (Option<&Open>, Control<'_>) {
-            // SAFETY: the I/O manager fills `DeviceIoControl` for IRP_MJ_DEVICE_CONTROL.
-            let params = unsafe { self.stack().Parameters.DeviceIoControl };
-            let input_len = params.InputBufferLength as usize;
+    /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
+    ///
+    /// The state is only lent shared: other requests of the same handle may be using it on
+    /// other processors at the same time (a handle opened for overlapped I/O).
+    #[paged]
+    pub fn control(&mut self) -> (Option<&Open>, Control<'_>) {
+        // SAFETY: the I/O manager fills `DeviceIoControl` for IRP_MJ_DEVICE_CONTROL.
+        let params = unsafe { self.stack().Parameters.DeviceIoControl };
+        let input_len = params.InputBufferLength as usize;
+        let buffer = self.system_buffer();
+        let input: &[u8] = if buffer.is_null() || input_len == 0 {
+            &[]
+        } else {
+            // SAFETY: for METHOD_BUFFERED the system buffer holds at least
+            // InputBufferLength bytes copied from the caller, and nothing writes it until
+            // this borrow ends (`complete` takes `self` by value).
+            unsafe { core::slice::from_raw_parts(buffer, input_len) }
+        };
+        let file = self.stack().FileObject;
+        // SAFETY: as in `context_slot`; the state is a different object from the system
+        // buffer, so the two borrows do not overlap.
+        let file = unsafe { file.as_ref() };
+        // SAFETY: a non-null `FsContext` holds the `Box<Open>` stored by `set_open`, which
+        // lives until close takes it back, and close never overlaps a request of the file
+        // object (each request holds a reference to it). Only shared references are made:
+        // the requests of one handle may run at once, and `Open` is `Sync`.
+        let open = file.and_then(|file| unsafe { file.FsContext.cast::<Open>().as_ref() });
+        let control = Control {
+            code: params.IoControlCode,
+            input,
+            output_capacity: params.OutputBufferLength as usize,
+        };
+        (open, control)
+    }
+
+    /// Completes the request with `status`, copying `reply` to the caller's output buffer
+    /// first when the status is a success. Returns `status` for the dispatch routine.
+    #[must_use]
+    #[paged]
+    pub fn complete(self, status: Status, reply: &[u8]) -> Status {
+        let information = if status::is_success(status) && !reply.is_empty() {
             let buffer = self.system_buffer();
-            let input: &[u8] = if buffer.is_null() || input_len == 0 {
-                &[]
-            } else {
-                // SAFETY: for METHOD_BUFFERED the system buffer holds at least
-                // InputBufferLength bytes copied from the caller, and nothing writes it until
-                // this borrow ends (`complete` takes `self` by value).
-                unsafe { core::slice::from_raw_parts(buffer, input_len) }
-            };
-            let file = self.stack().FileObject;
-            // SAFETY: as in `context_slot`; the state is a different object from the system
-            // buffer, so the two borrows do not overlap.
-            let file = unsafe { file.as_ref() };
-            // SAFETY: a non-null `FsContext` holds the `Box<Open>` stored by `set_open`, which
-            // lives until close takes it back, and close never overlaps a request of the file
-            // object (each request holds a reference to it). Only shared references are made:
-            // the requests of one handle may run at once, and `Open` is `Sync`.
-            let open = file.and_then(|file| unsafe { file.FsContext.cast::<Open>().as_ref() });
-            let control = Control {
-                code: params.IoControlCode,
-                input,
-                output_capacity: params.OutputBufferLength as usize,
-            };
-            (open, control)
-        }
+            // SAFETY: only device control requests carry a reply; their parameters are
+            // `DeviceIoControl`.
+            let capacity = unsafe { self.stack().Parameters.DeviceIoControl.OutputBufferLength };
+            if buffer.is_null() || reply.len() > capacity as usize {
+                return self.complete(status::BUFFER_TOO_SMALL, &[]);
+            }
+            // SAFETY: the system buffer holds at least OutputBufferLength bytes for
+            // METHOD_BUFFERED, and no borrow of it is alive (`control`'s ended).
+            unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
+            reply.len() as u64
+        } else {
+            0
+        };
+        self.finish(status, information)
     }
 
-    crate::paged_code! {
-        /// Completes the request with `status`, copying `reply` to the caller's output buffer
-        /// first when the status is a success. Returns `status` for the dispatch routine.
-        pub fn complete(self, status: Status, reply: &[u8]) -> Status {
-            let information = if status::is_success(status) && !reply.is_empty() {
-                let buffer = self.system_buffer();
-                // SAFETY: only device control requests carry a reply; their parameters are
-                // `DeviceIoControl`.
-                let capacity = unsafe { self.stack().Parameters.DeviceIoControl.OutputBufferLength };
-                if buffer.is_null() || reply.len() > capacity as usize {
-                    return self.complete(status::BUFFER_TOO_SMALL, &[]);
-                }
-                // SAFETY: the system buffer holds at least OutputBufferLength bytes for
-                // METHOD_BUFFERED, and no borrow of it is alive (`control`'s ended).
-                unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
-                reply.len() as u64
-            } else {
-                0
-            };
-            self.finish(status, information)
-        }
+    /// Completes a successful `IRP_MJ_CREATE`: the I/O status block's `Information` says
+    /// `FILE_OPENED`, what a create of an existing device means.
+    #[must_use]
+    #[paged]
+    pub fn complete_opened(self) -> Status {
+        self.finish(status::SUCCESS, FILE_OPENED)
     }
 
-    crate::paged_code! {
-        /// Completes a successful `IRP_MJ_CREATE`: the I/O status block's `Information` says
-        /// `FILE_OPENED`, what a create of an existing device means.
-        pub fn complete_opened(self) -> Status {
-            self.finish(status::SUCCESS, FILE_OPENED)
-        }
-    }
-
-    crate::paged_code! {
-        /// Sets the I/O status block and hands the IRP back to the I/O manager.
-        fn finish(self, status: Status, information: u64) -> Status {
-            let raw = self.raw.as_ptr();
-            // SAFETY: the IRP is live and owned by this driver until IofCompleteRequest below.
-            let io_status = unsafe { &mut (*raw).IoStatus };
-            io_status.__bindgen_anon_1.Status = status;
-            io_status.Information = information;
-            // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
-            unsafe { sys::ntddk::IofCompleteRequest(raw, 0) };
-            status
-        }
+    /// Sets the I/O status block and hands the IRP back to the I/O manager.
+    #[paged]
+    fn finish(self, status: Status, information: u64) -> Status {
+        let raw = self.raw.as_ptr();
+        // SAFETY: the IRP is live and owned by this driver until IofCompleteRequest below.
+        let io_status = unsafe { &mut (*raw).IoStatus };
+        io_status.__bindgen_anon_1.Status = status;
+        io_status.Information = information;
+        // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
+        unsafe { sys::ntddk::IofCompleteRequest(raw, 0) };
+        status
     }
 }

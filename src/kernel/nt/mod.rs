@@ -1,10 +1,11 @@
 //! The Windows kernel, through whichever binding source the build selected.
 
 use core::{
-    cell::UnsafeCell,
     ffi::{CStr, c_void},
     ptr::{self, NonNull},
 };
+
+use pagelock_macros::{init, paged};
 
 #[cfg(feature = "wdk")]
 use wdk_sys as sys;
@@ -43,46 +44,48 @@ pub fn current_irql() -> Irql {
     unsafe { ntddk::KeGetCurrentIrql() }
 }
 
-crate::paged_code! {
-    /// Writes a line to the kernel debugger at informational level.
-    pub fn log_info(message: &CStr) {
-        // SAFETY: the format is ours and takes exactly the one NUL-terminated string passed.
-        unsafe {
-            ntddk::DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_INFO_LEVEL, c"pagelock: %s\n".as_ptr(), message.as_ptr());
-        }
+/// Writes a line to the kernel debugger at informational level.
+#[paged]
+pub fn log_info(message: &CStr) {
+    // SAFETY: the format is ours and takes exactly the one NUL-terminated string passed.
+    unsafe {
+        ntddk::DbgPrintEx(
+            DPFLTR_IHVDRIVER_ID,
+            DPFLTR_INFO_LEVEL,
+            c"pagelock: %s\n".as_ptr(),
+            message.as_ptr(),
+        );
     }
 }
 
-crate::paged_code! {
-    /// Writes a line with two numbers to the kernel debugger at error level (always shown).
-    pub fn log_error(message: &CStr, first: u32, second: u32) {
-        // SAFETY: the format is ours and takes exactly one string and two 32-bit integers.
-        unsafe {
-            ntddk::DbgPrintEx(
-                DPFLTR_IHVDRIVER_ID,
-                DPFLTR_ERROR_LEVEL,
-                c"pagelock: %s (%u, %u)\n".as_ptr(),
-                message.as_ptr(),
-                first,
-                second,
-            );
-        }
+/// Writes a line with two numbers to the kernel debugger at error level (always shown).
+#[paged]
+pub fn log_error(message: &CStr, first: u32, second: u32) {
+    // SAFETY: the format is ours and takes exactly one string and two 32-bit integers.
+    unsafe {
+        ntddk::DbgPrintEx(
+            DPFLTR_IHVDRIVER_ID,
+            DPFLTR_ERROR_LEVEL,
+            c"pagelock: %s (%u, %u)\n".as_ptr(),
+            message.as_ptr(),
+            first,
+            second,
+        );
     }
 }
 
-crate::paged_code! {
-    /// The performance counter now, and its frequency in ticks per second.
-    #[must_use]
-    pub fn performance_counter() -> (u64, u64) {
-        let mut frequency = sys::LARGE_INTEGER::default();
-        // SAFETY: callable at any IRQL; `frequency` is a valid out-parameter.
-        let now = unsafe { ntddk::KeQueryPerformanceCounter(&raw mut frequency) };
-        // SAFETY: LARGE_INTEGER is a union whose every member covers the same 64 bits.
-        let now = unsafe { now.QuadPart };
-        // SAFETY: as above.
-        let frequency = unsafe { frequency.QuadPart };
-        (now.cast_unsigned(), frequency.cast_unsigned())
-    }
+/// The performance counter now, and its frequency in ticks per second.
+#[must_use]
+#[paged]
+pub fn performance_counter() -> (u64, u64) {
+    let mut frequency = sys::LARGE_INTEGER::default();
+    // SAFETY: callable at any IRQL; `frequency` is a valid out-parameter.
+    let now = unsafe { ntddk::KeQueryPerformanceCounter(&raw mut frequency) };
+    // SAFETY: LARGE_INTEGER is a union whose every member covers the same 64 bits.
+    let now = unsafe { now.QuadPart };
+    // SAFETY: as above.
+    let frequency = unsafe { frequency.QuadPart };
+    (now.cast_unsigned(), frequency.cast_unsigned())
 }
 
 /// Moves `value` into nonpaged pool, or gives it back if the pool is exhausted.
@@ -159,63 +162,29 @@ impl SectionHandle {
     }
 }
 
-/// A kernel spin lock. It lives in resident memory; the data it guards may be pageable.
-pub struct SpinLock {
-    raw: UnsafeCell<sys::KSPIN_LOCK>,
-}
+/// The kernel's spin lock routines: the backend of [`super::SpinLock`].
+pub(super) struct SpinBackend;
 
-// SAFETY: a KSPIN_LOCK is made to be shared between processors; every access goes through the
-// kernel's acquire and release routines.
-unsafe impl Sync for SpinLock {}
+// SAFETY: KeAcquireSpinLockRaiseToDpc raises to DISPATCH_LEVEL, spins until this processor
+// owns the lock, and returns the IRQL from before; KeReleaseSpinLock releases it and returns
+// to that IRQL; both order memory as a lock must. A zeroed KSPIN_LOCK is a released one (all
+// that KeInitializeSpinLock does).
+unsafe impl super::lock::Backend for SpinBackend {
+    type State = sys::KSPIN_LOCK;
+    const UNLOCKED: sys::KSPIN_LOCK = 0;
 
-impl SpinLock {
-    /// A released spin lock (`KeInitializeSpinLock` only zeroes it).
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { raw: UnsafeCell::new(0) }
+    #[inline]
+    unsafe fn acquire(state: *mut sys::KSPIN_LOCK) -> Irql {
+        // SAFETY: by the caller's contract `state` is a live, initialised spin lock, not held
+        // by this thread, and the IRQL is <= DISPATCH_LEVEL.
+        unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(state) }
     }
 
-    /// Raises to `DISPATCH_LEVEL` and takes the lock; the guard releases it when dropped.
-    ///
-    /// Never inlined: the acquire must run from resident code whatever section its caller
-    /// is in.
-    #[inline(never)]
-    pub fn acquire(&self) -> SpinLockGuard<'_> {
-        // SAFETY: `raw` is a valid, initialised spin lock for the life of `self`; the caller
-        // runs at IRQL <= DISPATCH_LEVEL, as every path to here does.
-        let previous = unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(self.raw.get()) };
-        SpinLockGuard { lock: self, previous }
-    }
-}
-
-impl Default for SpinLock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Proof that a [`SpinLock`] is held; dropping it releases the lock and restores the IRQL.
-///
-/// INVARIANT: `lock` is held by this thread and `previous` is the IRQL from before the acquire.
-pub struct SpinLockGuard<'a> {
-    lock: &'a SpinLock,
-    previous: Irql,
-}
-
-impl SpinLockGuard<'_> {
-    /// Whether this guard holds `lock`.
-    #[must_use]
-    pub fn holds(&self, lock: &SpinLock) -> bool {
-        ptr::eq(self.lock, lock)
-    }
-}
-
-impl Drop for SpinLockGuard<'_> {
-    #[inline(never)]
-    fn drop(&mut self) {
-        // SAFETY: by the invariant this thread holds the lock and `previous` is the IRQL to
-        // return to.
-        unsafe { ntddk::KeReleaseSpinLock(self.lock.raw.get(), self.previous) }
+    #[inline]
+    unsafe fn release(state: *mut sys::KSPIN_LOCK, previous: Irql) {
+        // SAFETY: by the caller's contract this thread holds the lock on this processor and
+        // `previous` is the IRQL its acquire returned.
+        unsafe { ntddk::KeReleaseSpinLock(state, previous) }
     }
 }
 
@@ -235,7 +204,7 @@ impl WideName {
 
     /// A `UNICODE_STRING` over this name.
     const fn unicode(&self) -> UNICODE_STRING {
-        #[allow(clippy::cast_possible_truncation)] // names are a few dozen characters
+        #[expect(clippy::cast_possible_truncation, reason = "names are a few dozen characters")]
         let length = ((self.0.len() - 1) * 2) as u16;
         UNICODE_STRING {
             Length: length,
@@ -258,47 +227,47 @@ impl Driver {
         (driver.DriverStart.cast::<u8>().cast_const(), driver.DriverSize as usize)
     }
 
-    crate::init_code! {
-        /// Size of the image section called `name`, from the image's own section table, if
-        /// `address` lies inside it.
-        #[must_use]
-        pub fn section_size(&self, name: &[u8; 8], address: *const c_void) -> Option<u32> {
-            let (base, size) = self.image();
-            // SAFETY: the image stays mapped while the driver is loaded, and its headers were
-            // validated by the loader; every read below stays inside the first page of headers
-            // (asserted through `headers`' bounds).
-            let headers = unsafe { core::slice::from_raw_parts(base, size.min(4096)) };
-            let read_u32 = |at: usize| -> Option<u32> {
-                Some(u32::from_le_bytes(headers.get(at..at + 4)?.try_into().ok()?))
-            };
-            let read_u16 = |at: usize| -> Option<u16> {
-                Some(u16::from_le_bytes(headers.get(at..at + 2)?.try_into().ok()?))
-            };
-            let nt = read_u32(0x3C)? as usize;
-            let sections = usize::from(read_u16(nt + 6)?);
-            let table = nt + 24 + usize::from(read_u16(nt + 20)?);
-            let offset = (address as usize).checked_sub(base as usize)?;
-            (0..sections).find_map(|i| {
-                let entry = table + i * 40;
-                let size = read_u32(entry + 8)?;
-                let rva = read_u32(entry + 12)? as usize;
-                let inside = offset >= rva && offset < rva + size as usize;
-                (headers.get(entry..entry + 8)? == name && inside).then_some(size)
-            })
-        }
+    /// Size of the image section called `name`, from the image's own section table, if
+    /// `address` lies inside it.
+    #[must_use]
+    #[init]
+    pub fn section_size(&self, name: &[u8; 8], address: *const c_void) -> Option<u32> {
+        let (base, size) = self.image();
+        // SAFETY: the image stays mapped while the driver is loaded, and its headers were
+        // validated by the loader; every read below stays inside the first page of headers
+        // (asserted through `headers`' bounds).
+        let headers = unsafe { core::slice::from_raw_parts(base, size.min(4096)) };
+        let read_u32 = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(headers.get(at..at + 4)?.try_into().ok()?))
+        };
+        let read_u16 = |at: usize| -> Option<u16> {
+            Some(u16::from_le_bytes(headers.get(at..at + 2)?.try_into().ok()?))
+        };
+        let nt = read_u32(0x3C)? as usize;
+        let sections = usize::from(read_u16(nt + 6)?);
+        let table = nt + 24 + usize::from(read_u16(nt + 20)?);
+        let offset = (address as usize).checked_sub(base as usize)?;
+        (0..sections).find_map(|i| {
+            let entry = table + i * 40;
+            let size = read_u32(entry + 8)?;
+            let rva = read_u32(entry + 12)? as usize;
+            let inside = offset >= rva && offset < rva + size as usize;
+            (headers.get(entry..entry + 8)? == name && inside).then_some(size)
+        })
     }
 
-    crate::init_code! {
-        /// Routes the four major functions the driver serves to the dispatch trampoline, and sets
-        /// the unload routine.
-        fn set_routines(&mut self) {
-            // SAFETY: by the invariant the object is live, and DriverEntry owns it exclusively.
-            let driver = unsafe { self.0.as_mut() };
-            for major in [sys::IRP_MJ_CREATE, sys::IRP_MJ_CLEANUP, sys::IRP_MJ_CLOSE, sys::IRP_MJ_DEVICE_CONTROL] {
-                driver.MajorFunction[major as usize] = Some(dispatch_irp);
-            }
-            driver.DriverUnload = Some(driver_unload);
+    /// Routes the four major functions the driver serves to the dispatch trampoline, and sets
+    /// the unload routine.
+    #[init]
+    fn set_routines(&mut self) {
+        // SAFETY: by the invariant the object is live, and DriverEntry owns it exclusively.
+        let driver = unsafe { self.0.as_mut() };
+        for major in
+            [sys::IRP_MJ_CREATE, sys::IRP_MJ_CLEANUP, sys::IRP_MJ_CLOSE, sys::IRP_MJ_DEVICE_CONTROL]
+        {
+            driver.MajorFunction[major as usize] = Some(dispatch_irp);
         }
+        driver.DriverUnload = Some(driver_unload);
     }
 }
 
@@ -311,36 +280,35 @@ pub struct Device(NonNull<DEVICE_OBJECT>);
 unsafe impl Send for Device {}
 
 impl Device {
-    crate::init_code! {
-        /// Creates an unnamed-extension device `name` of `device_type`, opened only with
-        /// `FILE_DEVICE_SECURE_OPEN` semantics, and gives it a DACL that admits only
-        /// Administrators and SYSTEM.
-        ///
-        /// # Errors
-        /// The status of the routine that failed; nothing is left behind.
-        pub fn create(driver: &Driver, name: &WideName, device_type: u32) -> Result<Self, Status> {
-            let mut unicode = name.unicode();
-            let mut raw: *mut DEVICE_OBJECT = ptr::null_mut();
-            // SAFETY: the driver object is live; `unicode` points to a NUL-terminated name that
-            // outlives the call; `raw` is a valid out-parameter. PASSIVE_LEVEL (DriverEntry).
-            let status = unsafe {
-                ntddk::IoCreateDevice(
-                    driver.0.as_ptr(),
-                    0,
-                    &raw mut unicode,
-                    device_type,
-                    sys::FILE_DEVICE_SECURE_OPEN,
-                    0,
-                    &raw mut raw,
-                )
-            };
-            if !status::is_success(status) {
-                return Err(status);
-            }
-            let device = Self(NonNull::new(raw).ok_or(status::UNSUCCESSFUL)?);
-            security::admit_only_administrators_and_system(device.0.as_ptr().cast())?;
-            Ok(device)
+    /// Creates an unnamed-extension device `name` of `device_type`, opened only with
+    /// `FILE_DEVICE_SECURE_OPEN` semantics, and gives it a DACL that admits only
+    /// Administrators and SYSTEM.
+    ///
+    /// # Errors
+    /// The status of the routine that failed; nothing is left behind.
+    #[init]
+    pub fn create(driver: &Driver, name: &WideName, device_type: u32) -> Result<Self, Status> {
+        let mut unicode = name.unicode();
+        let mut raw: *mut DEVICE_OBJECT = ptr::null_mut();
+        // SAFETY: the driver object is live; `unicode` points to a NUL-terminated name that
+        // outlives the call; `raw` is a valid out-parameter. PASSIVE_LEVEL (DriverEntry).
+        let status = unsafe {
+            ntddk::IoCreateDevice(
+                driver.0.as_ptr(),
+                0,
+                &raw mut unicode,
+                device_type,
+                sys::FILE_DEVICE_SECURE_OPEN,
+                0,
+                &raw mut raw,
+            )
+        };
+        if !status::is_success(status) {
+            return Err(status);
         }
+        let device = Self(NonNull::new(raw).ok_or(status::UNSUCCESSFUL)?);
+        security::admit_only_administrators_and_system(device.0.as_ptr().cast())?;
+        Ok(device)
     }
 
     /// Keeps the device until unload: the I/O manager owns it through the driver object.
@@ -350,24 +318,22 @@ impl Device {
 }
 
 impl Drop for Device {
-    crate::paged_code! {
-        fn drop(&mut self) {
-            // SAFETY: by the invariant the device exists and nothing else deletes it.
-            unsafe { ntddk::IoDeleteDevice(self.0.as_ptr()) }
-        }
+    #[paged]
+    fn drop(&mut self) {
+        // SAFETY: by the invariant the device exists and nothing else deletes it.
+        unsafe { ntddk::IoDeleteDevice(self.0.as_ptr()) }
     }
 }
 
-crate::paged_code! {
-    /// Deletes every device this driver still owns (at unload).
-    pub fn delete_devices(driver: &Driver) {
-        loop {
-            // SAFETY: the driver object is live; its device list is only changed by this driver,
-            // and Unload runs with no other routine of it active.
-            let first = unsafe { driver.0.as_ref() }.DeviceObject;
-            let Some(device) = NonNull::new(first) else { break };
-            drop(Device(device));
-        }
+/// Deletes every device this driver still owns (at unload).
+#[paged]
+pub fn delete_devices(driver: &Driver) {
+    loop {
+        // SAFETY: the driver object is live; its device list is only changed by this driver,
+        // and Unload runs with no other routine of it active.
+        let first = unsafe { driver.0.as_ref() }.DeviceObject;
+        let Some(device) = NonNull::new(first) else { break };
+        drop(Device(device));
     }
 }
 
@@ -379,18 +345,17 @@ pub struct SymbolicLink {
 }
 
 impl SymbolicLink {
-    crate::init_code! {
-        /// Links `name` to `target`.
-        ///
-        /// # Errors
-        /// The status of `IoCreateSymbolicLink`.
-        pub fn create(name: &'static WideName, target: &WideName) -> Result<Self, Status> {
-            let mut link = name.unicode();
-            let mut device = target.unicode();
-            // SAFETY: both strings are valid for the call; PASSIVE_LEVEL (DriverEntry).
-            let status = unsafe { ntddk::IoCreateSymbolicLink(&raw mut link, &raw mut device) };
-            if status::is_success(status) { Ok(Self { name }) } else { Err(status) }
-        }
+    /// Links `name` to `target`.
+    ///
+    /// # Errors
+    /// The status of `IoCreateSymbolicLink`.
+    #[init]
+    pub fn create(name: &'static WideName, target: &WideName) -> Result<Self, Status> {
+        let mut link = name.unicode();
+        let mut device = target.unicode();
+        // SAFETY: both strings are valid for the call; PASSIVE_LEVEL (DriverEntry).
+        let status = unsafe { ntddk::IoCreateSymbolicLink(&raw mut link, &raw mut device) };
+        if status::is_success(status) { Ok(Self { name }) } else { Err(status) }
     }
 
     /// Keeps the link until [`remove_link`] at unload.
@@ -405,55 +370,54 @@ pub fn remove_link(name: &'static WideName) {
 }
 
 impl Drop for SymbolicLink {
-    crate::paged_code! {
-        fn drop(&mut self) {
-            let mut link = self.name.unicode();
-            // SAFETY: the string is valid for the call; the link exists (invariant). The status
-            // is ignored: a driver can do nothing about a link that is already gone.
-            let _ = unsafe { ntddk::IoDeleteSymbolicLink(&raw mut link) };
-        }
+    #[paged]
+    fn drop(&mut self) {
+        let mut link = self.name.unicode();
+        // SAFETY: the string is valid for the call; the link exists (invariant). The status
+        // is ignored: a driver can do nothing about a link that is already gone.
+        let _ = unsafe { ntddk::IoDeleteSymbolicLink(&raw mut link) };
     }
 }
 
-crate::init_code! {
-    /// The driver's entry point, called once at `PASSIVE_LEVEL` when the driver loads.
-    ///
-    /// # Safety
-    /// Called only by the I/O manager, with its driver object and registry path.
-    // SAFETY: `DriverEntry` is defined once in the image, with the signature the I/O manager
-    // calls (DRIVER_INITIALIZE); `/ENTRY:DriverEntry` names it. It is also exported (see
-    // `_fltused` in runtime.rs for why that is harmless).
-    #[unsafe(export_name = "DriverEntry")]
-    pub unsafe extern "C" fn driver_entry(driver: *mut DRIVER_OBJECT, _registry_path: PCUNICODE_STRING) -> NTSTATUS {
-        let Some(raw) = NonNull::new(driver) else {
-            return status::INVALID_PARAMETER;
-        };
-        let mut driver = Driver(raw);
-        match crate::device::load(&driver) {
-            Ok(()) => {
-                driver.set_routines();
-                status::SUCCESS
-            }
-            Err(status) => status,
+/// The driver's entry point, called once at `PASSIVE_LEVEL` when the driver loads.
+///
+/// # Safety
+/// Called only by the I/O manager, with its driver object and registry path.
+// SAFETY: `DriverEntry` is defined once in the image, with the signature the I/O manager
+// calls (DRIVER_INITIALIZE); `/ENTRY:DriverEntry` names it. It is also exported (see
+// `_fltused` in pagelock-runtime for why that is harmless).
+#[unsafe(export_name = "DriverEntry")]
+#[init]
+pub unsafe extern "C" fn driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    _registry_path: PCUNICODE_STRING,
+) -> NTSTATUS {
+    let Some(raw) = NonNull::new(driver) else {
+        return status::INVALID_PARAMETER;
+    };
+    let mut driver = Driver(raw);
+    match crate::device::load(&driver) {
+        Ok(()) => {
+            driver.set_routines();
+            status::SUCCESS
         }
+        Err(status) => status,
     }
 }
 
-crate::paged_code! {
-    /// Unload: called at `PASSIVE_LEVEL` after every handle is closed.
-    unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
-        if let Some(raw) = NonNull::new(driver) {
-            crate::device::unload(&Driver(raw));
-        }
+/// Unload: called at `PASSIVE_LEVEL` after every handle is closed.
+#[paged]
+unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    if let Some(raw) = NonNull::new(driver) {
+        crate::device::unload(&Driver(raw));
     }
 }
 
-crate::paged_code! {
-    /// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread.
-    unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
-        NonNull::new(irp).map_or(status::INVALID_PARAMETER, |raw| {
-            // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
-            crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) })
-        })
-    }
+/// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread.
+#[paged]
+unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    NonNull::new(irp).map_or(status::INVALID_PARAMETER, |raw| {
+        // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
+        crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) })
+    })
 }

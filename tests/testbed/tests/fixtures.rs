@@ -114,12 +114,16 @@ fn assert_caught(feature: &str, rule: &str, code: u32, fatal: bool) {
 }
 
 macro_rules! caught {
-    ($($test:ident: $feature:literal => $rule:literal, $code:literal, $fatal:literal;)*) => {$(
-        #[test]
-        fn $test() {
-            assert_caught($feature, $rule, $code, $fatal);
-        }
-    )*};
+    ($($test:ident: $feature:literal => $rule:literal, $code:literal, $fatal:literal;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                assert_caught($feature, $rule, $code, $fatal);
+            }
+        )*
+        /// The defect features the table expects a rule of.
+        const CAUGHT: &[&str] = &[$($feature),*];
+    };
 }
 
 caught! {
@@ -145,6 +149,38 @@ caught! {
     a_link_left_at_unload_is_caught: "leave-link" => "link-left-at-unload", 0xBED0_0007, false;
     touching_init_after_driver_entry_is_caught: "touch-init" => "discarded-section-touched", 0x50, true;
     a_driver_bugcheck_is_reported_with_its_code: "bugcheck" => "driver-bugcheck", 0xE2, true;
+}
+
+/// The fixture's features that are not defects caught by a rule of the table: the binding
+/// source, and the variants with tests of their own below.
+const NOT_IN_THE_TABLE: &[&str] =
+    &["mingw-ddk", "racy-hold", "touch-init-not-last", "unsupported-import"];
+
+/// The features of the fixture crate, where the list of defects lives (`cargo xtask test`
+/// builds one image per feature from the same list).
+fn fixture_features() -> Vec<String> {
+    let output = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .expect("cargo metadata runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let fixture = packages.iter().find(|p| p["name"] == "testbed-fixtures").expect("the fixture");
+    fixture["features"].as_object().expect("features").keys().cloned().collect()
+}
+
+#[test]
+fn every_defect_feature_of_the_fixture_has_an_expected_rule() {
+    let missing: Vec<String> = fixture_features()
+        .into_iter()
+        .filter(|f| !CAUGHT.contains(&f.as_str()) && !NOT_IN_THE_TABLE.contains(&f.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "features of testbed-fixtures with no row in `caught!`: {missing:?}"
+    );
 }
 
 #[test]

@@ -168,8 +168,9 @@ fn run_locked_on_unlocked_variant(extra: &[&str]) -> (Output, Value) {
 
 #[test]
 fn in_a_debug_image_lockable_code_entered_unlocked_fails_its_assertion_at_passive_level() {
-    // The debug build's `locked_code!` check fires on entry, at PASSIVE_LEVEL, before the spin
-    // lock is taken: the panic handler bugchecks with "RPNC" (Rust panic), as wdk-panic does.
+    // The debug build's `#[locked(LOCKED_CODE)]` check fires on entry, at PASSIVE_LEVEL, before
+    // the spin lock is taken: the panic handler bugchecks with "RPNC" (Rust panic), as
+    // wdk-panic does, its parameters the panic's location: that of `assert_locked`'s assertion.
     let sys = image("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true);
     let input = hex(RunRequest::new(10, 1).as_bytes());
     let ioctl = format!("{}:{input}:16", code(IOCTL_RUN_LOCKED));
@@ -178,6 +179,23 @@ fn in_a_debug_image_lockable_code_entered_unlocked_fails_its_assertion_at_passiv
     let report = json(&output);
     assert_eq!(output.status.code(), Some(1), "{report:#}");
     assert_eq!(report["bugcheck"]["code"], u32::from_be_bytes(*b"RPNC"), "{report:#}");
+    let (file, line) = assertion_location("src/sections.rs", "lockable code ran while");
+    let parameters = &report["bugcheck"]["parameters"];
+    assert_eq!(parameters[1], file.len(), "the file name's length: {report:#}");
+    assert_eq!(parameters[2], line, "the line of the assertion in {file}: {report:#}");
+}
+
+/// The file (as rustc names it in panic locations) and the line of the one assertion in `file`
+/// whose message starts with `message`.
+fn assertion_location(file: &'static str, message: &str) -> (&'static str, usize) {
+    let text = std::fs::read_to_string(root().join(file)).expect("the driver's source");
+    let lines: Vec<usize> = (1..)
+        .zip(text.lines())
+        .filter(|(_, text)| text.contains("assert!") && text.contains(message))
+        .map(|(number, _)| number)
+        .collect();
+    assert_eq!(lines.len(), 1, "one assertion of {message:?} in {file}");
+    (file, lines[0])
 }
 
 #[test]

@@ -1,0 +1,4 @@
+#[pagelock_macros::paged]
+async fn later() {}
+
+fn main() {}

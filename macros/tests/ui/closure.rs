@@ -1,0 +1,4 @@
+fn main() {
+    let f = #[pagelock_macros::paged] || 1;
+    let _ = f();
+}
