@@ -356,8 +356,17 @@ fn unique_files() -> Vec<&'static str> {
 
 /// The files of the driver's workspace the check reads: the root manifest and lock file, the
 /// driver (build.rs, src/), its path dependencies, and the project's cargo configuration.
-const SOURCES: &[&str] =
-    &["Cargo.toml", "Cargo.lock", "build.rs", ".cargo/config.toml", "src", "protocol", "ddk"];
+const SOURCES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "build.rs",
+    ".cargo/config.toml",
+    "src",
+    "protocol",
+    "ddk",
+    "macros",
+    "runtime",
+];
 
 /// Replaces each of `pairs` in `text`, each at least once.
 fn replace_all(what: &str, text: &str, pairs: &[(&str, &str)]) -> Result<String> {
@@ -385,7 +394,7 @@ fn scratch_manifest(text: &str, wdk_build: &Path) -> Result<String> {
         "Cargo.toml",
         text,
         &[
-            (members, "members = [\"ddk\", \"protocol\"]"),
+            (members, "members = [\"ddk\", \"macros\", \"protocol\", \"runtime\"]"),
             ("[target.'cfg(windows)'.build-dependencies]", "[build-dependencies]"),
         ],
     )?;
@@ -668,7 +677,7 @@ dependencies = [
         let text = fs::read_to_string(crate::cross::root().join("Cargo.toml")).unwrap();
         let scratch = scratch_manifest(&text, Path::new("/x/wdk-build")).unwrap();
         assert!(scratch.ends_with("[patch.crates-io]\nwdk-build = { path = \"/x/wdk-build\" }\n"));
-        assert!(scratch.contains("members = [\"ddk\", \"protocol\"]"));
+        assert!(scratch.contains("members = [\"ddk\", \"macros\", \"protocol\", \"runtime\"]"));
         assert!(scratch.contains("\n[build-dependencies]\nwdk-build"), "{scratch}");
         let build = fs::read_to_string(crate::cross::root().join("build.rs")).unwrap();
         scratch_build_script(&build).unwrap();

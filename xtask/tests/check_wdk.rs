@@ -11,8 +11,17 @@ use std::{
 };
 
 /// What check-wdk reads of the driver's workspace (it fails, loudly, on anything missing).
-const SOURCES: &[&str] =
-    &["Cargo.toml", "Cargo.lock", "build.rs", ".cargo/config.toml", "src", "protocol", "ddk"];
+const SOURCES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "build.rs",
+    ".cargo/config.toml",
+    "src",
+    "protocol",
+    "ddk",
+    "macros",
+    "runtime",
+];
 
 /// The correct path to the current stack location in the IRP (two anonymous unions deep) and
 /// the wrong one (one level skipped), the kind of slip the `wdk` bindings' field names invite.
