@@ -73,7 +73,12 @@ const END: &str = "<!-- reliability:end -->";
 /// # Errors
 /// When a run cannot start or a file cannot be written.
 pub fn run(sys: &Path, seconds: u64, seed: u64, threads: u16, from: Option<&Path>) -> Result<bool> {
-    let sys = sys.to_str().context("a UTF-8 path")?;
+    // A copy of its own: a build during the long run rewrites the image in place, and a
+    // sequence that loads it half-written would be a failure of the run, not of the driver.
+    let own = cross::root().join("target/reliability/pagelock.sys");
+    std::fs::create_dir_all(own.parent().context("a parent directory")?)?;
+    std::fs::copy(sys, &own).with_context(|| format!("copying {}", sys.display()))?;
+    let sys = own.to_str().context("a UTF-8 path")?;
     let (fuzz, fuzz_ok) = if let Some(from) = from {
         eprintln!("fuzz figures from {}", from.display());
         let fuzz: serde_json::Value = serde_json::from_slice(&std::fs::read(from)?)?;
