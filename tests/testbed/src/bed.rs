@@ -242,7 +242,12 @@ impl Bed {
                 Request { major: major::CREATE, file, control: None },
             )
         };
-        k.step(|| Step { what, status: Some(completion.status), ..Step::default() });
+        k.step(|| Step {
+            what,
+            status: Some(completion.status),
+            information: Some(completion.information),
+            ..Step::default()
+        });
         if !status::is_success(completion.status) {
             // SAFETY: the file object made above; the driver's create failed, so nothing
             // refers to it any more.

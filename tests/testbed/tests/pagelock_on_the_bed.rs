@@ -406,3 +406,17 @@ fn the_fuzzer_on_two_cpus_finds_nothing_in_the_real_driver() {
     assert!(output.status.success(), "{stats:#}");
     assert!(stats["sequences"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_create_completes_with_file_opened() {
+    let output = bed(&["exec", release().to_str().unwrap(), "--device", DEVICE, "--json"]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let steps = report["steps"].as_array().unwrap();
+    let create = steps
+        .iter()
+        .find(|s| s["what"].as_str().unwrap_or_default().starts_with("IRP_MJ_CREATE"))
+        .expect("a create step");
+    // IoStatus.Information of a create: FILE_OPENED (1), not FILE_SUPERSEDED (0).
+    assert_eq!(create["information"], 1, "{create:#}");
+}
