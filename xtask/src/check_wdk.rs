@@ -547,7 +547,8 @@ fn clippy(tool: &Toolchain, dir: &Path, env: &[(&str, String)], profile: Profile
 }
 
 /// That the driver's build script really ran wdk-build's `configure_wdk_binary_build`: its
-/// newest output holds the WDM driver's `/DRIVER` link argument.
+/// newest output holds the WDM driver's `/DRIVER` link argument, and the driver's own INIT
+/// arguments.
 fn build_script_configured(dir: &Path, profile: Profile) -> Result<()> {
     let name = match profile {
         Profile::Debug => "debug",
@@ -573,6 +574,14 @@ fn build_script_configured(dir: &Path, profile: Profile) -> Result<()> {
         "{} holds no /DRIVER link argument: build.rs did not run configure_wdk_binary_build",
         newest.display()
     );
+    // And the driver's own arguments for link.exe: INIT discardable and trailing.
+    for argument in ["/MERGE:INITX=INIT", "/SECTION:INIT,ERD"] {
+        ensure!(
+            text.lines().any(|l| l.ends_with(&format!("link-arg={argument}"))),
+            "{} holds no {argument} link argument for link.exe",
+            newest.display()
+        );
+    }
     Ok(())
 }
 
