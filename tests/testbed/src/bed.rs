@@ -81,6 +81,9 @@ pub struct Bed {
     /// never sees the locks of a create still in flight on another thread.
     open_handles: std::sync::Mutex<i64>,
     handles_opened: AtomicU64,
+    /// Handles whose cleanup was sent and whose close is left to the system worker CPU of a
+    /// scheduled run (see [`Bed::close_worker`]); None outside such a run.
+    deferred: std::sync::Mutex<Option<Vec<Handle>>>,
     unloaded: AtomicBool,
     _names: [Vec<u16>; 2],
 }
@@ -153,6 +156,7 @@ impl Bed {
             driver,
             options,
             open_handles: std::sync::Mutex::new(0),
+            deferred: std::sync::Mutex::new(None),
             handles_opened: AtomicU64::new(0),
             unloaded: AtomicBool::new(false),
             _names: [driver_name, registry],
@@ -379,25 +383,50 @@ impl Bed {
         (completion.status, output)
     }
 
-    /// Closes a handle: cleanup, then close, as the I/O manager sends them.
-    #[allow(clippy::needless_pass_by_value)] // closing takes the handle: it cannot be used again
+    /// Closes a handle: cleanup, then close, as the I/O manager sends them. `IRP_MJ_CLEANUP`
+    /// comes in the closing thread; `IRP_MJ_CLOSE` when the last reference to the file object
+    /// goes, which in a scheduled run with a system worker (see [`Bed::close_worker`]) is later,
+    /// on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as Windows may deliver it.
     pub fn close(&self, handle: Handle) {
-        let k = kernel::kernel();
-        for m in [major::CLEANUP, major::CLOSE] {
-            // SAFETY: the loaded driver's object and the handle's device.
-            let completion = unsafe {
-                io::send(
-                    self.driver,
-                    handle.device as *mut _,
-                    Request { major: m, file: handle.file, control: None },
-                )
-            };
-            k.step(|| Step {
-                what: format!("{} (handle {})", major::name(m), handle.number),
-                status: Some(completion.status),
-                ..Step::default()
-            });
+        self.send_close_major(&handle, major::CLEANUP, "");
+        let mut deferred = crate::sched::lock(&self.deferred);
+        if let Some(queue) = deferred.as_mut() {
+            queue.push(handle);
+            return;
         }
+        drop(deferred);
+        self.finish_close(handle);
+    }
+
+    fn send_close_major(&self, handle: &Handle, m: u8, how: &str) {
+        // SAFETY: the loaded driver's object and the handle's device.
+        let completion = unsafe {
+            io::send(
+                self.driver,
+                handle.device as *mut _,
+                Request { major: m, file: handle.file, control: None },
+            )
+        };
+        kernel::kernel().step(|| Step {
+            what: format!("{} (handle {}){how}", major::name(m), handle.number),
+            status: Some(completion.status),
+            ..Step::default()
+        });
+    }
+
+    /// Sends `IRP_MJ_CLOSE` and frees the file object.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "closing takes the handle: it cannot be used again"
+    )]
+    fn finish_close(&self, handle: Handle) {
+        let irql = crate::irql::current();
+        let how = if crate::sched::active() {
+            format!(", on CPU {} at IRQL {irql}", crate::sched::current_cpu().unwrap_or(0))
+        } else {
+            String::new()
+        };
+        self.send_close_major(&handle, major::CLOSE, &how);
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
@@ -407,7 +436,42 @@ impl Bed {
             report_locked_sections(Rule::LockedAfterLastClose, "after the last handle closed");
         }
         drop(open_handles);
-        k.mm.page_out_unlocked();
+        kernel::kernel().mm.page_out_unlocked();
+    }
+
+    /// The system worker of a scheduled run: from here on, closes are deferred to it, and it
+    /// sends them, each at `PASSIVE_LEVEL` or `APC_LEVEL` as the schedule draws, whenever the
+    /// scheduler runs its CPU; it returns once `others_done()` and nothing is left to close.
+    pub fn close_worker(&self, others_done: &dyn Fn() -> bool) {
+        loop {
+            let next = crate::sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
+            if let Some(handle) = next {
+                let apc = crate::sched::choose_below(2) == 1;
+                if apc {
+                    crate::irql::set(crate::irql::APC_LEVEL);
+                }
+                self.finish_close(handle);
+                if apc {
+                    crate::irql::set(crate::irql::PASSIVE_LEVEL);
+                }
+            } else if others_done() || !crate::sched::wait_on_other_cpu() {
+                break;
+            }
+        }
+    }
+
+    /// Defers closes to a system worker ([`Bed::close_worker`]) from now until
+    /// [`Bed::close_now`].
+    pub fn defer_closes(&self) {
+        *crate::sched::lock(&self.deferred) = Some(Vec::new());
+    }
+
+    /// Closes at once again, sending the closes still deferred.
+    pub fn close_now(&self) {
+        let left = crate::sched::lock(&self.deferred).take().unwrap_or_default();
+        for handle in left {
+            self.finish_close(handle);
+        }
     }
 
     /// Lock counts of the pageable sections, as the memory manager keeps them.

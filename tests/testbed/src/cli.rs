@@ -60,8 +60,9 @@ impl Common {
 #[derive(Args, Clone)]
 struct ConcurrencyArgs {
     /// Send the IOCTL list from T threads at once, each on its own emulated CPU under the
-    /// seeded scheduler (1: the list is sent once, on the first handle).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    /// seeded scheduler (1: the list is sent once, on the first handle). One more CPU is the
+    /// system worker that sends the threads' closes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=15))]
     threads: u16,
     /// All threads on one handle opened for overlapped I/O (requests in the driver at once);
     /// otherwise each thread on a synchronous handle of its own.

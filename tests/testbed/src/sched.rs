@@ -123,6 +123,13 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
+/// A choice below `n` drawn from the schedule, for decisions the scheduler makes besides the
+/// next CPU (the IRQL a deferred close runs at). Only the CPU holding the baton draws.
+#[must_use]
+pub fn choose_below(n: u32) -> u32 {
+    below(n)
+}
+
 /// Whether a scheduled run is in progress.
 #[must_use]
 pub fn active() -> bool {

@@ -112,7 +112,17 @@ pub fn exec(
         }
         Some(c) => {
             let shared = if c.shared { bed.open_overlapped(device).ok() } else { None };
-            crate::sched::run(c.threads, c.seed, c.policy, |_cpu| {
+            // One more CPU than threads: the system worker, which sends the threads' closes
+            // when and where the scheduler decides.
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            bed.defer_closes();
+            crate::sched::run(c.threads + 1, c.seed, c.policy, |cpu| {
+                if cpu as usize == c.threads {
+                    let others_done =
+                        || done.load(std::sync::atomic::Ordering::Acquire) == c.threads;
+                    bed.close_worker(&others_done);
+                    return;
+                }
                 let own = if c.shared { None } else { bed.open(device).ok() };
                 if let Some(handle) = shared.as_ref().or(own.as_ref()) {
                     for _ in 0..c.repeat {
@@ -124,7 +134,9 @@ pub fn exec(
                 if let Some(handle) = own {
                     bed.close(handle);
                 }
+                done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             });
+            bed.close_now();
             if let Some(handle) = shared {
                 bed.close(handle);
             }

@@ -420,3 +420,46 @@ fn a_create_completes_with_file_opened() {
     // IoStatus.Information of a create: FILE_OPENED (1), not FILE_SUPERSEDED (0).
     assert_eq!(create["information"], 1, "{create:#}");
 }
+
+#[test]
+fn closes_come_from_the_system_worker_at_passive_or_apc_level_and_the_driver_is_ready() {
+    // Each of two threads opens its own handle, locks and unlocks, and closes it; the close
+    // reaches the driver later, on the worker's CPU (CPU 2), at the IRQL the schedule draws,
+    // as Windows may deliver it (a deferred delete in a worker thread, or at APC_LEVEL).
+    let (lock, unlock) = (
+        format!("{}::8", code(IOCTL_LOCK)),
+        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
+    );
+    let mut irqls = std::collections::BTreeSet::new();
+    for seed in 1..=10 {
+        let seed = seed.to_string();
+        let output = bed(&[
+            "exec",
+            release().to_str().unwrap(),
+            "--device",
+            DEVICE,
+            "--threads",
+            "2",
+            "--repeat",
+            "3",
+            "--seed",
+            &seed,
+            "--ioctl",
+            &lock,
+            "--ioctl",
+            &unlock,
+            "--json",
+        ]);
+        let report = json(&output);
+        assert!(output.status.success(), "seed {seed}: {report:#}");
+        for step in report["steps"].as_array().unwrap() {
+            let what = step["what"].as_str().unwrap_or_default();
+            if let Some(irql) =
+                what.strip_prefix("IRP_MJ_CLOSE").and_then(|w| w.split("on CPU 2 at IRQL ").nth(1))
+            {
+                irqls.insert(irql.to_owned());
+            }
+        }
+    }
+    assert_eq!(irqls.into_iter().collect::<Vec<_>>(), ["0", "1"]);
+}
