@@ -123,9 +123,14 @@ pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Resul
     let library = package.replace('-', "_");
     let dll = dir.join(format!("{library}.dll"));
     let sys = dir.join(format!("{package}.sys"));
-    std::fs::copy(&dll, &sys)
-        .with_context(|| format!("copying {} to {}", dll.display(), sys.display()))?;
-    pe::fix_up(&sys)?;
+    // Fixed up in a file of its own, then renamed into place: whoever reads the image at the
+    // same time (another build's test, a long fuzz run) sees the old image or the new, whole.
+    let partial = dir.join(format!("{package}.sys.{}", std::process::id()));
+    std::fs::copy(&dll, &partial)
+        .with_context(|| format!("copying {} to {}", dll.display(), partial.display()))?;
+    pe::fix_up(&partial)?;
+    std::fs::rename(&partial, &sys)
+        .with_context(|| format!("renaming {} to {}", partial.display(), sys.display()))?;
     Ok(sys)
 }
 

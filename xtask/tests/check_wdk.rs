@@ -10,19 +10,6 @@ use std::{
     process::Command,
 };
 
-/// What check-wdk reads of the driver's workspace (it fails, loudly, on anything missing).
-const SOURCES: &[&str] = &[
-    "Cargo.toml",
-    "Cargo.lock",
-    "build.rs",
-    ".cargo/config.toml",
-    "src",
-    "protocol",
-    "ddk",
-    "macros",
-    "runtime",
-];
-
 /// The correct path to the current stack location in the IRP (two anonymous unions deep) and
 /// the wrong one (one level skipped), the kind of slip the `wdk` bindings' field names invite.
 const RIGHT: &str = "__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation";
@@ -32,26 +19,28 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        for entry in fs::read_dir(from).expect("a directory") {
-            let entry = entry.expect("an entry");
-            if entry.file_name() != "target" {
-                copy_tree(&entry.path(), &to.join(entry.file_name()));
-            }
+/// Copies every file git tracks in the workspace to `to` (what a fresh clone would hold).
+fn copy_workspace(to: &Path) {
+    let listed = Command::new("git")
+        .current_dir(root())
+        .args(["ls-files", "-z"])
+        .output()
+        .expect("git runs");
+    assert!(listed.status.success(), "git ls-files failed");
+    for file in listed.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let file = Path::new(std::str::from_utf8(file).expect("a UTF-8 path"));
+        let (from, to) = (root().join(file), to.join(file));
+        if from.is_file() {
+            fs::create_dir_all(to.parent().expect("a parent")).expect("directories");
+            fs::copy(&from, &to).expect("a copy");
         }
-    } else {
-        fs::create_dir_all(to.parent().expect("a parent")).expect("directories");
-        fs::copy(from, to).expect("a copy");
     }
 }
 
 #[test]
 fn a_wrong_field_path_in_the_wdk_path_fails_the_check() {
     let scratch = tempfile::tempdir().expect("a temporary directory");
-    for item in SOURCES {
-        copy_tree(&root().join(item), &scratch.path().join(item));
-    }
+    copy_workspace(scratch.path());
     let irp = scratch.path().join("src/kernel/nt/irp.rs");
     let text = fs::read_to_string(&irp).expect("irp.rs");
     assert!(text.contains(RIGHT), "irp.rs no longer holds {RIGHT}: pick another field path");

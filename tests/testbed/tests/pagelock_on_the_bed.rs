@@ -316,35 +316,34 @@ fn threads_opening_locking_running_and_closing_at_once_lose_no_update() {
     assert!(stats["problems"].as_array().unwrap().is_empty());
 }
 
-/// Two CPUs send LOCK, UNLOCK twenty times each on one overlapped handle of `sys`.
-fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
-    let (seed, schedules) = (seed.to_string(), schedules.to_string());
+/// Two CPUs send LOCK, UNLOCK `repeat` times each, on one overlapped handle of `sys` or (not
+/// `shared`) each on its own, under the schedules from `seed`.
+fn lock_unlock_from_two_cpus(
+    sys: &Path,
+    shared: bool,
+    repeat: u32,
+    seed: u64,
+    schedules: u64,
+) -> (Output, Value) {
+    let (seed, schedules, repeat) = (seed.to_string(), schedules.to_string(), repeat.to_string());
     let (lock, unlock) = (
         format!("{}::8", code(IOCTL_LOCK)),
         format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
     );
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--threads",
-        "2",
-        "--shared",
-        "--repeat",
-        "20",
-        "--seed",
-        &seed,
-        "--schedules",
-        &schedules,
-        "--ioctl",
-        &lock,
-        "--ioctl",
-        &unlock,
-        "--json",
-    ]);
+    let sys = sys.to_str().unwrap();
+    let mut args = vec!["exec", sys, "--device", DEVICE, "--threads", "2", "--repeat", &repeat];
+    if shared {
+        args.push("--shared");
+    }
+    args.extend(["--seed", &seed, "--schedules", &schedules]);
+    args.extend(["--ioctl", &lock, "--ioctl", &unlock, "--json"]);
+    let output = bed(&args);
     let report = json(&output);
     (output, report)
+}
+
+fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
+    lock_unlock_from_two_cpus(sys, true, 20, seed, schedules)
 }
 
 #[test]
@@ -426,31 +425,9 @@ fn closes_come_from_the_system_worker_at_passive_or_apc_level_and_the_driver_is_
     // Each of two threads opens its own handle, locks and unlocks, and closes it; the close
     // reaches the driver later, on the worker's CPU (CPU 2), at the IRQL the schedule draws,
     // as Windows may deliver it (a deferred delete in a worker thread, or at APC_LEVEL).
-    let (lock, unlock) = (
-        format!("{}::8", code(IOCTL_LOCK)),
-        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
-    );
     let mut irqls = std::collections::BTreeSet::new();
     for seed in 1..=10 {
-        let seed = seed.to_string();
-        let output = bed(&[
-            "exec",
-            release().to_str().unwrap(),
-            "--device",
-            DEVICE,
-            "--threads",
-            "2",
-            "--repeat",
-            "3",
-            "--seed",
-            &seed,
-            "--ioctl",
-            &lock,
-            "--ioctl",
-            &unlock,
-            "--json",
-        ]);
-        let report = json(&output);
+        let (output, report) = lock_unlock_from_two_cpus(&release(), false, 3, seed, 1);
         assert!(output.status.success(), "seed {seed}: {report:#}");
         for step in report["steps"].as_array().unwrap() {
             let what = step["what"].as_str().unwrap_or_default();
