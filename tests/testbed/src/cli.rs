@@ -81,6 +81,11 @@ struct ConcurrencyArgs {
     /// How the scheduler picks the next CPU: uniform, or pct:D (priorities, D-1 changes).
     #[arg(long, default_value = "uniform", value_parser = parse_policy)]
     policy: pagelock_testbed::sched::Policy,
+    /// Draw the run as an SVG picture into FILE: one lane per CPU, every kernel call, IRQL
+    /// change, page fault, IRP and spin-lock hold on it, the lock counts beneath, the violation
+    /// marked (with --schedules, of the failing schedule, or else of the last).
+    #[arg(long, value_name = "FILE")]
+    trace_svg: Option<PathBuf>,
 }
 
 impl ConcurrencyArgs {
@@ -306,6 +311,54 @@ fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
     }
 }
 
+/// `exec`, once per schedule asked for, each in a child of its own; the first failing
+/// schedule ends the loop and is the outcome.
+fn exec_schedules(
+    driver: &std::path::Path,
+    device: &str,
+    open: usize,
+    ioctl: &[IoctlSpec],
+    concurrency: &ConcurrencyArgs,
+    common: &Common,
+) -> anyhow::Result<Outcome<Report>> {
+    let mut last = None;
+    for k in 0..concurrency.schedules {
+        let seed = concurrency.seed.wrapping_add(k);
+        let outcome = isolate::run(
+            || {
+                if let Some(file) = &concurrency.trace_svg {
+                    pagelock_testbed::trace::start(file.clone());
+                }
+                let c = concurrency.concurrency(seed);
+                let report = session::exec(driver, device, open, ioctl, common.options(), c);
+                let why = report.as_ref().ok().and_then(|r| r.violations.first());
+                let why = why.map(|v| format!("{}: {}", v.rule, v.detail));
+                pagelock_testbed::trace::write_if_asked(why.as_deref());
+                report
+            },
+            isolate::DEFAULT_TIMEOUT,
+        );
+        let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
+        last = Some(outcome);
+        if failed {
+            if concurrency.schedules > 1 {
+                eprintln!(
+                    "schedule {} of {} (seed {seed}) failed; reproduce with --seed {seed}",
+                    k + 1,
+                    concurrency.schedules
+                );
+            }
+            break;
+        }
+    }
+    if concurrency.schedules > 1
+        && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
+    {
+        eprintln!("{} schedules clean", concurrency.schedules);
+    }
+    last.expect("at least one schedule")
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -327,35 +380,7 @@ pub fn main() -> ExitCode {
     }
     let (outcome, json) = match cli.command {
         Command::Exec { driver, device, open, ioctl, concurrency, common } => {
-            let mut last = None;
-            for k in 0..concurrency.schedules {
-                let seed = concurrency.seed.wrapping_add(k);
-                let outcome = isolate::run(
-                    || {
-                        let c = concurrency.concurrency(seed);
-                        session::exec(&driver, &device, open, &ioctl, common.options(), c)
-                    },
-                    isolate::DEFAULT_TIMEOUT,
-                );
-                let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
-                last = Some(outcome);
-                if failed {
-                    if concurrency.schedules > 1 {
-                        eprintln!(
-                            "schedule {} of {} (seed {seed}) failed; reproduce with --seed {seed}",
-                            k + 1,
-                            concurrency.schedules
-                        );
-                    }
-                    break;
-                }
-            }
-            if concurrency.schedules > 1
-                && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
-            {
-                eprintln!("{} schedules clean", concurrency.schedules);
-            }
-            (last.expect("at least one schedule"), common.json)
+            (exec_schedules(&driver, &device, open, &ioctl, &concurrency, &common), common.json)
         }
         Command::Run { driver, common } => (
             isolate::run(

@@ -276,6 +276,7 @@ fn acquire(routine: Routine, lock: *mut u64) {
                 ),
             ),
             Err(owner) => {
+                crate::trace::record(crate::trace::Kind::Spin, 0);
                 // Held by another CPU: let a CPU that is not waiting run (the holder among them).
                 if !crate::sched::wait_on_other_cpu() {
                     crate::isolate::stop(

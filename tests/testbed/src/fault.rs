@@ -185,6 +185,7 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
                 } else if irql < DISPATCH_LEVEL {
                     // A page fault is a switch point; the page comes in once this CPU runs
                     // again, so nothing can page it out before the instruction is retried.
+                    crate::trace::record(crate::trace::Kind::Fault, 0);
                     crate::sched::point();
                     mm.fault_in(s);
                     return;

@@ -311,6 +311,7 @@ pub unsafe fn send(
     let frame = Box::into_raw(prepare(device, request));
     let irp = frame.cast::<ddk::IRP>();
     let before = irql::current();
+    crate::trace::record(crate::trace::Kind::IrpBegin, u16::from(major));
     // SAFETY: the caller passes the loaded driver's object; DriverEntry filled MajorFunction.
     let routine = unsafe { (*driver).MajorFunction[usize::from(major)] };
     #[allow(clippy::option_if_let_else)] // two paths with their own SAFETY arguments
@@ -333,6 +334,7 @@ pub unsafe fn send(
         frame.completions.store(1, Ordering::SeqCst);
         status::INVALID_DEVICE_REQUEST
     };
+    crate::trace::record(crate::trace::Kind::IrpEnd, u16::from(major));
     check_irql_and_locks(device, major, before);
     // SAFETY: the frame is ours again: the driver's access to it ended with its return, unless
     // it pended the IRP, in which case the frame is only read here and then left to it.

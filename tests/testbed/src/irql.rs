@@ -32,6 +32,7 @@ pub fn set(new: u8) {
         force_irql_checking();
     }
     // An IRQL change is a switch point of the scheduler (a no-op outside a scheduled run).
+    crate::trace::record(crate::trace::Kind::Irql, u16::from(new));
     crate::sched::point();
 }
 

@@ -172,6 +172,8 @@ fn send<T: Serialize>(message: &Message<T>) {
 /// sends the report to the parent and ends the child. Outside an isolated child it prints the
 /// report and ends the process with status 1.
 pub fn stop(rule: Rule, code: Option<u32>, parameters: [u64; 4], detail: String) -> ! {
+    crate::trace::record(crate::trace::Kind::Violation, rule.row());
+    crate::trace::write_if_asked(Some(&format!("{}: {detail}", rule.entry().id)));
     let violation = Violation::new(rule, code, parameters, detail.clone());
     let bugcheck =
         Bugcheck { code: violation.code, parameters, rule: violation.rule.clone(), detail };

@@ -141,6 +141,7 @@ impl Kernel {
     /// Counts a call of `routine`; true when fault injection makes this call fail.
     pub fn enter(&self, routine: Routine) -> bool {
         // Every kernel call is a switch point of the scheduler (before any lock is taken).
+        crate::trace::record(crate::trace::Kind::Call, routine as u16);
         crate::sched::point();
         let nth = self.calls[routine as usize].fetch_add(1, Ordering::Relaxed) + 1;
         let fail = self.options.fail_call == Some((routine, nth));
@@ -168,6 +169,7 @@ impl Kernel {
     /// Records a violation of a rule that lets the run go on.
     pub fn violation(&self, rule: Rule, parameters: [u64; 4], detail: String) {
         debug_assert!(!rule.entry().fatal, "fatal rules stop the run");
+        crate::trace::record(crate::trace::Kind::Violation, rule.row());
         self.state().violations.push(Violation::new(rule, None, parameters, detail));
     }
 

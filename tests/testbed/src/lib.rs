@@ -36,4 +36,5 @@ pub mod report;
 pub mod sched;
 pub mod security;
 pub mod session;
+pub mod trace;
 pub mod verifier;

@@ -157,6 +157,7 @@ fn hand_over(me: u32, next: u32) {
         return;
     }
     SWITCHES.fetch_add(1, Ordering::Relaxed);
+    crate::trace::record(crate::trace::Kind::Switch, u16::try_from(next).unwrap_or(u16::MAX));
     RUNNING.store(next, Ordering::Release);
     cpu(next).wake.store(1, Ordering::Release);
     futex_wake(&cpu(next).wake);

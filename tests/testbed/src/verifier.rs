@@ -234,7 +234,17 @@ impl Rule {
     /// Never: every rule has a row (a unit test checks it).
     #[must_use]
     pub fn entry(self) -> &'static Entry {
-        TABLE.iter().find(|e| e.rule == self).expect("every rule is in the table")
+        &TABLE[usize::from(self.row())]
+    }
+
+    /// The rule's index in [`TABLE`].
+    ///
+    /// # Panics
+    /// Never: every rule has a row (a unit test checks it).
+    #[must_use]
+    pub fn row(self) -> u16 {
+        let row = TABLE.iter().position(|e| e.rule == self).expect("every rule is in the table");
+        u16::try_from(row).unwrap_or(u16::MAX)
     }
 }
 

@@ -393,3 +393,54 @@ fn on_one_cpu_the_same_requests_lose_nothing() {
         bed_json(&["exec", driver, "--device", DEVICE, "--ioctl", HOLD, "--ioctl", HOLD]);
     assert_eq!(exit, 0, "{}", report.render());
 }
+
+#[test]
+fn a_failing_schedule_can_be_seen_one_lane_per_cpu() {
+    let driver = fixture(Some("racy-hold"));
+    let picture = tempfile_path("racy-hold.svg");
+    let (exit, report) = bed_json(&[
+        "exec",
+        driver.to_str().expect("UTF-8 path"),
+        "--device",
+        DEVICE,
+        "--ioctl",
+        HOLD,
+        "--threads",
+        "2",
+        "--shared",
+        "--repeat",
+        "5",
+        "--seed",
+        "1",
+        "--trace-svg",
+        picture.to_str().expect("UTF-8 path"),
+    ]);
+    assert_eq!(exit, 1, "{}", report.render());
+    let text = std::fs::read_to_string(&picture).expect("the picture was written");
+    let svg = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    let with_class = |class: &str| {
+        svg.descendants().filter(|n| n.attribute("class") == Some(class)).collect::<Vec<_>>()
+    };
+    // The two CPUs of the threads, the system worker's, and the main thread's lane.
+    let lanes: Vec<&str> =
+        with_class("lane").iter().filter_map(|l| l.attribute("data-cpu")).collect();
+    assert_eq!(lanes, ["CPU 0", "CPU 1", "CPU 2", "main"]);
+    let violations = with_class("violation");
+    assert!(!violations.is_empty(), "the violation is marked");
+    assert!(
+        violations.iter().any(|v| v
+            .descendants()
+            .any(|t| t.text().is_some_and(|t| t.contains("locked-after-last-close")))),
+        "the violation names its rule"
+    );
+    assert!(!with_class("call").is_empty() && !with_class("irp").is_empty());
+    assert!(
+        with_class("lock-count").iter().any(|g| g.attribute("data-section") == Some("PAGEDATA"))
+    );
+}
+
+/// A path in the system's temporary directory, unique to this test process.
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("pagelock-testbed-{}-{name}", std::process::id()))
+}
