@@ -322,7 +322,13 @@ fn exec_schedules(
     common: &Common,
 ) -> anyhow::Result<Outcome<Report>> {
     let mut last = None;
+    let bar = if concurrency.schedules > 1 {
+        pagelock_testbed::report::progress(concurrency.schedules, "{bar:40} {pos}/{len} schedules")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     for k in 0..concurrency.schedules {
+        bar.set_position(k);
         let seed = concurrency.seed.wrapping_add(k);
         let outcome = isolate::run(
             || {
@@ -341,6 +347,7 @@ fn exec_schedules(
         let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
         last = Some(outcome);
         if failed {
+            bar.finish_and_clear();
             if concurrency.schedules > 1 {
                 eprintln!(
                     "schedule {} of {} (seed {seed}) failed; reproduce with --seed {seed}",
@@ -351,6 +358,7 @@ fn exec_schedules(
             break;
         }
     }
+    bar.finish_and_clear();
     if concurrency.schedules > 1
         && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
     {

@@ -497,8 +497,13 @@ pub struct Stats {
 pub fn fuzz(driver: &Path, seconds: u64, seed: u64, threads: usize) -> Result<Stats> {
     let mut stats = Stats { seed, seconds, threads, ..Stats::default() };
     let mut rng = Rng::new(seed);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    #[expect(clippy::literal_string_with_formatting_args, reason = "an indicatif template")]
+    let bar = crate::report::progress(seconds, "{bar:40} {pos}/{len} s, {msg}");
     while Instant::now() < deadline {
+        bar.set_position(start.elapsed().as_secs());
+        bar.set_message(format!("{} sequences, {} IRPs", stats.sequences, stats.irps));
         let len = 1 + rng.below(200);
         let ops: Vec<Op> = (0..len).map(|_| random_op(&mut rng, threads)).collect();
         stats.sequences += 1;
@@ -532,6 +537,7 @@ pub fn fuzz(driver: &Path, seconds: u64, seed: u64, threads: usize) -> Result<St
             break;
         }
     }
+    bar.finish_and_clear();
     Ok(stats)
 }
 

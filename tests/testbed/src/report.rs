@@ -257,3 +257,18 @@ pub fn hex(bytes: &[u8]) -> String {
         s
     })
 }
+
+/// A progress bar on standard error for a long run, `len` units long: drawn only when standard
+/// error is a terminal, so that logs and pipes get nothing extra.
+#[must_use]
+pub fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
