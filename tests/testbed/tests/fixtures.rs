@@ -58,7 +58,12 @@ fn fixture(feature: Option<&str>) -> PathBuf {
             if let Some(feature) = feature {
                 args.extend(["--features", feature]);
             }
-            xtask(&args)
+            // Every variant is built to the same path: keep a copy under the variant's name,
+            // made while the lock is held, before another test's build replaces it.
+            let built = xtask(&args);
+            let kept = built.with_file_name(format!("{}.sys", feature.unwrap_or("correct")));
+            std::fs::copy(&built, &kept).expect("a copy of the fixture image");
+            kept
         })
         .clone()
 }
