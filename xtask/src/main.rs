@@ -13,6 +13,7 @@
 mod check_wdk;
 mod cross;
 mod inf;
+mod layout;
 mod pe;
 mod reliability;
 mod routines;
@@ -71,6 +72,13 @@ enum Command {
     },
     /// Run every check: format, lints, unit tests, the cross build and its checks.
     Test,
+    /// The import graph of a crate's modules (default: the test bed's) and its cycles; fails
+    /// on any cycle.
+    CheckLayout {
+        /// The crate's source directory.
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
     /// Every prerequisite of the builds and tests: where it was found, or the package that
     /// provides it; and which toolchain the cross build will use. Installs nothing.
     Doctor {
@@ -349,6 +357,13 @@ fn main() -> ExitCode {
         Command::Fuzz { seconds, seed, threads, from } => build(false)
             .and_then(|sys| reliability::run(&sys, seconds, seed, threads, from.as_deref())),
         Command::Doctor { json } => Ok(doctor(json)),
+        Command::CheckLayout { source } => {
+            let source = source.unwrap_or_else(|| cross::root().join("tests/testbed/src"));
+            layout::check(&source).map(|(report, clean)| {
+                print!("{report}");
+                clean
+            })
+        }
         Command::Wine { broken_irql } => wine::run(broken_irql),
         Command::Run => main_job(),
     };
