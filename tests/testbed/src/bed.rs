@@ -183,7 +183,11 @@ impl Bed {
         let state = kernel::kernel().state();
         let name = io::canonical_name(name);
         let target = state.links.get(&name).cloned().unwrap_or(name);
-        state.devices.iter().find(|d| d.name == target).map(|d| (d.object, d.dacl.clone()))
+        state
+            .devices
+            .iter()
+            .find(|d| d.name == target && !d.delete_pending)
+            .map(|d| (d.object, d.dacl.clone()))
     }
 
     /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`), as
@@ -260,6 +264,9 @@ impl Bed {
         }
         *open_handles += 1;
         drop(open_handles);
+        if let Some(record) = k.state().devices.iter_mut().find(|d| d.object == device) {
+            record.references += 1;
+        }
         Ok(Handle {
             file,
             device,
@@ -430,6 +437,7 @@ impl Bed {
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
+        io::dereference_device(handle.device as *mut _);
         let mut open_handles = crate::sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {

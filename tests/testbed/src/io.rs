@@ -131,25 +131,59 @@ pub(crate) extern "win64" fn io_create_device(
     driver_object.DeviceObject = object;
     // SAFETY: the driver passes a PDEVICE_OBJECT to fill.
     unsafe { out.write(object) };
-    k.state().devices.push(DeviceRecord { object: object as usize, name, dacl: None });
+    k.state().devices.push(DeviceRecord {
+        object: object as usize,
+        name,
+        dacl: None,
+        references: 0,
+        delete_pending: false,
+    });
     status::SUCCESS
 }
 
 pub(crate) extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
     let k = kernel();
     k.enter(Routine::IoDeleteDevice);
-    let known = {
-        let mut state = k.state();
-        let before = state.devices.len();
-        state.devices.retain(|d| d.object != device as usize);
-        before != state.devices.len()
-    };
-    if !known {
-        // Windows would fault on a device that is not one; the bed says so and goes on.
-        k.state().log.push(format!("bed: IoDeleteDevice({device:p}) of an unknown device ignored"));
-        return;
+    let references = k.state().devices.iter_mut().find(|d| d.object == device as usize).map(|d| {
+        d.delete_pending = true;
+        d.references
+    });
+    match references {
+        None => {
+            // Windows would fault on a device that is not one; the bed says so and goes on.
+            let note = format!("bed: IoDeleteDevice({device:p}) of an unknown device ignored");
+            k.state().log.push(note);
+        }
+        Some(0) => free_device(device),
+        Some(n) => {
+            // As the kernel: marked for deletion, freed when the last reference goes.
+            let note = format!(
+                "bed: IoDeleteDevice({device:p}) with {n} file object(s) open on it: deletion deferred to the last close"
+            );
+            k.state().log.push(note);
+        }
     }
-    // SAFETY: a device this bed created (known above), valid until freed below.
+}
+
+/// Drops a file object's reference to `device`; frees a device whose deletion was deferred
+/// once its last reference goes.
+pub fn dereference_device(device: *mut ddk::DEVICE_OBJECT) {
+    let k = kernel();
+    let free =
+        k.state().devices.iter_mut().find(|d| d.object == device as usize).is_some_and(|d| {
+            d.references = d.references.saturating_sub(1);
+            d.delete_pending && d.references == 0
+        });
+    if free {
+        k.state().log.push(format!("bed: device {device:p} freed at its last close"));
+        free_device(device);
+    }
+}
+
+/// Unlinks `device` from its driver and frees it.
+fn free_device(device: *mut ddk::DEVICE_OBJECT) {
+    kernel().state().devices.retain(|d| d.object != device as usize);
+    // SAFETY: a device this bed created (the callers found its record), valid until freed below.
     let device_object = unsafe { &*device };
     // SAFETY: its driver object is the bed's, alive while the driver is loaded.
     let driver = unsafe { &mut *device_object.DriverObject };

@@ -44,6 +44,11 @@ pub struct DeviceRecord {
     pub name: String,
     /// The DACL the driver set, if any.
     pub dacl: Option<Vec<Ace>>,
+    /// File objects open on it: each holds a reference, as in the kernel.
+    pub references: u32,
+    /// `IoDeleteDevice` was called while it was referenced: no longer opened by name, freed
+    /// when the last reference goes (the kernel's `DOE_DELETE_PENDING`).
+    pub delete_pending: bool,
 }
 
 /// What the host routines share, behind one lock that is never held while driver code runs.

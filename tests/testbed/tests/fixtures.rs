@@ -158,8 +158,13 @@ caught! {
 
 /// The fixture's features that are not defects caught by a rule of the table: the binding
 /// source, and the variants with tests of their own below.
-const NOT_IN_THE_TABLE: &[&str] =
-    &["mingw-ddk", "racy-hold", "touch-init-not-last", "unsupported-import"];
+const NOT_IN_THE_TABLE: &[&str] = &[
+    "delete-device-in-work",
+    "mingw-ddk",
+    "racy-hold",
+    "touch-init-not-last",
+    "unsupported-import",
+];
 
 /// The features of the fixture crate, where the list of defects lives (`cargo xtask test`
 /// builds one image per feature from the same list).
@@ -448,4 +453,18 @@ fn a_failing_schedule_can_be_seen_one_lane_per_cpu() {
 /// A path in the system's temporary directory, unique to this test process.
 fn tempfile_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("pagelock-testbed-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn a_device_deleted_while_a_handle_is_open_is_freed_at_the_last_close() {
+    // WORK deletes the device with the handle still open; the close must still reach the
+    // driver through it, and only then is it freed, as IoDeleteDevice defers it in the kernel.
+    let (exit, report) = exec_fixture(Some("delete-device-in-work"), &[]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let log = report.log.join("\n");
+    let deferred = log.find("deletion deferred to the last close").expect("deferred");
+    let freed = log.find("freed at its last close").expect("freed");
+    assert!(deferred < freed, "{log}");
+    let close = report.steps.iter().position(|s| s.what.starts_with("IRP_MJ_CLOSE"));
+    assert!(close.is_some(), "the close reached the driver");
 }
