@@ -331,7 +331,8 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
         ),
         ("import tables (resident)".to_owned(), format!("{} bytes", directory(1) + directory(12))),
         ("unwind table .pdata (resident)".to_owned(), format!("{} bytes", directory(3))),
-        // DriverEntry and _fltused: rustc exports a cdylib's #[no_mangle] items (runtime.rs).
+        // DriverEntry and _fltused: rustc exports a cdylib's `export_name` and `no_mangle` items
+        // (src/kernel/nt/mod.rs, runtime/src/kernel.rs).
         ("export directory (resident)".to_owned(), format!("{} bytes", directory(0))),
     ];
     for s in &sections {
