@@ -375,7 +375,10 @@ impl Bed {
     }
 
     /// Closes a handle: cleanup, then close, as the I/O manager sends them.
-    #[allow(clippy::needless_pass_by_value)] // closing takes the handle: it cannot be used again
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "closing takes the handle: it cannot be used again"
+    )]
     pub fn close(&self, handle: Handle) {
         let k = kernel::kernel();
         for m in [major::CLEANUP, major::CLOSE] {
