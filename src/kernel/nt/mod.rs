@@ -194,8 +194,8 @@ unsafe impl super::lock::Backend for SpinBackend {
 /// A NUL-terminated UTF-16 kernel object name, built at compile time by [`crate::wide_name`].
 ///
 /// # Invariants
-/// The slice ends with its only required NUL, so it is never empty: [`Self::unicode`] takes
-/// the length without it.
+/// The slice is not empty and its last element is NUL: `unicode` counts the length without
+/// it.
 pub struct WideName(&'static [u16]);
 
 impl WideName {
