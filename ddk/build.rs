@@ -132,7 +132,7 @@ fn main() {
     let mut functions = builder(header, resource_dir)
         .allowlist_recursively(false)
         .layout_tests(false)
-        .raw_line("#[allow(unused_imports)] use super::*;");
+        .raw_line("use super::*;");
     for f in FUNCTIONS {
         functions = functions.allowlist_function(f);
     }

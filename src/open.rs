@@ -105,8 +105,9 @@ impl Open {
             self.held.store(before - 1, Ordering::Relaxed);
             before
         } else {
-            // Uncounted first (so the count never exceeds the memory manager's), then
-            // released; the check and the decrement are one atomic step.
+            // INVARIANT: uncounted first (so the count never exceeds the memory manager's),
+            // then released; the check and the decrement are one atomic step, and `held >= 1`
+            // stays true for the pair taken at create.
             let before = self
                 .held
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
@@ -123,6 +124,8 @@ impl Open {
     /// the pair. On failure nothing stays changed.
     #[paged]
     fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<(), Status> {
+        // INVARIANT: `reserved` rises before `held`, and only where `allowed` (which its
+        // callers bound by `MAX_PAIRS`) admits it, so `held <= reserved <= MAX_PAIRS`.
         self.reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| allowed(r).then(|| r + 1))
             .map_err(|_| status::INVALID_DEVICE_STATE)?;
@@ -133,6 +136,7 @@ impl Open {
                 false
             });
         if !locked {
+            // INVARIANT: `held` never counted this pair; the reservation is undone.
             self.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(status::INVALID_DEVICE_STATE);
         }

@@ -22,6 +22,10 @@ static DRIVER_LOCK: SpinLock = SpinLock::new();
 /// and the write to `runs` at `DISPATCH_LEVEL` a bugcheck (0xBE). With `PAGEDATA` holding only
 /// this interior-mutable value, the section is read/write whatever the symbol order, and
 /// `cargo xtask check-pe` checks that it is.
+// SAFETY: `PAGEDATA` is pageable, so the value may be touched only where a page fault is
+// served, or while the section is locked: it is reached only through `LockedBy::access`, under
+// `DRIVER_LOCK`, by the `#[locked]` work, which runs only while a handle holds `PAGELK` and
+// `PAGEDATA` locked (a pair per handle, `Open`). Nothing else is placed in the section.
 #[unsafe(link_section = "PAGEDATA")]
 static PAGED: LockedBy<Paged> =
     LockedBy::new(&DRIVER_LOCK, Paged { table: pagelock_protocol::TABLE, runs: 0 });

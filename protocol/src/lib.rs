@@ -356,7 +356,7 @@ pub const TABLE: [u32; TABLE_LEN] = {
     let mut i = 0;
     while i < TABLE_LEN {
         let z = splitmix64(i as u64);
-        #[allow(clippy::cast_possible_truncation)] // folding 64 bits to 32 on purpose
+        #[expect(clippy::cast_possible_truncation, reason = "folding 64 bits to 32 on purpose")]
         {
             table[i] = (z ^ (z >> 32)) as u32;
         }

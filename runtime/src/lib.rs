@@ -7,10 +7,10 @@
 //!   the parameters (the file name's address and length, the line, the column);
 //! - `_fltused`;
 //! - the C runtime routines a WDK build takes from ntoskrnl.exe, as imports;
-//! - [`NonPagedPool`], a global allocator over `ExAllocatePool2`, for images that allocate
+//! - `NonPagedPool`, a global allocator over `ExAllocatePool2`, for images that allocate
 //!   through `alloc` (each declares its own `#[global_allocator]` with its pool tag).
 //!
-//! An image links it with `use pagelock_runtime as _;` (or names [`NonPagedPool`]). Built for
+//! An image links it with `use pagelock_runtime as _;` (or names `NonPagedPool`). Built for
 //! any host other than Windows this crate is empty, so that the workspace's host builds compile.
 
 #![no_std]

@@ -119,7 +119,7 @@ pub fn pe_checksum(data: &[u8], checksum_offset: usize) -> u32 {
         sum = (sum & 0xFFFF) + (sum >> 16);
     }
     sum = (sum & 0xFFFF) + (sum >> 16);
-    #[allow(clippy::cast_possible_truncation)] // a 16-bit sum plus a length below 4 GiB
+    #[expect(clippy::cast_possible_truncation, reason = "a 16-bit sum plus a length below 4 GiB")]
     let total = (sum as u32).wrapping_add(data.len() as u32);
     total
 }
@@ -179,7 +179,7 @@ impl Report {
 ///
 /// # Errors
 /// When the file cannot be read or is not a 64-bit PE image.
-#[allow(clippy::too_many_lines)] // one list of checks reads best in one place
+#[expect(clippy::too_many_lines, reason = "one list of checks reads best in one place")]
 pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let pe = PeFile64::parse(&*data).context("not a 64-bit PE image")?;
@@ -331,7 +331,8 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
         ),
         ("import tables (resident)".to_owned(), format!("{} bytes", directory(1) + directory(12))),
         ("unwind table .pdata (resident)".to_owned(), format!("{} bytes", directory(3))),
-        // DriverEntry and _fltused: rustc exports a cdylib's #[no_mangle] items (runtime.rs).
+        // DriverEntry and _fltused: rustc exports a cdylib's `export_name` and `no_mangle` items
+        // (src/kernel/nt/mod.rs, runtime/src/kernel.rs).
         ("export directory (resident)".to_owned(), format!("{} bytes", directory(0))),
     ];
     for s in &sections {

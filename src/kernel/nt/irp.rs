@@ -15,8 +15,9 @@ const FILE_OPENED: u64 = 1;
 
 /// An IRP the I/O manager sent to this driver.
 ///
-/// INVARIANT: `raw` is an IRP owned by this driver until completed; [`Irp::complete`] consumes
-/// the value, so an IRP cannot be completed twice or left uncompleted by safe code.
+/// # Invariants
+/// `raw` is an IRP owned by this driver until completed; [`Irp::complete`] consumes the value,
+/// so an IRP cannot be completed twice or left uncompleted by safe code.
 pub struct Irp {
     raw: NonNull<IRP>,
 }
@@ -37,6 +38,7 @@ impl Irp {
     /// # Safety
     /// `raw` must be an IRP the I/O manager passed to this driver and that it has not completed.
     pub(super) const unsafe fn from_raw(raw: NonNull<IRP>) -> Self {
+        // INVARIANT: by the caller's contract, passed to this driver and not yet completed.
         Self { raw }
     }
 

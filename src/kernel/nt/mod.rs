@@ -113,8 +113,9 @@ pub fn try_box<T>(value: T) -> Result<alloc::boxed::Box<T>, T> {
 
 /// A handle to one of this image's pageable sections, as `MmLockPagableDataSection` returns it.
 ///
-/// INVARIANT: the value came from `MmLockPagableDataSection` for this driver's image, and so
-/// stays valid until the driver unloads, whatever its lock count.
+/// # Invariants
+/// The value came from `MmLockPagableDataSection` for this driver's image, and so stays valid
+/// until the driver unloads, whatever its lock count.
 #[derive(Clone, Copy)]
 pub struct SectionHandle(NonNull<c_void>);
 
@@ -134,6 +135,7 @@ impl SectionHandle {
     /// # Safety
     /// `raw` must come from `into_raw` of a handle of this image.
     pub(super) const unsafe fn from_raw(raw: NonNull<c_void>) -> Self {
+        // INVARIANT: by the caller's contract `raw` is such a handle, taken apart by `into_raw`.
         Self(raw)
     }
 
@@ -144,6 +146,7 @@ impl SectionHandle {
         // SAFETY: the callers pass the address of an item of this image's own pageable
         // sections, at PASSIVE_LEVEL (asserted by the section placement of every caller).
         let raw = unsafe { ntddk::MmLockPagableDataSection(address.cast_mut()) };
+        // INVARIANT: a non-null return of `MmLockPagableDataSection` for this image's address.
         NonNull::new(raw).map(Self)
     }
 
@@ -189,6 +192,10 @@ unsafe impl super::lock::Backend for SpinBackend {
 }
 
 /// A NUL-terminated UTF-16 kernel object name, built at compile time by [`crate::wide_name`].
+///
+/// # Invariants
+/// The slice is not empty and its last element is NUL: `unicode` counts the length without
+/// it.
 pub struct WideName(&'static [u16]);
 
 impl WideName {
@@ -199,6 +206,7 @@ impl WideName {
     #[must_use]
     pub const fn new(wide: &'static [u16]) -> Self {
         assert!(!wide.is_empty() && wide[wide.len() - 1] == 0);
+        // INVARIANT: asserted just above.
         Self(wide)
     }
 
@@ -216,7 +224,8 @@ impl WideName {
 
 /// The driver object the I/O manager handed to `DriverEntry`.
 ///
-/// INVARIANT: points to this driver's live `DRIVER_OBJECT`.
+/// # Invariants
+/// Points to this driver's live `DRIVER_OBJECT`.
 pub struct Driver(NonNull<DRIVER_OBJECT>);
 
 impl Driver {
@@ -273,7 +282,8 @@ impl Driver {
 
 /// A device object this driver created, deleted when the value drops.
 ///
-/// INVARIANT: points to a device created by `IoCreateDevice` and not yet deleted.
+/// # Invariants
+/// Points to a device created by `IoCreateDevice` and not yet deleted.
 pub struct Device(NonNull<DEVICE_OBJECT>);
 
 // SAFETY: device objects are kernel objects usable from any thread.
@@ -306,6 +316,7 @@ impl Device {
         if !status::is_success(status) {
             return Err(status);
         }
+        // INVARIANT: `IoCreateDevice` succeeded, and nothing has deleted the device since.
         let device = Self(NonNull::new(raw).ok_or(status::UNSUCCESSFUL)?);
         security::admit_only_administrators_and_system(device.0.as_ptr().cast())?;
         Ok(device)
@@ -333,13 +344,17 @@ pub fn delete_devices(driver: &Driver) {
         // and Unload runs with no other routine of it active.
         let first = unsafe { driver.0.as_ref() }.DeviceObject;
         let Some(device) = NonNull::new(first) else { break };
+        // INVARIANT: the driver's list holds only devices it created and has not deleted;
+        // deleting one (the drop) takes it off the list.
         drop(Device(device));
     }
 }
 
 /// A symbolic link from a DOS name to a device, removed when the value drops.
 ///
-/// INVARIANT: the link `name` exists and was created by this value.
+/// # Invariants
+/// The link `name` exists and was created by this value (or by the one [`remove_link`]
+/// stands in for).
 pub struct SymbolicLink {
     name: &'static WideName,
 }
@@ -355,6 +370,7 @@ impl SymbolicLink {
         let mut device = target.unicode();
         // SAFETY: both strings are valid for the call; PASSIVE_LEVEL (DriverEntry).
         let status = unsafe { ntddk::IoCreateSymbolicLink(&raw mut link, &raw mut device) };
+        // INVARIANT: on success the link `name` exists, created here.
         if status::is_success(status) { Ok(Self { name }) } else { Err(status) }
     }
 
@@ -366,6 +382,7 @@ impl SymbolicLink {
 
 /// Removes a link kept with [`SymbolicLink::keep`].
 pub fn remove_link(name: &'static WideName) {
+    // INVARIANT: the caller (unload) passes the name of the link that load created and kept.
     drop(SymbolicLink { name });
 }
 
@@ -395,6 +412,7 @@ pub unsafe extern "C" fn driver_entry(
     let Some(raw) = NonNull::new(driver) else {
         return status::INVALID_PARAMETER;
     };
+    // INVARIANT: the I/O manager passes this driver's object, live until the driver unloads.
     let mut driver = Driver(raw);
     match crate::device::load(&driver) {
         Ok(()) => {
@@ -409,6 +427,7 @@ pub unsafe extern "C" fn driver_entry(
 #[paged]
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
     if let Some(raw) = NonNull::new(driver) {
+        // INVARIANT: the I/O manager passes this driver's object, live until unload returns.
         crate::device::unload(&Driver(raw));
     }
 }

@@ -64,7 +64,8 @@ pub fn code_name(code: u32) -> String {
 
 /// One open handle on the device.
 ///
-/// INVARIANT: `handle` is `Some` from [`Session::open`] until [`Session::close`] or drop.
+/// # Invariants
+/// `handle` is `Some` from [`Session::open`] until [`Session::close`] or drop.
 pub struct Session<'d, D: Device + ?Sized> {
     device: &'d D,
     handle: Option<D::Handle>,
@@ -78,6 +79,7 @@ impl<'d, D: Device + ?Sized> Session<'d, D> {
     /// failed.
     pub fn open(device: &'d D) -> Result<Self, Failure> {
         let handle = device.open()?.map_err(Failure::Status)?;
+        // INVARIANT: the handle opened just now.
         Ok(Self { device, handle: Some(handle) })
     }
 
@@ -88,6 +90,7 @@ impl<'d, D: Device + ?Sized> Session<'d, D> {
     /// As [`Session::open`].
     pub fn open_overlapped(device: &'d D) -> Result<Self, Failure> {
         let handle = device.open_overlapped()?.map_err(Failure::Status)?;
+        // INVARIANT: the handle opened just now.
         Ok(Self { device, handle: Some(handle) })
     }
 

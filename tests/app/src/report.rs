@@ -8,8 +8,10 @@ use serde::Serialize;
 /// `numerator / denominator` as a float, for ratios that are printed, never asserted.
 #[must_use]
 pub fn ratio(numerator: u64, denominator: u64) -> f64 {
-    // Tick counts stay far below 2^52, where the conversion is exact.
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "tick counts stay far below 2^52, where the conversion is exact"
+    )]
     let ratio = numerator as f64 / denominator as f64;
     ratio
 }

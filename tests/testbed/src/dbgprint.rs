@@ -97,7 +97,11 @@ pub fn format(format: &[u8], args: &[u64]) -> String {
         }
         let Some((&conversion, tail)) = rest.split_first() else { break };
         rest = tail;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // C's conversions
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_possible_wrap,
+            reason = "C's conversions"
+        )]
         let body = match conversion {
             b'%' => "%".to_owned(),
             b'd' | b'i' => {
@@ -167,7 +171,7 @@ fn capture(format_pointer: *const u8, args: &[u64]) -> u32 {
     0
 }
 
-#[allow(clippy::too_many_arguments)] // a variadic routine: as many as a format may use
+// A variadic routine: as many arguments as a format may use.
 pub(crate) extern "win64" fn dbg_print(
     format: *const u8,
     a1: u64,
@@ -184,7 +188,7 @@ pub(crate) extern "win64" fn dbg_print(
     capture(format, &[a1, a2, a3, a4, a5, a6, a7, a8, a9])
 }
 
-#[allow(clippy::too_many_arguments)] // a variadic routine: as many as a format may use
+// A variadic routine: as many arguments as a format may use.
 pub(crate) extern "win64" fn dbg_print_ex(
     _component: u32,
     _level: u32,

@@ -32,7 +32,7 @@ pub enum Failure {
 macro_rules! exports {
     ($($routine:ident => $host:expr, $failure:expr;)*) => {
         /// A routine the bed exports, named exactly as the driver imports it.
-        #[allow(non_camel_case_types)] // the import names themselves
+        #[expect(non_camel_case_types, reason = "the import names themselves")]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Routine { $(
             #[doc = concat!("`", stringify!($routine), "`.")]

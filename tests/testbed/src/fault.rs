@@ -4,7 +4,7 @@
 //! The signal handler is async-signal-safe: it reads the kernel through an atomic load, changes
 //! protections with `mprotect`, and touches only atomics and `const` thread-locals. When a fault
 //! is fatal it does not report from inside the handler: it records the fault in thread-locals
-//! and resumes the thread in [`report_fault`], on the same stack below the faulting frame,
+//! and resumes the thread in `report_fault`, on the same stack below the faulting frame,
 //! outside signal context, where formatting and writing the report are safe.
 
 use std::cell::Cell;

@@ -266,7 +266,7 @@ fn check_reply(code: u32, input: &[u8], got: i32, reply: &[u8]) -> Result<(), St
 
 /// Runs `ops` on a loaded bed, checking after every step. Returns the first failure. A
 /// sequence with [`Op::Parallel`] steps opens its handles for overlapped I/O.
-#[allow(clippy::too_many_lines)] // one walk over the steps, with the model beside it
+#[expect(clippy::too_many_lines, reason = "one walk over the steps, with the model beside it")]
 pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> {
     let mut open: Vec<Model> = Vec::new();
     let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. }));

@@ -258,7 +258,7 @@ impl Default for Frame {
 thread_local! {
     /// Retired frames of this thread, reused: a frame is never freed while its thread runs
     /// driver code, so a late `IofCompleteRequest` on a retired IRP reads valid memory.
-    #[allow(clippy::vec_box)] // boxed so that a frame never moves while the Vec grows
+    #[expect(clippy::vec_box, reason = "boxed so that a frame never moves while the Vec grows")]
     static FRAMES: RefCell<Vec<Box<Frame>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -348,7 +348,7 @@ pub unsafe fn send(
     crate::trace::record(crate::trace::Kind::IrpBegin, u16::from(major));
     // SAFETY: the caller passes the loaded driver's object; DriverEntry filled MajorFunction.
     let routine = unsafe { (*driver).MajorFunction[usize::from(major)] };
-    #[allow(clippy::option_if_let_else)] // two paths with their own SAFETY arguments
+    #[expect(clippy::option_if_let_else, reason = "two paths with their own SAFETY arguments")]
     let returned = if let Some(routine) = routine {
         // SAFETY: the bindings are compiled for this host, so their function pointers say "C";
         // the routine is Win64 code of the image, called the Win64 way.

@@ -233,7 +233,7 @@ pub fn bench(
     }
     bed.unload();
     let irps = count * threads as u64;
-    #[allow(clippy::cast_precision_loss)] // rates for people
+    #[expect(clippy::cast_precision_loss, reason = "rates for people")]
     let figures = BenchFigures {
         irps,
         threads,

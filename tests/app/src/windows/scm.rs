@@ -22,7 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A service control manager or service handle, closed on drop.
 ///
-/// INVARIANT: the handle is open and owned by nothing else.
+/// # Invariants
+/// The handle is open and owned by nothing else.
 struct ServiceHandle(SC_HANDLE);
 
 impl Drop for ServiceHandle {
@@ -39,6 +40,7 @@ fn open(access: u32) -> Result<ServiceHandle, Win32Error> {
     if manager.is_null() {
         return Err(failed("OpenSCManagerW"));
     }
+    // INVARIANT: opened just now and handed to nothing else.
     let manager = ServiceHandle(manager);
     let name = wide(SERVICE);
     // SAFETY: `manager` is open; `name` is NUL-terminated and outlives the call.
@@ -46,6 +48,7 @@ fn open(access: u32) -> Result<ServiceHandle, Win32Error> {
     if service.is_null() {
         return Err(failed(format!("OpenServiceW({SERVICE})")));
     }
+    // INVARIANT: as for `manager`.
     Ok(ServiceHandle(service))
 }
 

@@ -66,7 +66,8 @@ pub fn failed(call: impl Into<String>) -> Win32Error {
 
 /// A kernel handle this process owns, closed on drop.
 ///
-/// INVARIANT: the handle is open and owned by nothing else.
+/// # Invariants
+/// The handle is open and owned by nothing else.
 pub struct OwnedHandle(HANDLE);
 
 impl Drop for OwnedHandle {
@@ -85,6 +86,7 @@ pub fn is_elevated() -> Result<bool, Win32Error> {
     if unsafe { OpenProcessToken(process, TOKEN_QUERY, &raw mut token) } == 0 {
         return Err(failed("OpenProcessToken"));
     }
+    // INVARIANT: opened just now and handed to nothing else.
     let token = OwnedHandle(token);
     let mut elevation = TOKEN_ELEVATION::default();
     let mut returned = 0u32;
