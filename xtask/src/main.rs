@@ -240,6 +240,15 @@ fn test() -> Result<()> {
     step("clippy (host crates)", || {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     })?;
+    step("rustdoc (windows-drivers-rs's lint set, warnings denied)", || {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        toolchain::run(
+            std::process::Command::new(cargo)
+                .args(["doc", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .current_dir(cross::root()),
+        )
+    })?;
     step("clippy (kernel code, x86_64-pc-windows-msvc)", cross::clippy_driver)?;
     if !cfg!(windows) {
         // On Windows the build below is the `wdk` path itself.
