@@ -15,8 +15,10 @@ struct Mix(u64);
 impl Mix {
     const fn below(&mut self, n: usize) -> usize {
         self.0 = protocol::splitmix64(self.0);
-        // n is small; the modulo bias does not matter for picking an order.
-        #[allow(clippy::cast_possible_truncation)]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the remainder is below n, a usize; the modulo bias does not matter for an order"
+        )]
         let pick = (self.0 % n as u64) as usize;
         pick
     }
