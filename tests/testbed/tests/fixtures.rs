@@ -338,10 +338,15 @@ const HOLD: &str = "0x80002404";
 
 /// Two CPUs send HOLD ten times each on one overlapped handle, with the schedule of `seed`.
 fn holds_on_a_shared_handle(feature: Option<&str>, seed: u64, schedules: u64) -> (i32, Report) {
+    holds_with(feature, seed, schedules, &[])
+}
+
+/// As [`holds_on_a_shared_handle`], with `extra` arguments for the bed.
+fn holds_with(feature: Option<&str>, seed: u64, schedules: u64, extra: &[&str]) -> (i32, Report) {
     let driver = fixture(feature);
     let driver = driver.to_str().expect("UTF-8 path");
     let (seed, schedules) = (seed.to_string(), schedules.to_string());
-    bed_json(&[
+    let args = [
         "exec",
         driver,
         "--device",
@@ -357,7 +362,8 @@ fn holds_on_a_shared_handle(feature: Option<&str>, seed: u64, schedules: u64) ->
         &seed,
         "--schedules",
         &schedules,
-    ])
+    ];
+    bed_json(&[&args[..], extra].concat())
 }
 
 #[test]
@@ -406,25 +412,9 @@ fn on_one_cpu_the_same_requests_lose_nothing() {
 
 #[test]
 fn a_failing_schedule_can_be_seen_one_lane_per_cpu() {
-    let driver = fixture(Some("racy-hold"));
     let picture = tempfile_path("racy-hold.svg");
-    let (exit, report) = bed_json(&[
-        "exec",
-        driver.to_str().expect("UTF-8 path"),
-        "--device",
-        DEVICE,
-        "--ioctl",
-        HOLD,
-        "--threads",
-        "2",
-        "--shared",
-        "--repeat",
-        "5",
-        "--seed",
-        "1",
-        "--trace-svg",
-        picture.to_str().expect("UTF-8 path"),
-    ]);
+    let svg_arg = picture.to_str().expect("UTF-8 path");
+    let (exit, report) = holds_with(Some("racy-hold"), 1, 1, &["--trace-svg", svg_arg]);
     assert_eq!(exit, 1, "{}", report.render());
     let text = std::fs::read_to_string(&picture).expect("the picture was written");
     let svg = roxmltree::Document::parse(&text).expect("well-formed SVG");
