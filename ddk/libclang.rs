@@ -62,7 +62,12 @@ pub fn resource_dir(library: &Path, llvm_prefix: Option<&Path>) -> Result<PathBu
             .map(|v| v.path())
             .filter(|v| v.join(RESOURCE_HEADER).is_file())
             .collect();
-        found.sort();
+        // By version number ("18" above "9"), not by text.
+        let version = |p: &PathBuf| -> Vec<u32> {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.split('.').map(|n| n.parse().unwrap_or(0)).collect()
+        };
+        found.sort_by_key(version);
         if let Some(newest) = found.pop() {
             return Ok(newest);
         }

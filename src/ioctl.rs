@@ -110,13 +110,15 @@ pub fn handle(
 /// `QUERY_STATE`: counts and sizes, never an address or handle value.
 #[paged]
 fn query_state(open: &Open) -> StateReply {
+    // Read once, so that the held and extra counts of one reply agree.
+    let held = open.held();
     let mut sections = [SectionState::default(); protocol::SECTION_COUNT];
     for (state, section) in sections.iter_mut().zip(LOCKABLE) {
         *state = SectionState {
             name: section.name(),
             size: section.size(),
             lock_count: section.lock_count(),
-            held_by_caller: open.held(),
+            held_by_caller: held,
             reserved: 0,
         };
     }
@@ -124,7 +126,7 @@ fn query_state(open: &Open) -> StateReply {
         version: PROTOCOL_VERSION,
         driver_version: DRIVER_VERSION,
         open_handles: OPEN_HANDLES.load(Ordering::SeqCst),
-        caller_extra_locks: open.extra(),
+        caller_extra_locks: held.saturating_sub(1),
         sections,
         lock_by_address_calls: COUNTERS.lock_by_address.load(Ordering::Relaxed),
         lock_by_handle_calls: COUNTERS.lock_by_handle.load(Ordering::Relaxed),

@@ -57,7 +57,7 @@ impl Open {
         if cfg!(feature = "defect-unlocked-run") {
             return Ok(());
         }
-        self.add_pair(|reserved| reserved == 0)
+        self.add_pair(|reserved| reserved == 0).map(|_| ())
     }
 
     /// Locks held on each section by this handle.
@@ -81,8 +81,9 @@ impl Open {
         if cfg!(feature = "defect-unlocked-run") {
             return Ok(self.extra());
         }
-        self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
-        Ok(self.extra())
+        // The count this LOCK made, not a later reading that another LOCK may have raised.
+        let held = self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
+        Ok(held - 1)
     }
 
     /// `IOCTL_UNLOCK`: releases one extra lock on each section. Returns the extra locks
@@ -121,9 +122,9 @@ impl Open {
     }
 
     /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
-    /// the pair. On failure nothing stays changed.
+    /// the pair; returns the pairs held counting it. On failure nothing stays changed.
     #[paged]
-    fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<(), Status> {
+    fn add_pair(&self, allowed: impl Fn(u32) -> bool) -> Result<u32, Status> {
         // INVARIANT: `reserved` rises before `held`, and only where `allowed` (which its
         // callers bound by `MAX_PAIRS`) admits it, so `held <= reserved <= MAX_PAIRS`.
         self.reserved
@@ -141,8 +142,7 @@ impl Open {
             return Err(status::INVALID_DEVICE_STATE);
         }
         // INVARIANT: both locks are taken before the pair is counted.
-        self.held.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        Ok(self.held.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// Releases one pair that was counted as the `before`-th and is no longer counted.

@@ -183,8 +183,9 @@ pub fn graph(root: &Path) -> Result<Graph> {
     Ok(graph)
 }
 
-/// The strongly connected components of more than one module (or one importing itself): each
-/// is a set of modules that import each other in a circle. Tarjan's algorithm.
+/// The strongly connected components of more than one module: each is a set of modules that
+/// import each other in a circle (a module's imports of itself are not edges). Tarjan's
+/// algorithm.
 #[must_use]
 pub fn cycles(graph: &Graph) -> Vec<Vec<String>> {
     struct State<'g> {

@@ -242,6 +242,11 @@ impl Bed {
             ..Default::default()
         }));
         let mut open_handles = crate::sched::lock(&self.open_handles);
+        // The file object references the device from before the create is dispatched, as in
+        // the kernel: a driver that deletes its device during the create cannot free it.
+        if let Some(record) = k.state().devices.iter_mut().find(|d| d.object == device) {
+            record.references += 1;
+        }
         // SAFETY: the loaded driver's object and one of its devices.
         let completion = unsafe {
             io::send(
@@ -260,13 +265,12 @@ impl Bed {
             // SAFETY: the file object made above; the driver's create failed, so nothing
             // refers to it any more.
             drop(unsafe { Box::from_raw(file) });
+            drop(open_handles);
+            io::dereference_device(device as *mut _);
             return Err(completion.status);
         }
         *open_handles += 1;
         drop(open_handles);
-        if let Some(record) = k.state().devices.iter_mut().find(|d| d.object == device) {
-            record.references += 1;
-        }
         Ok(Handle {
             file,
             device,

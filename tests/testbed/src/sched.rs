@@ -76,6 +76,9 @@ static POINTS: AtomicU64 = AtomicU64::new(0);
 static SWITCHES: AtomicU64 = AtomicU64::new(0);
 static DIGEST: AtomicU64 = AtomicU64::new(FNV_OFFSET);
 static SEED: AtomicU64 = AtomicU64::new(0);
+/// Waits in a row with no switch point reached in between: when every live CPU has waited
+/// twice over and none has made progress, nothing can.
+static WAITS_IN_A_ROW: AtomicU32 = AtomicU32::new(0);
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
@@ -166,9 +169,12 @@ fn hand_over(me: u32, next: u32) {
 
 fn wait_for_baton(me: u32) {
     let word = &cpu(me).wake;
+    // The token is taken with one read-modify-write before sleeping on it, so a wake that
+    // comes between the check of RUNNING and the sleep is never lost.
     while RUNNING.load(Ordering::Acquire) != me {
-        futex_wait(word, 0);
-        word.store(0, Ordering::Relaxed);
+        if word.swap(0, Ordering::AcqRel) == 0 {
+            futex_wait(word, 0);
+        }
     }
     crate::irql::switched_in();
 }
@@ -177,9 +183,13 @@ fn wait_for_baton(me: u32) {
 fn choose(me: u32, point: u64, eligible: impl Fn(u8) -> bool) -> Option<u32> {
     let candidates = || cpus().filter(|c| eligible(cpu(*c).status.load(Ordering::Relaxed)));
     if PCT.load(Ordering::Relaxed) {
-        if me != NONE && CHANGE_POINTS.iter().any(|p| p.load(Ordering::Relaxed) == point) {
-            // A priority change point: the running CPU drops below every other.
-            cpu(me).priority.store(0, Ordering::Relaxed);
+        if me != NONE
+            && let Some(k) = CHANGE_POINTS.iter().position(|p| p.load(Ordering::Relaxed) == point)
+        {
+            // The k-th change point: the running CPU drops below every starting priority and
+            // below the CPUs lowered at earlier change points (priorities 8 - k, all distinct).
+            let k = u32::try_from(k).unwrap_or(0);
+            cpu(me).priority.store(8 - k, Ordering::Relaxed);
         }
         candidates().max_by_key(|c| (cpu(*c).priority.load(Ordering::Relaxed), *c))
     } else {
@@ -204,6 +214,7 @@ pub fn point() {
         return;
     }
     let Some(me) = current_cpu() else { return };
+    WAITS_IN_A_ROW.store(0, Ordering::Relaxed);
     let point = POINTS.fetch_add(1, Ordering::Relaxed);
     let next = choose(me, point, |s| s == RUNNABLE || s == SPINNING).unwrap_or(me);
     record(point, me, next);
@@ -212,21 +223,31 @@ pub fn point() {
 
 /// Called while waiting for something another CPU holds (a spin lock, a busy file object).
 ///
-/// Lets a CPU that is not itself waiting run. False when there is none, which is a deadlock.
-/// Outside a scheduled run it only spins.
+/// Lets a CPU that is not itself waiting run, or, when all are waiting, another waiter (which
+/// then looks again). The CPU stays marked as waiting while it is switched out, so waiters do
+/// not hand the baton to each other while a CPU that could make progress is left out. False
+/// when no CPU can make progress: every live CPU has waited twice over with no switch point
+/// reached in between, which is a deadlock. Outside a scheduled run it only spins.
 #[must_use]
 pub fn wait_on_other_cpu() -> bool {
     let Some(me) = current_cpu().filter(|_| active()) else {
         std::hint::spin_loop();
         return true;
     };
+    let live =
+        u32::try_from(cpus().filter(|c| cpu(*c).status.load(Ordering::Relaxed) != DONE).count())
+            .unwrap_or(u32::MAX);
+    if WAITS_IN_A_ROW.fetch_add(1, Ordering::Relaxed) + 1 > 2 * live {
+        return false;
+    }
     cpu(me).status.store(SPINNING, Ordering::Relaxed);
     let point = POINTS.fetch_add(1, Ordering::Relaxed);
-    let next = choose(me, point, |s| s == RUNNABLE);
-    cpu(me).status.store(RUNNABLE, Ordering::Relaxed);
-    let Some(next) = next.filter(|n| *n != me) else { return false };
+    let next = choose(me, point, |s| s == RUNNABLE)
+        .or_else(|| choose(me, point, |s| s == SPINNING))
+        .unwrap_or(me);
     record(point, me, next);
     hand_over(me, next);
+    cpu(me).status.store(RUNNABLE, Ordering::Relaxed);
     true
 }
 
@@ -299,8 +320,8 @@ pub fn run<R: Send>(
     for (i, c) in CPUS.iter().enumerate() {
         c.status.store(if i < cpus { RUNNABLE } else { ABSENT }, Ordering::Relaxed);
         c.wake.store(0, Ordering::Relaxed);
-        // Distinct priorities above 0 (0 is where a change point puts the running CPU).
-        c.priority.store(u32::try_from(i).unwrap_or(0) + 1, Ordering::Relaxed);
+        // Distinct priorities above every change point's (change point k gives depth - 1 - k).
+        c.priority.store(u32::try_from(i).unwrap_or(0) + 9, Ordering::Relaxed);
     }
     if let Policy::Pct { depth } = policy {
         for i in (1..cpus).rev() {
@@ -313,15 +334,24 @@ pub fn run<R: Send>(
             CPUS[j].priority.store(a, Ordering::Relaxed);
         }
         // The change points fall within the first points of the run, where a short run has them.
+        // Distinct change points, in increasing order, within the first points of the run
+        // (where a short run has them).
         let changes = usize::try_from(depth.clamp(1, 8) - 1).unwrap_or(0);
+        let mut points: Vec<u64> = Vec::new();
+        while points.len() < changes {
+            let at = draw() % 4096;
+            if !points.contains(&at) {
+                points.push(at);
+            }
+        }
+        points.sort_unstable();
         for (k, p) in CHANGE_POINTS.iter().enumerate() {
-            let at = if k < changes { draw() % 4096 } else { u64::MAX };
-            p.store(at, Ordering::Relaxed);
+            p.store(points.get(k).copied().unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     }
     let ready = AtomicU32::new(0);
     ACTIVE.store(true, Ordering::Release);
-    let results = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let threads: Vec<_> = (0..count)
             .map(|me| {
                 let (work, ready) = (&work, &ready);
@@ -329,21 +359,10 @@ pub fn run<R: Send>(
                     ME.with(|m| m.set(me));
                     ready.fetch_add(1, Ordering::AcqRel);
                     wait_for_baton(me);
-                    let result = work(me);
-                    cpu(me).status.store(DONE, Ordering::Relaxed);
-                    let point = POINTS.load(Ordering::Relaxed);
-                    match choose(me, point, |s| s == RUNNABLE || s == SPINNING) {
-                        Some(next) => {
-                            record(point, me, next);
-                            SWITCHES.fetch_add(1, Ordering::Relaxed);
-                            RUNNING.store(next, Ordering::Release);
-                            cpu(next).wake.store(1, Ordering::Release);
-                            futex_wake(&cpu(next).wake);
-                        }
-                        None => RUNNING.store(NONE, Ordering::Release),
-                    }
-                    ME.with(|m| m.set(NONE));
-                    result
+                    // Done, normally or by a panic: the baton passes on either way, so the
+                    // other CPUs finish and the panic reaches the caller.
+                    let _leaving = Leaving(me);
+                    work(me)
                 })
             })
             .collect();
@@ -354,10 +373,34 @@ pub fn run<R: Send>(
         RUNNING.store(first, Ordering::Release);
         cpu(first).wake.store(1, Ordering::Release);
         futex_wake(&cpu(first).wake);
-        threads.into_iter().map(|t| t.join().expect("a CPU's thread panicked")).collect()
-    });
-    ACTIVE.store(false, Ordering::Release);
-    results
+        let joined: Vec<_> = threads.into_iter().map(std::thread::ScopedJoinHandle::join).collect();
+        ACTIVE.store(false, Ordering::Release);
+        joined.into_iter().map(|r| r.expect("a CPU's thread panicked")).collect::<Vec<R>>()
+    })
+}
+
+/// Marks its CPU done and passes the baton on when dropped (at the end of the CPU's work, or
+/// while a panic unwinds it).
+struct Leaving(u32);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        let me = self.0;
+        cpu(me).status.store(DONE, Ordering::Relaxed);
+        let point = POINTS.fetch_add(1, Ordering::Relaxed);
+        match choose(me, point, |s| s == RUNNABLE || s == SPINNING) {
+            Some(next) => {
+                record(point, me, next);
+                SWITCHES.fetch_add(1, Ordering::Relaxed);
+                crate::trace::record(crate::trace::Kind::Switch, u16::try_from(next).unwrap_or(0));
+                RUNNING.store(next, Ordering::Release);
+                cpu(next).wake.store(1, Ordering::Release);
+                futex_wake(&cpu(next).wake);
+            }
+            None => RUNNING.store(NONE, Ordering::Release),
+        }
+        ME.with(|m| m.set(NONE));
+    }
 }
 
 /// A mutex of the bed's own that a CPU may have to wait for while another CPU, switched out,
@@ -417,6 +460,43 @@ mod tests {
         let (order, summary) = interleaving(3, Policy::Pct { depth: 1 });
         assert_eq!(summary.switches, 1, "{order:?}");
         assert!(order[..50].iter().all(|c| *c == order[0]));
+    }
+
+    #[test]
+    fn two_cpus_waiting_for_each_other_are_a_deadlock_not_a_livelock() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each waits for a flag only the other could set after its own wait: nobody progresses.
+        for policy in [Policy::Uniform, Policy::Pct { depth: 2 }] {
+            let results = run(2, 9, policy, |_| {
+                point();
+                let mut gave_up = false;
+                for _ in 0..100 {
+                    if !wait_on_other_cpu() {
+                        gave_up = true;
+                        break;
+                    }
+                }
+                gave_up
+            });
+            assert_eq!(results, [true, true], "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_cpu_lets_the_others_finish_and_the_panic_through() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let finished = std::sync::atomic::AtomicU32::new(0);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(3, 4, Policy::Uniform, |me| {
+                point();
+                assert!(me != 1, "CPU 1 fails");
+                point();
+                finished.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(finished.load(Ordering::Relaxed), 2);
+        assert!(!active());
     }
 
     #[test]
