@@ -564,7 +564,7 @@ pub struct StressStats {
 /// When the run cannot start.
 pub fn stress(driver: &Path, threads: usize, iterations: u64) -> Result<StressStats> {
     let report = isolated(move || {
-        let bed = Bed::load(driver, Options { force_irql: false, ..quiet() })?
+        let bed = Bed::load(driver, quiet())?
             .map_err(|(s, _)| anyhow::anyhow!("DriverEntry failed: {s:#x}"))?;
         let bed = std::sync::Arc::new(bed);
         let workers: Vec<_> = (0..threads)

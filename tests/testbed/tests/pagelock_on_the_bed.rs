@@ -440,3 +440,19 @@ fn closes_come_from_the_system_worker_at_passive_or_apc_level_and_the_driver_is_
     }
     assert_eq!(irqls.into_iter().collect::<Vec<_>>(), ["0", "1"]);
 }
+
+#[test]
+fn the_stress_run_keeps_force_irql_checking_on_and_catches_an_unlocked_run() {
+    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
+    let output =
+        bed(&["stress", sys.to_str().unwrap(), "--threads", "4", "--iterations", "50", "--json"]);
+    let stats = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{stats:#}");
+    let problems = stats["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap_or_default().contains("pageable-code-at-dispatch")),
+        "{stats:#}"
+    );
+}
