@@ -115,6 +115,17 @@ impl Bed {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let image = loader::map(&data, exports::resolve)
             .with_context(|| format!("loading {}", path.display()))?;
+        crate::sched::on_stuck(|cpu| {
+            crate::isolate::stop(
+                Rule::CpuStuck,
+                None,
+                [u64::from(cpu), crate::sched::STUCK_AFTER.as_secs(), 0, 0],
+                format!(
+                    "CPU {cpu} reached no switch point for {} s: driver code waiting on memory that only another CPU could change",
+                    crate::sched::STUCK_AFTER.as_secs()
+                ),
+            )
+        });
         let k = kernel::install(
             Mm::new(&image),
             KernelOptions {

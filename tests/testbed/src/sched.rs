@@ -251,6 +251,22 @@ pub fn wait_on_other_cpu() -> bool {
     true
 }
 
+/// How long the running CPU may go without reaching a switch point before the watchdog calls
+/// the hook installed with [`on_stuck`].
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+static STUCK: std::sync::OnceLock<fn(u32)> = std::sync::OnceLock::new();
+
+/// Installs what the watchdog does when the running CPU reaches no switch point for
+/// [`STUCK_AFTER`].
+///
+/// That is driver code waiting on memory that only another CPU could change, which cannot
+/// run: the bed stops the run with a rule of its own. The hook is installed by the
+/// layer above, so that this module depends on nothing that reports.
+pub fn on_stuck(hook: fn(u32)) {
+    let _ = STUCK.set(hook);
+}
+
 /// Whether a scheduled run happened in this process (its summary then describes it).
 #[must_use]
 pub fn ran() -> bool {
@@ -350,6 +366,7 @@ pub fn run<R: Send>(
         }
     }
     let ready = AtomicU32::new(0);
+    let finished = AtomicBool::new(false);
     ACTIVE.store(true, Ordering::Release);
     std::thread::scope(|scope| {
         let threads: Vec<_> = (0..count)
@@ -373,7 +390,26 @@ pub fn run<R: Send>(
         RUNNING.store(first, Ordering::Release);
         cpu(first).wake.store(1, Ordering::Release);
         futex_wake(&cpu(first).wake);
+        // The watchdog: a thread of the bed's, not a CPU; it watches the switch points.
+        let finished = &finished;
+        let watchdog = scope.spawn(move || {
+            let mut last = (POINTS.load(Ordering::Relaxed), std::time::Instant::now());
+            while !finished.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let points = POINTS.load(Ordering::Relaxed);
+                if points != last.0 {
+                    last = (points, std::time::Instant::now());
+                } else if last.1.elapsed() >= STUCK_AFTER
+                    && let Some(hook) = STUCK.get()
+                {
+                    hook(RUNNING.load(Ordering::Acquire));
+                    last.1 = std::time::Instant::now();
+                }
+            }
+        });
         let joined: Vec<_> = threads.into_iter().map(std::thread::ScopedJoinHandle::join).collect();
+        finished.store(true, Ordering::Release);
+        let _ = watchdog.join();
         ACTIVE.store(false, Ordering::Release);
         joined.into_iter().map(|r| r.expect("a CPU's thread panicked")).collect::<Vec<R>>()
     })

@@ -69,6 +69,10 @@ pub enum Rule {
     /// Every emulated CPU waits for one that cannot run (a spin lock whose holder finished or
     /// waits itself): the machine would hang.
     Deadlock,
+    /// The running CPU reached no switch point for a long time: driver code waiting on memory
+    /// that only another CPU could change, which the scheduler cannot run meanwhile (on real
+    /// processors it might progress; on the bed it cannot).
+    CpuStuck,
     /// Unlocked pageable memory handed to a kernel routine at `DISPATCH_LEVEL`. The kernel's
     /// instruction faults on an address in a driver image: 0xD3 (`KeBugCheck2` turns 0xA into
     /// 0xD3 only when the faulting instruction is not a driver's).
@@ -204,6 +208,9 @@ table! {
     Deadlock "deadlock" 0xBED0_0009 Bed true
         "what is waited for (the lock's address), its holder, 0, 0"
         "every emulated CPU waits for one that cannot run: the machine would hang";
+    CpuStuck "cpu-stuck" 0xBED0_000A Bed true
+        "the CPU, seconds without a switch point, 0, 0"
+        "the running CPU reached no switch point for 5 s: driver code waiting on memory another CPU must change";
     PageableMemoryAtDispatch "pageable-memory-at-dispatch" 0xD3 Windows true
         "address, IRQL, 0 read / 1 write, routine's import address"
         "DRIVER_PORTION_MUST_BE_NONPAGED: the kernel touched unlocked pageable memory of the driver at DISPATCH_LEVEL";

@@ -164,6 +164,7 @@ const NOT_IN_THE_TABLE: &[&str] = &[
     "racy-hold",
     "touch-init-not-last",
     "unsupported-import",
+    "wait-on-memory",
 ];
 
 /// The features of the fixture crate, where the list of defects lives (`cargo xtask test`
@@ -457,4 +458,14 @@ fn a_device_deleted_while_a_handle_is_open_is_freed_at_the_last_close() {
     assert!(deferred < freed, "{log}");
     let close = report.steps.iter().position(|s| s.what.starts_with("IRP_MJ_CLOSE"));
     assert!(close.is_some(), "the close reached the driver");
+}
+
+#[test]
+fn driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung() {
+    // The first HOLD spins, with no kernel call, until a second HOLD arrives; the scheduler
+    // switches only at kernel calls, so the second never runs, and the watchdog says so.
+    let (exit, report) = holds_with(Some("wait-on-memory"), 1, 1, &[]);
+    assert_eq!(exit, 1, "{}", report.render());
+    let bugcheck = report.bugcheck.as_ref().expect("the run was stopped");
+    assert_eq!((bugcheck.rule.as_str(), bugcheck.code), ("cpu-stuck", 0xBED0_000A));
 }
