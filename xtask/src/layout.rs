@@ -1,7 +1,8 @@
 //! `cargo xtask check-layout`: the import graph of a crate's modules, and its cycles.
 //!
-//! An import is any path beginning with `crate::` or `super::` (in a `use`, a type, an
-//! expression or a macro's path) outside test code (`#[cfg(test)]` items). A module is a file:
+//! An import is any path beginning with `crate::`, `super::` or `self::`, or with the name of a
+//! child module (in a `use`, a type, an expression or a macro's arguments), outside test code
+//! (`#[cfg(test)]` items). Paths through a name brought in by `use` are not followed. A module is a file:
 //! `src/a.rs` and `src/a/mod.rs` are `a`, `src/a/b.rs` is `a::b`; a path names the deepest
 //! module of the crate it reaches. The files are parsed with syn, so nothing in a string or a
 //! comment counts.
@@ -71,8 +72,14 @@ impl Imports<'_> {
     }
 
     fn add_path(&mut self, segments: &[String]) {
+        let here: Vec<String> = self.here.split("::").map(str::to_owned).collect();
         match segments.first().map(String::as_str) {
             Some("crate") => self.add(&[], &segments[1..]),
+            Some("self") => self.add(&here, &segments[1..]),
+            // A path through a child module of this one (`nt::f()` in `kernel`).
+            Some(first) if self.modules.contains(&format!("{}::{first}", self.here)) => {
+                self.add(&here, segments);
+            }
             Some("super") => {
                 let mut base: Vec<String> = self.here.split("::").map(str::to_owned).collect();
                 let mut rest = segments;
@@ -323,6 +330,16 @@ mod tests {
         assert_eq!(graph["high"], BTreeSet::from(["low".to_owned()]));
         assert_eq!(graph["high::part"], BTreeSet::from(["high".to_owned()]));
         assert!(graph["low"].is_empty(), "{graph:?}");
+    }
+
+    #[test]
+    fn a_parent_and_its_child_importing_each_other_are_a_cycle() {
+        let dir = tree(&[
+            ("lib.rs", "pub mod kernel;"),
+            ("kernel/mod.rs", "mod nt; pub fn g() { nt::f(); }"),
+            ("kernel/nt.rs", "pub fn f() { super::g(); }"),
+        ]);
+        assert_eq!(cycles(&graph(dir.path()).unwrap()), [["kernel", "kernel::nt"]]);
     }
 
     #[test]
