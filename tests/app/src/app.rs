@@ -328,7 +328,7 @@ mod tests {
 
     use super::*;
     use crate::errors::win32;
-    use crate::fake::{Fault, Model};
+    use crate::fake::{Fault, Model, Unopenable};
 
     /// A machine in memory: elevated or not, each call answering as set.
     struct FakeHost {
@@ -504,32 +504,13 @@ mod tests {
 
     #[test]
     fn a_refused_open_is_reported_as_the_failed_create_file() {
-        struct Denied;
-        impl Device for Denied {
-            type Handle = ();
-            fn open(&self) -> Result<Result<(), i32>, crate::device::TransportError> {
-                Ok(Err(protocol::status::ACCESS_DENIED))
-            }
-            fn control(
-                &self,
-                (): &(),
-                _: u32,
-                _: &[u8],
-                _: usize,
-            ) -> Result<crate::device::Reply, crate::device::TransportError> {
-                unreachable!()
-            }
-            fn close(&self, (): ()) -> Result<(), crate::device::TransportError> {
-                Ok(())
-            }
-        }
-        struct DeniedHost(FakeHost, Denied);
+        struct DeniedHost(FakeHost, Unopenable);
         impl Host for DeniedHost {
-            type Device = Denied;
+            type Device = Unopenable;
             fn is_elevated(&self) -> Result<bool, Win32Error> {
                 Ok(true)
             }
-            fn device(&self) -> &Denied {
+            fn device(&self) -> &Unopenable {
                 &self.1
             }
             fn install_package(&self, inf: &Path) -> Result<bool, Win32Error> {
@@ -548,7 +529,8 @@ mod tests {
                 self.0.message(code)
             }
         }
-        let host = DeniedHost(FakeHost::new(), Denied);
+        let host =
+            DeniedHost(FakeHost::new(), Unopenable::Refused(protocol::status::ACCESS_DENIED));
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let status =
             App::new(&host, &mut out, &mut err, false).run(&Command::Query { json: false });

@@ -329,3 +329,31 @@ fn the_model_decodes_what_it_encodes() {
     model.close(handle).expect("close");
     assert_eq!(model.lock_count(), 0);
 }
+
+/// A device no handle can be opened on: the open is refused with a status, or the transport
+/// fails. Nothing else is ever asked of it.
+pub enum Unopenable {
+    /// `CreateFileW` fails with the error of this `NTSTATUS`.
+    Refused(i32),
+    /// The transport itself fails, with this message.
+    Gone(&'static str),
+}
+
+impl Device for Unopenable {
+    type Handle = ();
+
+    fn open(&self) -> Result<Result<(), i32>, TransportError> {
+        match self {
+            Self::Refused(status) => Ok(Err(*status)),
+            Self::Gone(why) => Err(TransportError((*why).to_owned())),
+        }
+    }
+
+    fn control(&self, (): &(), _: u32, _: &[u8], _: usize) -> Result<Reply, TransportError> {
+        unreachable!("no handle was ever opened")
+    }
+
+    fn close(&self, (): ()) -> Result<(), TransportError> {
+        unreachable!("no handle was ever opened")
+    }
+}

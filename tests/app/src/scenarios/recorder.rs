@@ -186,31 +186,12 @@ pub(super) fn summarize(values: &[u32]) -> String {
 mod tests {
     use pagelock_protocol::status;
 
-    use crate::device::{Device, TransportError};
+    use crate::fake::Unopenable;
     use crate::scenarios::idle;
 
     #[test]
     fn a_refused_open_fails_the_scenario_with_its_status() {
-        struct Denied;
-        impl Device for Denied {
-            type Handle = ();
-            fn open(&self) -> Result<Result<(), i32>, TransportError> {
-                Ok(Err(status::ACCESS_DENIED))
-            }
-            fn control(
-                &self,
-                (): &(),
-                _: u32,
-                _: &[u8],
-                _: usize,
-            ) -> Result<crate::device::Reply, TransportError> {
-                unreachable!()
-            }
-            fn close(&self, (): ()) -> Result<(), TransportError> {
-                Ok(())
-            }
-        }
-        let verdict = idle(&Denied);
+        let verdict = idle(&Unopenable::Refused(status::ACCESS_DENIED));
         assert!(!verdict.passed());
         assert_eq!(verdict.checks[0].seen, "STATUS_ACCESS_DENIED (0xC0000022)");
     }

@@ -55,8 +55,7 @@ pub fn render(verdicts: &[Verdict], verbose: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::TransportError;
-    use crate::fake::{Fault, Model};
+    use crate::fake::{Fault, Model, Unopenable};
     use crate::scenarios::idle;
 
     #[test]
@@ -91,26 +90,7 @@ mod tests {
 
     #[test]
     fn a_transport_failure_stops_the_scenario_and_fails_it() {
-        struct Broken;
-        impl Device for Broken {
-            type Handle = ();
-            fn open(&self) -> Result<Result<(), i32>, TransportError> {
-                Err(TransportError("the device went away".into()))
-            }
-            fn control(
-                &self,
-                (): &(),
-                _: u32,
-                _: &[u8],
-                _: usize,
-            ) -> Result<crate::device::Reply, TransportError> {
-                unreachable!()
-            }
-            fn close(&self, (): ()) -> Result<(), TransportError> {
-                Ok(())
-            }
-        }
-        let verdicts = run(&Broken, Selection::All);
+        let verdicts = run(&Unopenable::Gone("the device went away"), Selection::All);
         assert!(verdicts.iter().all(|v| !v.passed() && v.transport_error.is_some()));
         assert!(
             render(&verdicts, false).contains("stopped by a transport error: the device went away")
