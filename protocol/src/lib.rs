@@ -45,8 +45,17 @@ pub mod status {
     pub const BUFFER_TOO_SMALL: i32 = code(0xC000_0023);
     /// `STATUS_INSUFFICIENT_RESOURCES`: the pool allocation for a new handle failed.
     pub const INSUFFICIENT_RESOURCES: i32 = code(0xC000_009A);
-    /// `STATUS_INVALID_DEVICE_STATE`: `UNLOCK` with no extra lock, or `LOCK` at the limit.
+    /// `STATUS_INVALID_DEVICE_STATE`: `UNLOCK` with no extra lock, `LOCK` at the limit, or
+    /// `WAIT` with [`super::MAX_PENDING`] waits already queued.
     pub const INVALID_DEVICE_STATE: i32 = code(0xC000_0184);
+    /// `STATUS_PENDING`: the driver queued the request and completes it later (`WAIT`).
+    pub const PENDING: i32 = code(0x0000_0103);
+    /// `STATUS_CANCELLED`: a queued `WAIT` was cancelled.
+    ///
+    /// By its caller (`CancelIoEx`, `IoCancelIrp`) or because its handle was closed
+    /// (`IRP_MJ_CLEANUP`). No reply comes with it: the I/O manager copies a `METHOD_BUFFERED`
+    /// reply only on success.
+    pub const CANCELLED: i32 = code(0xC000_0120);
 
     /// `NT_SUCCESS`.
     #[must_use]
@@ -66,6 +75,8 @@ pub mod status {
             BUFFER_TOO_SMALL => "STATUS_BUFFER_TOO_SMALL",
             INSUFFICIENT_RESOURCES => "STATUS_INSUFFICIENT_RESOURCES",
             INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
+            PENDING => "STATUS_PENDING",
+            CANCELLED => "STATUS_CANCELLED",
             _ => "(other)",
         }
     }
@@ -113,13 +124,32 @@ pub const IOCTL_UNLOCK: u32 = ctl_code(DEVICE_TYPE, 0x803, METHOD_BUFFERED, FILE
 /// that, in a stream, delays those who take it exclusively (a driver load).
 pub const IOCTL_BENCH: u32 = ctl_code(DEVICE_TYPE, 0x804, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 
+/// Waits until a timeout expires or `SIGNAL` ends the wait early, whichever comes first.
+/// Input: [`WaitRequest`]. Output: [`WaitReply`].
+///
+/// The driver queues the request (`STATUS_PENDING`) and completes it later: with
+/// `STATUS_SUCCESS` and [`WaitOutcome::Expired`] from its timer, at `DISPATCH_LEVEL`, once the
+/// timeout has passed; with `STATUS_SUCCESS` and [`WaitOutcome::Signalled`] from a `SIGNAL`;
+/// with `STATUS_CANCELLED` (and no reply) when the caller cancels it or closes the handle. At
+/// most [`MAX_PENDING`] waits are queued at once, over all handles; one more is refused with
+/// `STATUS_INVALID_DEVICE_STATE`. Needs read and write access: a queued wait holds a slot of
+/// that driver-wide limit.
+pub const IOCTL_WAIT: u32 =
+    ctl_code(DEVICE_TYPE, 0x805, METHOD_BUFFERED, FILE_READ_ACCESS | FILE_WRITE_ACCESS);
+/// Ends queued waits early. Input: [`SignalRequest`]. Output: [`SignalReply`].
+///
+/// Needs write access: it completes waits of other handles too ([`SignalScope::All`]).
+pub const IOCTL_SIGNAL: u32 = ctl_code(DEVICE_TYPE, 0x806, METHOD_BUFFERED, FILE_WRITE_ACCESS);
+
 /// Every control code the driver implements, with its name.
-pub const IOCTLS: [(u32, &str); 5] = [
+pub const IOCTLS: [(u32, &str); 7] = [
     (IOCTL_QUERY_STATE, "QUERY_STATE"),
     (IOCTL_RUN_LOCKED, "RUN_LOCKED"),
     (IOCTL_LOCK, "LOCK"),
     (IOCTL_UNLOCK, "UNLOCK"),
     (IOCTL_BENCH, "BENCH"),
+    (IOCTL_WAIT, "WAIT"),
+    (IOCTL_SIGNAL, "SIGNAL"),
 ];
 
 /// The access bits of a control code (`FILE_READ_ACCESS`, `FILE_WRITE_ACCESS`).
@@ -135,6 +165,15 @@ pub const MAX_RUN_ITERATIONS: u32 = 4096;
 pub const MAX_EXTRA_LOCKS: u32 = 64;
 /// Most lock/unlock pairs of each kind one `BENCH` may time.
 pub const MAX_BENCH_ITERATIONS: u32 = 10_000;
+
+/// Most `WAIT` requests queued at once, over all handles: each is an IRP the I/O manager keeps
+/// in nonpaged pool until the driver completes it.
+pub const MAX_PENDING: u32 = 64;
+/// Longest timeout one `WAIT` may ask for, in milliseconds.
+pub const MAX_WAIT_MS: u32 = 60_000;
+/// The period of the driver's timer while waits are queued, in milliseconds: a wait expires
+/// at the first tick after its timeout has passed, so at most this much late.
+pub const WAIT_TICK_MS: u32 = 10;
 
 /// Number of lockable sections the driver reports.
 pub const SECTION_COUNT: usize = 2;
@@ -264,6 +303,107 @@ pub struct StateReply {
     pub runs: u64,
 }
 
+/// Input of `WAIT`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct WaitRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// 1..=[`MAX_WAIT_MS`] milliseconds.
+    pub timeout_ms: u32,
+    /// Any value; the reply carries it back, so a caller can tell its waits apart.
+    pub cookie: u64,
+}
+
+/// How a `WAIT` ended: the `outcome` of a [`WaitReply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WaitOutcome {
+    /// The timeout passed (completed by the driver's timer, at `DISPATCH_LEVEL`).
+    Expired = 1,
+    /// A `SIGNAL` ended it early (at `PASSIVE_LEVEL`).
+    Signalled = 2,
+    /// Cancelled: by the caller, or by the close of its handle. The request completes with
+    /// `STATUS_CANCELLED`, which carries no reply; the value names that ending in reports.
+    Cancelled = 3,
+}
+
+impl WaitOutcome {
+    /// The outcome an `outcome` field holds, if it is one.
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Expired),
+            2 => Some(Self::Signalled),
+            3 => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// The outcome's name, for reports.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Signalled => "signalled",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Output of `WAIT`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct WaitReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// A [`WaitOutcome`], as its `u32` value.
+    pub outcome: u32,
+    /// The request's cookie.
+    pub cookie: u64,
+    /// Waits completed since load, this one included: counted in pageable data, under the
+    /// spin lock, by the locked code that completes the wait.
+    pub completed_waits: u64,
+}
+
+/// Which waits a `SIGNAL` ends: the `scope` of a [`SignalRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SignalScope {
+    /// Every queued wait, of every handle.
+    All = 1,
+    /// The waits queued on the handle that sends the `SIGNAL`.
+    Caller = 2,
+}
+
+/// Input of `SIGNAL`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct SignalRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// A [`SignalScope`], as its `u32` value.
+    pub scope: u32,
+}
+
+/// Output of `SIGNAL`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct SignalReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Waits this `SIGNAL` completed.
+    pub completed: u32,
+}
+
 /// Why a request was refused; each maps to one `NTSTATUS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestError {
@@ -316,7 +456,18 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(RunRequest, RunReply, LockReply, BenchRequest, BenchReply, StateReply);
+versioned!(
+    RunRequest,
+    RunReply,
+    LockReply,
+    BenchRequest,
+    BenchReply,
+    StateReply,
+    WaitRequest,
+    WaitReply,
+    SignalRequest,
+    SignalReply
+);
 
 impl RunRequest {
     /// A request for `iterations` rounds from `seed`.
@@ -343,6 +494,38 @@ impl BenchRequest {
     #[must_use]
     pub const fn is_valid(&self) -> bool {
         self.iterations >= 1 && self.iterations <= MAX_BENCH_ITERATIONS
+    }
+}
+
+impl WaitRequest {
+    /// A wait of `timeout_ms` milliseconds carrying `cookie`.
+    #[must_use]
+    pub const fn new(timeout_ms: u32, cookie: u64) -> Self {
+        Self { version: PROTOCOL_VERSION, timeout_ms, cookie }
+    }
+
+    /// Whether the driver accepts these values.
+    #[must_use]
+    pub const fn is_valid(&self) -> bool {
+        self.timeout_ms >= 1 && self.timeout_ms <= MAX_WAIT_MS
+    }
+}
+
+impl SignalRequest {
+    /// A signal of the waits `scope` names.
+    #[must_use]
+    pub const fn new(scope: SignalScope) -> Self {
+        Self { version: PROTOCOL_VERSION, scope: scope as u32 }
+    }
+
+    /// The scope, if the field holds one.
+    #[must_use]
+    pub const fn scope(&self) -> Option<SignalScope> {
+        match self.scope {
+            1 => Some(SignalScope::All),
+            2 => Some(SignalScope::Caller),
+            _ => None,
+        }
     }
 }
 
@@ -413,6 +596,8 @@ mod tests {
         assert_eq!(IOCTL_LOCK, 0x8337_A008);
         assert_eq!(IOCTL_UNLOCK, 0x8337_A00C);
         assert_eq!(IOCTL_BENCH, 0x8337_A010);
+        assert_eq!(IOCTL_WAIT, 0x8337_E014);
+        assert_eq!(IOCTL_SIGNAL, 0x8337_A018);
         for (code, _) in IOCTLS {
             assert_eq!(code & 3, METHOD_BUFFERED);
             assert!((0x8000..=0xFFFF).contains(&(code >> 16)));
@@ -427,6 +612,17 @@ mod tests {
         assert_eq!(required_access(IOCTL_LOCK), FILE_WRITE_ACCESS);
         assert_eq!(required_access(IOCTL_UNLOCK), FILE_WRITE_ACCESS);
         assert_eq!(required_access(IOCTL_RUN_LOCKED), FILE_READ_ACCESS | FILE_WRITE_ACCESS);
+        assert_eq!(required_access(IOCTL_WAIT), FILE_READ_ACCESS | FILE_WRITE_ACCESS);
+        assert_eq!(required_access(IOCTL_SIGNAL), FILE_WRITE_ACCESS);
+    }
+
+    #[test]
+    fn control_codes_are_distinct() {
+        for (i, (a, _)) in IOCTLS.iter().enumerate() {
+            for (b, _) in &IOCTLS[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]
@@ -438,6 +634,45 @@ mod tests {
         assert_eq!(size_of::<BenchReply>(), 32);
         assert_eq!(size_of::<SectionState>(), 24);
         assert_eq!(size_of::<StateReply>(), 16 + 2 * 24 + 32);
+        assert_eq!(size_of::<WaitRequest>(), 16);
+        assert_eq!(size_of::<WaitReply>(), 24);
+        assert_eq!(size_of::<SignalRequest>(), 8);
+        assert_eq!(size_of::<SignalReply>(), 8);
+    }
+
+    #[test]
+    fn wait_bounds_are_enforced_by_is_valid() {
+        assert!(!WaitRequest::new(0, 1).is_valid());
+        assert!(WaitRequest::new(1, 1).is_valid());
+        assert!(WaitRequest::new(MAX_WAIT_MS, 1).is_valid());
+        assert!(!WaitRequest::new(MAX_WAIT_MS + 1, 1).is_valid());
+        assert!(!WaitRequest::new(u32::MAX, 1).is_valid());
+    }
+
+    #[test]
+    fn wait_requests_decode_like_every_other() {
+        let request = WaitRequest::new(250, 0x00C0_0C1E);
+        assert_eq!(decode::<WaitRequest>(request.as_bytes()), Ok(request));
+        assert_eq!(
+            decode::<WaitRequest>(&request.as_bytes()[..8]),
+            Err(RequestError::BufferTooSmall)
+        );
+        let old = WaitRequest { version: 2, ..request };
+        assert_eq!(decode::<WaitRequest>(old.as_bytes()), Err(RequestError::InvalidParameter));
+    }
+
+    #[test]
+    fn signal_scopes_and_outcomes_round_trip() {
+        for scope in [SignalScope::All, SignalScope::Caller] {
+            assert_eq!(SignalRequest::new(scope).scope(), Some(scope));
+        }
+        assert_eq!(SignalRequest { version: PROTOCOL_VERSION, scope: 0 }.scope(), None);
+        assert_eq!(SignalRequest { version: PROTOCOL_VERSION, scope: 3 }.scope(), None);
+        for outcome in [WaitOutcome::Expired, WaitOutcome::Signalled, WaitOutcome::Cancelled] {
+            assert_eq!(WaitOutcome::from_u32(outcome as u32), Some(outcome));
+        }
+        assert_eq!(WaitOutcome::from_u32(0), None);
+        assert_eq!(status::name(status::CANCELLED), "STATUS_CANCELLED");
     }
 
     #[test]
