@@ -19,6 +19,8 @@ const FUNCTIONS: &[&str] = &[
     "Io(CreateDevice|DeleteDevice|CreateSymbolicLink|DeleteSymbolicLink|GetCurrentProcess)",
     "IofCompleteRequest",
     "Ke(AcquireSpinLockRaiseToDpc|ReleaseSpinLock|QueryPerformanceCounter|BugCheckEx)",
+    "Ke(InitializeTimerEx|SetTimerEx|CancelTimer|InitializeDpc|FlushQueuedDpcs)",
+    "IoCsq(Initialize|InsertIrp|RemoveIrp|RemoveNextIrp)",
     "Mm(LockPagableDataSection|LockPagableSectionByHandle|UnlockPagableImageSection)",
     "Ob(OpenObjectByPointer)",
     "Rtl(InitUnicodeString|CreateSecurityDescriptor|CreateAcl|AddAccessAllowedAce|SetDaclSecurityDescriptor|LengthSid|InitializeSid|SubAuthoritySid)",
@@ -33,6 +35,7 @@ const TYPES: &[&str] = &[
     "(P?)(DRIVER_DISPATCH|DRIVER_UNLOAD|DRIVER_INITIALIZE)",
     "NTSTATUS|PCUNICODE_STRING|KIRQL|KSPIN_LOCK|POOL_FLAGS|POOL_TYPE|LARGE_INTEGER|ACCESS_MASK|HANDLE",
     "SECURITY_INFORMATION|OBJECT_ATTRIBUTES|KPROCESSOR_MODE|POBJECT_TYPE|PEPROCESS|IO_STATUS_BLOCK",
+    "_?(KTIMER|KDPC|IO_CSQ|IO_CSQ_IRP_CONTEXT|LIST_ENTRY)|TIMER_TYPE|PKDEFERRED_ROUTINE",
 ];
 
 /// Constants (plain `#define`s that bindgen turns into items).

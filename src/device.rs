@@ -27,6 +27,9 @@ pub fn load(driver: &Driver) -> Result<(), Status> {
         // MmUnlockPagableImageSection: the handle stays valid, the section pageable.
         section.take_handle(size)?;
     }
+    // The queue of pending WAITs, its timer and DPC: resident objects, set up before any
+    // dispatch routine can reach them.
+    kernel::init_queue()?;
     let device = Device::create(driver, &DEVICE_NAME, DEVICE_TYPE)?;
     // On failure `device` drops here, deleting the device.
     SymbolicLink::create(&LINK_NAME, &DEVICE_NAME)?.keep();
@@ -36,8 +39,14 @@ pub fn load(driver: &Driver) -> Result<(), Status> {
 }
 
 /// Unload, at `PASSIVE_LEVEL` once every handle is closed.
+///
+/// Every handle's cleanup has drained its waits by now, so nothing is queued; the timer may
+/// still be armed, or its DPC queued or running. So, in this order: no arming any more,
+/// `KeCancelTimer`, `KeFlushQueuedDpcs`; only then are devices deleted and leftover locks
+/// released, and the image freed after this returns.
 #[paged]
 pub fn unload(driver: &Driver) {
+    crate::pending::stop();
     kernel::remove_link(&LINK_NAME);
     kernel::delete_devices(driver);
     for section in LOCKABLE {

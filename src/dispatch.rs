@@ -5,10 +5,13 @@ use core::sync::atomic::Ordering;
 
 use pagelock_macros::paged;
 
+use pagelock_protocol::{self as protocol, zerocopy::IntoBytes};
+
 use crate::{
     ioctl::{self, OPEN_HANDLES},
-    kernel::{Irp, Status, major, status, try_box},
+    kernel::{self, Irp, Status, major, status, try_box},
     open::Open,
+    pending,
 };
 
 /// Routes an IRP by major function and completes it.
@@ -17,7 +20,7 @@ pub fn dispatch(irp: Irp) -> Status {
     match irp.major() {
         major::CREATE => create(irp),
         major::CLOSE => close(irp),
-        major::CLEANUP => irp.complete(status::SUCCESS, &[]),
+        major::CLEANUP => cleanup(irp),
         major::DEVICE_CONTROL => device_control(irp),
         _ => irp.complete(status::INVALID_DEVICE_REQUEST, &[]),
     }
@@ -41,12 +44,22 @@ fn create(mut irp: Irp) -> Status {
     irp.complete_opened()
 }
 
+/// `IRP_MJ_CLEANUP`: the last handle to the file object was closed. Cancels its queued waits
+/// (`STATUS_CANCELLED`) before returning, so that none is queued when close releases the
+/// handle's locks, which cover the locked code that completes them.
+#[paged]
+fn cleanup(irp: Irp) -> Status {
+    let _cancelled = pending::cleanup(kernel::file_of(&irp));
+    irp.complete(status::SUCCESS, &[])
+}
+
 /// `IRP_MJ_CLOSE`: releases exactly the locks this open holds and frees its state.
 ///
 /// No IRP of this handle can be outstanding here: the I/O manager sends close only after
-/// the last reference to the file object is gone, and every request this driver receives
-/// is completed before its dispatch routine returns (none is ever pended or queued). So
-/// releasing the sections cannot pull code or data from under a request in flight.
+/// the last reference to the file object is gone, and every IRP holds one until it is
+/// completed; cleanup, which comes first, drained the handle's queued waits. So releasing the
+/// sections cannot pull code or data from under a request in flight, nor from under the
+/// timer's DPC or the cancel path, which run locked code only for an IRP they still hold.
 #[paged]
 fn close(mut irp: Irp) -> Status {
     if let Some(open) = irp.take_open() {
@@ -57,13 +70,30 @@ fn close(mut irp: Irp) -> Status {
     irp.complete(status::SUCCESS, &[])
 }
 
-/// `IRP_MJ_DEVICE_CONTROL`: see [`ioctl::handle`].
+/// `IRP_MJ_DEVICE_CONTROL`: `WAIT` and `SIGNAL` (see [`pending`]), the rest in
+/// [`ioctl::handle`].
 #[paged]
 fn device_control(mut irp: Irp) -> Status {
+    let file = kernel::file_of(&irp);
     let (open, control) = irp.control();
-    let result = open.map_or(Err(status::INVALID_DEVICE_STATE), |open| {
-        ioctl::handle(open, control.code, control.input, control.output_capacity)
-    });
+    let Some(open) = open else {
+        return irp.complete(status::INVALID_DEVICE_STATE, &[]);
+    };
+    let result = match control.code {
+        protocol::IOCTL_WAIT => {
+            return match pending::check_wait(control.input, control.output_capacity) {
+                Ok(request) => pending::wait(irp, request),
+                Err(refused) => irp.complete(refused, &[]),
+            };
+        }
+        protocol::IOCTL_SIGNAL => {
+            match pending::signal(file, control.input, control.output_capacity) {
+                Ok(reply) => return irp.complete(status::SUCCESS, reply.as_bytes()),
+                Err(refused) => Err(refused),
+            }
+        }
+        _ => ioctl::handle(open, control.code, control.input, control.output_capacity),
+    };
     match result {
         Ok(reply) => irp.complete(status::SUCCESS, reply.as_bytes()),
         Err(status) => irp.complete(status, &[]),

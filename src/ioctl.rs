@@ -47,7 +47,8 @@ pub static OPEN_HANDLES: core::sync::atomic::AtomicU32 = core::sync::atomic::Ato
 /// The driver's version for `QUERY_STATE`.
 const DRIVER_VERSION: u32 = protocol::encode_version(0, 1, 0);
 
-const fn refusal(error: RequestError) -> Status {
+/// The status a refused request is completed with.
+pub(crate) const fn refusal(error: RequestError) -> Status {
     match error {
         RequestError::BufferTooSmall => status::BUFFER_TOO_SMALL,
         RequestError::InvalidParameter => status::INVALID_PARAMETER,

@@ -8,6 +8,8 @@
 //! - `dispatch`: create, cleanup, close and device control.
 //! - [`ioctl`]: the control codes of `pagelock-protocol`.
 //! - [`work`]: the work that runs under the spin lock, from locked sections.
+//! - [`pending`]: `WAIT` and `SIGNAL`: the cancel-safe queue, the timer's DPC, and which lock
+//!   covers the locked code they run.
 //! - [`kernel`]: the kernel boundary, the only module with `unsafe` code.
 //!
 //! Built for Windows, this is the kernel image; built for any other host, the portable parts
@@ -50,6 +52,7 @@ mod device;
 mod dispatch;
 pub mod ioctl;
 pub mod open;
+pub mod pending;
 pub mod work;
 
 #[cfg(test)]

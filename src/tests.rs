@@ -214,3 +214,215 @@ fn a_guard_raises_to_dispatch_level_and_its_drop_returns_and_releases() {
     // Released: a second acquire does not spin forever.
     drop(LOCK.acquire());
 }
+
+mod pending {
+    //! `WAIT`, `SIGNAL`, cleanup, cancel and the timer's tick, over the stand-in queue.
+
+    use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
+    use pagelock_protocol::{
+        MAX_PENDING, MAX_WAIT_MS, SignalRequest, SignalScope, WAIT_TICK_MS, WaitOutcome, WaitReply,
+        WaitRequest,
+    };
+
+    use super::{counts, exclusive, opened};
+    use crate::kernel::{self, Completion, FileId, Irp, status};
+    use crate::pending;
+
+    const A: FileId = FileId(0xA000);
+    const B: FileId = FileId(0xB000);
+
+    /// Queues a wait of `timeout_ms` on `file`; its completion record.
+    fn wait(file: FileId, timeout_ms: u32, cookie: u64) -> Completion {
+        let request = WaitRequest::new(timeout_ms, cookie);
+        let checked = pending::check_wait(request.as_bytes(), size_of::<WaitReply>());
+        let (irp, done) = Irp::new(file);
+        let returned = pending::wait(irp, checked.expect("a valid wait"));
+        assert_eq!(returned, status::PENDING);
+        done
+    }
+
+    fn ended(done: &Completion) -> Option<(i32, Option<WaitReply>)> {
+        let slot = done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().map(|(status, bytes)| (*status, WaitReply::read_from_bytes(bytes).ok()))
+    }
+
+    fn outcome(done: &Completion) -> Option<WaitOutcome> {
+        match ended(done)? {
+            (status::CANCELLED, None) => Some(WaitOutcome::Cancelled),
+            (status::SUCCESS, Some(reply)) => WaitOutcome::from_u32(reply.outcome),
+            other => panic!("completed with {other:?}"),
+        }
+    }
+
+    fn signal(file: FileId, scope: SignalScope) -> u32 {
+        let reply = pending::signal(file, SignalRequest::new(scope).as_bytes(), 8);
+        reply.expect("a valid signal").completed
+    }
+
+    /// Ticks until nothing is pending (at most `limit` ticks); how many it took.
+    fn tick_until_idle(limit: u32) -> u32 {
+        for ticks in 1..=limit {
+            kernel::set_irql(kernel::DISPATCH_LEVEL);
+            pending::on_tick();
+            kernel::set_irql(kernel::PASSIVE_LEVEL);
+            if pending::pending() == 0 {
+                return ticks;
+            }
+        }
+        panic!("waits still pending after {limit} ticks");
+    }
+
+    #[test]
+    fn malformed_waits_are_refused_and_queue_nothing() {
+        let _turn = exclusive();
+        let good = WaitRequest::new(100, 1);
+        let (zero, long) = (WaitRequest::new(0, 1), WaitRequest::new(MAX_WAIT_MS + 1, 1));
+        let old = WaitRequest { version: 9, ..good };
+        let cases: [(&[u8], usize, i32); 6] = [
+            (&good.as_bytes()[..8], 24, status::BUFFER_TOO_SMALL),
+            (good.as_bytes(), 23, status::BUFFER_TOO_SMALL),
+            (&[0; 17], 24, status::INVALID_PARAMETER),
+            (zero.as_bytes(), 24, status::INVALID_PARAMETER),
+            (long.as_bytes(), 24, status::INVALID_PARAMETER),
+            (old.as_bytes(), 24, status::INVALID_PARAMETER),
+        ];
+        for (input, capacity, expected) in cases {
+            assert_eq!(pending::check_wait(input, capacity), Err(expected));
+        }
+        assert_eq!(pending::check_wait(good.as_bytes(), 24), Ok(good));
+        assert_eq!((pending::pending(), kernel::queued()), (0, 0));
+    }
+
+    #[test]
+    fn malformed_signals_are_refused_and_complete_nothing() {
+        let _turn = exclusive();
+        let open = opened();
+        let queued = wait(A, 1000, 1);
+        let unknown = SignalRequest { scope: 7, ..SignalRequest::new(SignalScope::All) };
+        assert_eq!(pending::signal(A, unknown.as_bytes(), 8), Err(status::INVALID_PARAMETER));
+        let all = SignalRequest::new(SignalScope::All);
+        assert_eq!(pending::signal(A, all.as_bytes(), 7), Err(status::BUFFER_TOO_SMALL));
+        assert_eq!(pending::signal(A, &all.as_bytes()[..4], 8), Err(status::BUFFER_TOO_SMALL));
+        assert_eq!((pending::pending(), outcome(&queued)), (1, None));
+        assert_eq!(pending::cleanup(A), 1);
+        drop(open);
+    }
+
+    #[test]
+    fn the_queue_is_capped_and_a_refusal_changes_nothing() {
+        let _turn = exclusive();
+        let open = opened();
+        let waits: Vec<_> = (0..u64::from(MAX_PENDING)).map(|i| wait(A, 1000, i)).collect();
+        assert!(kernel::timer_armed(), "the first wait arms the timer");
+        let (irp, refused) = Irp::new(A);
+        let request = WaitRequest::new(10, 99);
+        assert_eq!(pending::wait(irp, request), status::INVALID_DEVICE_STATE);
+        assert_eq!(ended(&refused), Some((status::INVALID_DEVICE_STATE, None)));
+        assert_eq!((pending::pending(), kernel::queued()), (MAX_PENDING, MAX_PENDING as usize));
+        assert_eq!(signal(A, SignalScope::All), MAX_PENDING);
+        assert!(waits.iter().all(|w| outcome(w) == Some(WaitOutcome::Signalled)));
+        drop(open);
+    }
+
+    #[test]
+    fn signal_counts_the_waits_it_completes_by_scope() {
+        let _turn = exclusive();
+        let open = opened();
+        let on_a: Vec<_> = (0..3).map(|i| wait(A, 1000, i)).collect();
+        let on_b: Vec<_> = (0..2).map(|i| wait(B, 1000, 10 + i)).collect();
+        assert_eq!(signal(A, SignalScope::Caller), 3);
+        assert!(on_a.iter().all(|w| outcome(w) == Some(WaitOutcome::Signalled)));
+        assert!(on_b.iter().all(|w| outcome(w).is_none()));
+        assert_eq!(signal(A, SignalScope::Caller), 0);
+        assert_eq!(signal(A, SignalScope::All), 2);
+        let cookies: Vec<_> =
+            on_b.iter().map(|w| ended(w).and_then(|e| e.1).map(|r| r.cookie)).collect();
+        assert_eq!(cookies, [Some(10), Some(11)]);
+        assert_eq!(pending::pending(), 0);
+        drop(open);
+    }
+
+    #[test]
+    fn cleanup_cancels_exactly_the_handles_waits_before_it_returns() {
+        let _turn = exclusive();
+        let open = opened();
+        let on_a: Vec<_> = (0..4).map(|i| wait(A, 1000, i)).collect();
+        let on_b = wait(B, 1000, 9);
+        assert_eq!(pending::cleanup(A), 4);
+        assert!(on_a.iter().all(|w| ended(w) == Some((status::CANCELLED, None))));
+        assert_eq!((outcome(&on_b), kernel::queued()), (None, 1));
+        assert_eq!(pending::cleanup(B), 1);
+        assert_eq!(pending::cleanup(B), 0);
+        assert_eq!(pending::pending(), 0);
+        drop(open);
+    }
+
+    #[test]
+    fn a_cancelled_wait_completes_once_as_cancelled() {
+        let _turn = exclusive();
+        let open = opened();
+        let first = wait(A, 1000, 1);
+        let second = wait(A, 1000, 2);
+        assert!(kernel::cancel_first(A));
+        assert_eq!(outcome(&first), Some(WaitOutcome::Cancelled));
+        assert_eq!(signal(A, SignalScope::Caller), 1);
+        assert_eq!(outcome(&second), Some(WaitOutcome::Signalled));
+        // A cancel that comes after the completion finds nothing to cancel.
+        assert!(!kernel::cancel_first(A));
+        drop(open);
+    }
+
+    #[test]
+    fn waits_expire_in_deadline_order_not_in_queue_order() {
+        let _turn = exclusive();
+        let open = opened();
+        let slow = wait(A, 5 * WAIT_TICK_MS, 1);
+        let fast = wait(B, WAIT_TICK_MS, 2);
+        let middle = wait(A, 3 * WAIT_TICK_MS, 3);
+        let mut order = Vec::new();
+        for _ in 0..10 {
+            kernel::set_irql(kernel::DISPATCH_LEVEL);
+            pending::on_tick();
+            kernel::set_irql(kernel::PASSIVE_LEVEL);
+            for (name, done) in [("slow", &slow), ("fast", &fast), ("middle", &middle)] {
+                if outcome(done).is_some() && !order.contains(&name) {
+                    order.push(name);
+                }
+            }
+        }
+        assert_eq!(order, ["fast", "middle", "slow"]);
+        for done in [&slow, &fast, &middle] {
+            assert_eq!(outcome(done), Some(WaitOutcome::Expired));
+        }
+        let sequence: Vec<_> =
+            [&fast, &middle, &slow].iter().map(|d| ended(d).and_then(|e| e.1)).collect();
+        let sequence: Vec<_> = sequence.iter().map(|r| r.map(|r| r.completed_waits)).collect();
+        assert!(sequence.windows(2).all(|p| p[0] < p[1]), "{sequence:?}");
+        drop(open);
+    }
+
+    #[test]
+    fn a_wait_never_expires_before_its_timeout() {
+        let _turn = exclusive();
+        let open = opened();
+        let done = wait(A, 3 * WAIT_TICK_MS, 7);
+        let ticks = tick_until_idle(10);
+        // Three whole periods must pass, and the tick already under way does not count.
+        assert!((3..=4).contains(&ticks), "{ticks}");
+        assert_eq!(ended(&done).and_then(|e| e.1).map(|r| r.cookie), Some(7));
+        drop(open);
+    }
+
+    #[test]
+    fn a_tick_with_nothing_pending_stops_the_timer_and_runs_no_locked_code() {
+        // With no handle open the sections are unlocked: any locked code the tick ran would
+        // trip `#[locked]`'s check in a debug build.
+        let _turn = exclusive();
+        assert_eq!(counts(), [0, 0]);
+        kernel::timer_start(WAIT_TICK_MS);
+        kernel::set_irql(kernel::DISPATCH_LEVEL);
+        pending::on_tick();
+        kernel::set_irql(kernel::PASSIVE_LEVEL);
+        assert!(!kernel::timer_armed());
+    }
+}

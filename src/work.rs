@@ -27,8 +27,10 @@ static DRIVER_LOCK: SpinLock = SpinLock::new();
 // `DRIVER_LOCK`, by the `#[locked]` work, which runs only while a handle holds `PAGELK` and
 // `PAGEDATA` locked (a pair per handle, `Open`). Nothing else is placed in the section.
 #[unsafe(link_section = "PAGEDATA")]
-static PAGED: LockedBy<Paged> =
-    LockedBy::new(&DRIVER_LOCK, Paged { table: pagelock_protocol::TABLE, runs: 0 });
+static PAGED: LockedBy<Paged> = LockedBy::new(
+    &DRIVER_LOCK,
+    Paged { table: pagelock_protocol::TABLE, runs: 0, completed_waits: 0 },
+);
 
 /// What the locked work reads and keeps between runs.
 pub struct Paged {
@@ -36,6 +38,8 @@ pub struct Paged {
     table: [u32; TABLE_LEN],
     /// Runs completed since load.
     runs: u64,
+    /// `WAIT`s completed since load, however they ended.
+    completed_waits: u64,
 }
 
 /// `RUN_LOCKED`: takes the spin lock, runs `iterations` rounds of the protocol's checksum
@@ -62,6 +66,23 @@ pub fn run_locked(seed: u64, iterations: u32) -> (u64, Irql) {
 pub fn runs() -> u64 {
     let mut guard = DRIVER_LOCK.acquire();
     PAGED.access(&mut guard).runs
+}
+
+/// Counts one completed `WAIT` in the pageable data, under the spin lock; returns the count.
+///
+/// Called just before the wait is completed, from the timer's DPC at `DISPATCH_LEVEL`,
+/// from the queue's cancel path at any IRQL up to `DISPATCH_LEVEL`, and from `SIGNAL` and
+/// cleanup at `PASSIVE_LEVEL`.
+///
+/// Its callers hold a queued IRP that is not yet completed, so that IRP's file object is still
+/// referenced and its `IRP_MJ_CLOSE`, which releases the handle's pair of locks, cannot have
+/// come: that pair covers this code and this data for the whole call (`crate::pending`).
+#[locked(LOCKED_CODE)]
+pub fn record_wait_completion() -> u64 {
+    let mut guard = DRIVER_LOCK.acquire();
+    let paged = PAGED.access(&mut guard);
+    paged.completed_waits += 1;
+    paged.completed_waits
 }
 
 /// An address inside `PAGELK`, for `MmLockPagableCodeSection`.

@@ -104,6 +104,27 @@ mod x64_layout_tests {
     }
 
     #[test]
+    fn timer_dpc_and_queue_match_the_x64_kernel() {
+        assert_eq!(size_of::<KTIMER>(), 0x40);
+        assert_eq!(offset_of!(KTIMER, Dpc), 0x30);
+        assert_eq!(offset_of!(KTIMER, Period), 0x3C);
+        assert_eq!(size_of::<KDPC>(), 0x40);
+        assert_eq!(offset_of!(KDPC, DeferredRoutine), 0x18);
+        assert_eq!(offset_of!(KDPC, DeferredContext), 0x20);
+        assert_eq!(size_of::<IO_CSQ>(), 0x40);
+        assert_eq!(offset_of!(IO_CSQ, CsqInsertIrp), 0x08);
+        assert_eq!(offset_of!(IO_CSQ, CsqCompleteCanceledIrp), 0x30);
+        assert_eq!(offset_of!(IRP, Cancel), 0x44);
+        assert_eq!(offset_of!(IRP, CancelRoutine), 0x68);
+        assert_eq!(
+            offset_of!(IRP, Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext),
+            0x78
+        );
+        assert_eq!(offset_of!(IRP, Tail.Overlay.__bindgen_anon_2.ListEntry), 0xA8);
+        assert_eq!(size_of::<LIST_ENTRY>(), 0x10);
+    }
+
+    #[test]
     fn small_types_have_windows_widths() {
         assert_eq!(size_of::<NTSTATUS>(), 4);
         assert_eq!(size_of::<ULONG>(), 4);

@@ -151,3 +151,119 @@ unsafe impl super::lock::Backend for SpinBackend {
         set_irql(previous);
     }
 }
+
+/// How a stand-in IRP was completed: its status and reply, once.
+pub type Completion = std::sync::Arc<Mutex<Option<(super::Status, Vec<u8>)>>>;
+
+/// A stand-in IRP: the file object it came on and where its completion is recorded.
+pub struct Irp {
+    file: super::FileId,
+    completion: Completion,
+}
+
+impl Irp {
+    /// A request on `file`, and the record its completion will fill.
+    #[must_use]
+    pub fn new(file: super::FileId) -> (Self, Completion) {
+        let completion = Completion::default();
+        (Self { file, completion: completion.clone() }, completion)
+    }
+
+    /// Completes the request; returns `status` for the dispatch routine.
+    ///
+    /// # Panics
+    /// When the request was completed before (the kernel's bugcheck 0x44).
+    #[must_use]
+    pub fn complete(self, status: super::Status, reply: &[u8]) -> super::Status {
+        let mut slot = self.completion.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(slot.is_none(), "MULTIPLE_IRP_COMPLETE_REQUESTS");
+        *slot = Some((
+            status,
+            if super::status::is_success(status) { reply.to_vec() } else { Vec::new() },
+        ));
+        status
+    }
+}
+
+/// A wait taken off the stand-in queue, not yet completed.
+pub struct QueuedWait {
+    irp: Irp,
+    deadline: u64,
+    cookie: u64,
+}
+
+impl QueuedWait {
+    /// The cookie the request carried.
+    #[must_use]
+    pub const fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// Completes the request with `status` and, on success, `reply`.
+    pub fn complete(self, status: super::Status, reply: &[u8]) {
+        let _ = self.irp.complete(status, reply);
+    }
+}
+
+/// The stand-in cancel-safe queue, in insertion order.
+static QUEUE: Mutex<Vec<QueuedWait>> = Mutex::new(Vec::new());
+/// Whether the stand-in timer is armed.
+static TIMER_ARMED: AtomicBool = AtomicBool::new(false);
+
+fn queue() -> std::sync::MutexGuard<'static, Vec<QueuedWait>> {
+    QUEUE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Queues a wait (`IoCsqInsertIrp`); returns `STATUS_PENDING`.
+#[must_use]
+pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> super::Status {
+    queue().push(QueuedWait { irp, deadline, cookie });
+    super::status::PENDING
+}
+
+/// Takes the first queued wait `filter` matches (`IoCsqRemoveNextIrp`).
+#[must_use]
+pub fn dequeue(filter: super::Filter) -> Option<QueuedWait> {
+    let mut queue = queue();
+    let at = queue.iter().position(|w| filter.matches(w.irp.file, w.deadline))?;
+    Some(queue.remove(at))
+}
+
+/// Cancels the first queued wait on `file`, as `IoCancelIrp` does.
+///
+/// Through the queue's cancel routine: the wait leaves the queue and reaches the complete-cancelled callback. False when
+/// none was queued (the cancel found the IRP already taken).
+pub fn cancel_first(file: super::FileId) -> bool {
+    let taken = dequeue(super::Filter::File(file));
+    taken.map(crate::pending::on_cancelled).is_some()
+}
+
+/// Waits queued now, for tests.
+#[must_use]
+pub fn queued() -> usize {
+    queue().len()
+}
+
+/// Arms the stand-in periodic timer (`KeSetTimerEx`).
+pub fn timer_start(_period_ms: u32) {
+    TIMER_ARMED.store(true, Ordering::SeqCst);
+}
+
+/// Cancels the stand-in timer (`KeCancelTimer`).
+pub fn timer_stop() {
+    TIMER_ARMED.store(false, Ordering::SeqCst);
+}
+
+/// Whether the stand-in timer is armed, for tests.
+#[must_use]
+pub fn timer_armed() -> bool {
+    TIMER_ARMED.load(Ordering::SeqCst)
+}
+
+/// `KeFlushQueuedDpcs`: the stand-in runs its DPC only when a test calls it.
+///
+/// # Panics
+/// Above `PASSIVE_LEVEL`, as the real routine's rule demands.
+pub fn flush_dpcs() {
+    assert_eq!(current_irql(), super::PASSIVE_LEVEL, "KeFlushQueuedDpcs above PASSIVE_LEVEL");
+}

@@ -138,6 +138,36 @@ macro_rules! wide_name {
     }};
 }
 
+/// Which file object a request came on: its address, compared and never dereferenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId(pub usize);
+
+/// Which queued waits a removal takes ([`dequeue`]), passed to the queue's peek routine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Any queued wait (`SIGNAL` of every handle).
+    Any,
+    /// The waits of one file object (`SIGNAL` of the caller's, `IRP_MJ_CLEANUP`).
+    File(FileId),
+    /// The waits whose deadline is at or before this tick (the timer's DPC).
+    ExpiredBy(u64),
+}
+
+impl Filter {
+    /// Whether a wait queued on `file` with `deadline` is one this filter takes.
+    ///
+    /// Resident: the queue's peek routine calls it under the queue's spin lock.
+    #[must_use]
+    #[inline]
+    pub fn matches(self, file: FileId, deadline: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::File(wanted) => wanted == file,
+            Self::ExpiredBy(now) => deadline <= now,
+        }
+    }
+}
+
 /// A kernel status code.
 pub type Status = i32;
 

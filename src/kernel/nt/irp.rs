@@ -42,6 +42,17 @@ impl Irp {
         Self { raw }
     }
 
+    /// Hands the IRP over to the queue, which owns it from then on (`queue::queue_wait`).
+    pub(super) const fn into_raw(self) -> NonNull<IRP> {
+        self.raw
+    }
+
+    /// The file object the request came on (null for none).
+    #[paged]
+    pub(super) fn file_object(&self) -> *mut sys::FILE_OBJECT {
+        self.stack().FileObject
+    }
+
     /// The IRP itself.
     const fn irp(&self) -> &IRP {
         // SAFETY: by the invariant the IRP is live and ours until completed.

@@ -1,0 +1,322 @@
+//! The cancel-safe queue of `WAIT` requests (`IoCsq*`), the periodic `KTIMER` and its `KDPC`.
+//!
+//! Everything here is **resident**: the objects live in `.data` (never `PAGE*`), the routines in
+//! `.text` (no placement attribute, never inlined into a pageable caller). The kernel touches
+//! the objects at `DISPATCH_LEVEL` (timer expiry, DPC queueing, `IoCancelIrp`), and the
+//! callbacks run there, whether or not a handle holds the lockable sections locked.
+//!
+//! The queue's list is linked through each IRP's `Tail.Overlay.ListEntry`; a wait's deadline
+//! (a tick number) is kept in `Tail.Overlay.DriverContext[0]` and its cookie in
+//! `DriverContext[1]`; the queue routines use `DriverContext[3]` themselves.
+
+use core::{cell::UnsafeCell, ffi::c_void, mem::offset_of, ptr::NonNull};
+
+use super::{
+    Irp,
+    sys::{self, IO_CSQ, IRP, KDPC, KIRQL, KSPIN_LOCK, KTIMER, LIST_ENTRY, ntddk},
+};
+use crate::kernel::{FileId, Filter, Status, lock::Backend as _, status};
+
+/// `NotificationTimer` (wdm.h's `TIMER_TYPE`): stays signalled once due; only its DPC matters.
+const NOTIFICATION_TIMER: sys::TIMER_TYPE = 0;
+/// `IO_NO_INCREMENT`: no priority boost for the waiting thread.
+const IO_NO_INCREMENT: i8 = 0;
+
+/// The resident kernel objects of the queue and the timer.
+///
+/// # Invariants
+/// After [`init_queue`] (`DriverEntry`, before any dispatch routine is set), `head` is a valid
+/// circular list of queued IRPs touched only under `lock` (by the queue's callbacks), `csq` is
+/// initialised with this module's callbacks, and `timer` and `dpc` are initialised kernel
+/// objects; all of them stay where they are until the driver unloads.
+struct Resident {
+    csq: UnsafeCell<IO_CSQ>,
+    lock: UnsafeCell<KSPIN_LOCK>,
+    head: UnsafeCell<LIST_ENTRY>,
+    timer: UnsafeCell<KTIMER>,
+    dpc: UnsafeCell<KDPC>,
+}
+
+// SAFETY: the kernel objects are made to be shared between processors: the timer and DPC are
+// the kernel's to synchronise, the list is touched only under `lock` (the queue's acquire and
+// release callbacks), and `csq` is written once, before any other processor can reach it.
+unsafe impl Sync for Resident {}
+
+// SAFETY (of the zeroed values): every member is a plain C structure of integers and pointers
+// for which all-zero bytes are valid (a released spin lock, null links and routines), and each
+// is initialised by `init_queue` before use.
+static RESIDENT: Resident = Resident {
+    // SAFETY: see above; all-zero is a valid IO_CSQ.
+    csq: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+    lock: UnsafeCell::new(0),
+    // SAFETY: see above; all-zero is a valid LIST_ENTRY.
+    head: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+    // SAFETY: see above; all-zero is a valid KTIMER.
+    timer: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+    // SAFETY: see above; all-zero is a valid KDPC.
+    dpc: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+};
+
+/// Sets up the list, the timer, the DPC and the queue. `DriverEntry`, `PASSIVE_LEVEL`, once.
+///
+/// # Errors
+/// The status of `IoCsqInitialize`.
+#[pagelock_macros::init]
+pub fn init_queue() -> Result<(), Status> {
+    let head = RESIDENT.head.get();
+    // SAFETY: `head` is the resident list head, not yet reachable by anything else; an empty
+    // list points at itself (InitializeListHead).
+    unsafe { head.write(LIST_ENTRY { Flink: head, Blink: head }) };
+    // SAFETY: the timer is resident storage no one uses yet; PASSIVE_LEVEL.
+    unsafe { ntddk::KeInitializeTimerEx(RESIDENT.timer.get(), NOTIFICATION_TIMER) };
+    // SAFETY: as above for the DPC; the routine is resident and lives as long as the driver.
+    unsafe { ntddk::KeInitializeDpc(RESIDENT.dpc.get(), Some(dpc_routine), core::ptr::null_mut()) };
+    // SAFETY: `csq` is resident storage no one uses yet; the callbacks are resident and follow
+    // the documented signatures (wdm.h, IO_CSQ_*).
+    let initialised = unsafe {
+        ntddk::IoCsqInitialize(
+            RESIDENT.csq.get(),
+            Some(csq_insert),
+            Some(csq_remove),
+            Some(csq_peek_next),
+            Some(csq_acquire_lock),
+            Some(csq_release_lock),
+            Some(csq_complete_canceled),
+        )
+    };
+    // INVARIANT: list, timer, DPC and queue are initialised, before any dispatch routine is set.
+    if status::is_success(initialised) { Ok(()) } else { Err(initialised) }
+}
+
+/// Arms the periodic timer: first due in `period_ms`, then every `period_ms`. Any IRQL up to
+/// `DISPATCH_LEVEL`.
+#[inline(never)]
+pub fn timer_start(period_ms: u32) {
+    // Relative due times are negative, in 100 ns units.
+    let due = sys::LARGE_INTEGER { QuadPart: -(i64::from(period_ms) * 10_000) };
+    // SAFETY: timer and DPC were initialised at load (invariant of `RESIDENT`) and are resident;
+    // the period fits a LONG (it is at most a few milliseconds).
+    unsafe {
+        ntddk::KeSetTimerEx(RESIDENT.timer.get(), due, period_ms.cast_signed(), RESIDENT.dpc.get())
+    };
+}
+
+/// Cancels the timer (a DPC it already queued may still run). Any IRQL up to `DISPATCH_LEVEL`.
+#[inline(never)]
+pub fn timer_stop() {
+    // SAFETY: the timer was initialised at load; cancelling one that is not set does nothing.
+    unsafe { ntddk::KeCancelTimer(RESIDENT.timer.get()) };
+}
+
+/// Waits until every DPC queued on any processor has run (`KeFlushQueuedDpcs`). Unload only,
+/// at `PASSIVE_LEVEL`.
+#[pagelock_macros::paged]
+pub fn flush_dpcs() {
+    // SAFETY: no preconditions beyond PASSIVE_LEVEL, which `#[paged]`'s caller (unload) runs at.
+    unsafe { ntddk::KeFlushQueuedDpcs() };
+}
+
+/// Queues a `WAIT` with its deadline and cookie (`IoCsqInsertIrp`, which marks it pending).
+/// Returns `STATUS_PENDING` for the dispatch routine; the IRP may be completed by then.
+#[pagelock_macros::paged]
+pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
+    let raw = irp.into_raw().as_ptr();
+    // SAFETY: the IRP is ours until queued (taken from `Irp`); DriverContext[0] and [1] are
+    // the driver's to use while it owns the IRP, and on x64 a pointer holds 64 bits.
+    unsafe {
+        let context = &mut (*raw).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext;
+        context[0] = deadline as usize as *mut c_void;
+        context[1] = cookie as usize as *mut c_void;
+    }
+    // SAFETY: the queue was initialised at load; the IRP is a device control request this
+    // driver owns and has not completed; no context (the queue keeps its own reference).
+    unsafe { ntddk::IoCsqInsertIrp(RESIDENT.csq.get(), raw, core::ptr::null_mut()) };
+    status::PENDING
+}
+
+/// Takes the first queued wait that `filter` matches, its cancel routine cleared
+/// (`IoCsqRemoveNextIrp`). Any IRQL up to `DISPATCH_LEVEL`.
+#[inline(never)]
+#[must_use]
+pub fn dequeue(filter: Filter) -> Option<QueuedWait> {
+    let mut filter = filter;
+    // SAFETY: the queue was initialised at load; the peek context is `filter`, which outlives
+    // the call and is read by `csq_peek_next` only during it.
+    let raw = unsafe {
+        ntddk::IoCsqRemoveNextIrp(RESIDENT.csq.get(), (&raw mut filter).cast::<c_void>())
+    };
+    // INVARIANT: an IRP the queue handed back is off the queue, uncancellable and not completed.
+    NonNull::new(raw).map(|raw| QueuedWait { raw })
+}
+
+/// A `WAIT` taken off the queue and not yet completed.
+///
+/// # Invariants
+/// `raw` is a device control IRP this driver owns: off the queue, its cancel routine cleared,
+/// not completed; it keeps its file object referenced until [`QueuedWait::complete`].
+pub struct QueuedWait {
+    raw: NonNull<IRP>,
+}
+
+// SAFETY: the IRP is owned by this value alone; the kernel lets any thread complete it.
+unsafe impl Send for QueuedWait {}
+
+impl QueuedWait {
+    /// The cookie the request carried.
+    #[inline]
+    #[must_use]
+    pub fn cookie(&self) -> u64 {
+        // SAFETY: by the invariant the IRP is live and ours; `queue_wait` stored the cookie.
+        let context = unsafe {
+            (*self.raw.as_ptr()).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext
+        };
+        context[1] as usize as u64
+    }
+
+    /// Completes the request with `status`, copying `reply` to the caller's buffer first when
+    /// the status is a success (`check_wait` made sure it fits). Resident: any IRQL up to
+    /// `DISPATCH_LEVEL`.
+    #[inline(never)]
+    pub fn complete(self, status: Status, reply: &[u8]) {
+        let raw = self.raw.as_ptr();
+        let stack = stack_of(raw);
+        // SAFETY: a device control IRP: `DeviceIoControl` holds its parameters.
+        let capacity = unsafe { (*stack).Parameters.DeviceIoControl.OutputBufferLength } as usize;
+        // SAFETY: `AssociatedIrp` is a union of pointers; for METHOD_BUFFERED it is the buffer.
+        let buffer = unsafe { (*raw).AssociatedIrp.SystemBuffer }.cast::<u8>();
+        let (status, information) = if !status::is_success(status) || reply.is_empty() {
+            (status, 0)
+        } else if buffer.is_null() || reply.len() > capacity {
+            (status::BUFFER_TOO_SMALL, 0)
+        } else {
+            // SAFETY: the system buffer holds at least OutputBufferLength bytes, and nothing
+            // else touches it while the driver owns the IRP.
+            unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
+            (status, reply.len() as u64)
+        };
+        // SAFETY: the IRP is live and ours (invariant) until IofCompleteRequest below.
+        let io_status = unsafe { &mut (*raw).IoStatus };
+        io_status.__bindgen_anon_1.Status = status;
+        io_status.Information = information;
+        // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
+        unsafe { ntddk::IofCompleteRequest(raw, IO_NO_INCREMENT) };
+    }
+}
+
+/// The current stack location of a queued IRP.
+#[inline]
+fn stack_of(irp: *mut IRP) -> *mut sys::IO_STACK_LOCATION {
+    // SAFETY: `irp` is a live IRP this driver holds (queued or taken off the queue); the
+    // members of this union are pointers laid over each other, and the I/O manager set
+    // `CurrentStackLocation` before calling the driver.
+    unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+}
+
+/// The list entry of a queued IRP.
+#[inline]
+fn entry_of(irp: *mut IRP) -> *mut LIST_ENTRY {
+    // SAFETY: a place expression inside a live IRP; nothing is read.
+    unsafe { &raw mut (*irp).Tail.Overlay.__bindgen_anon_2.ListEntry }
+}
+
+/// The IRP a list entry belongs to (`CONTAINING_RECORD`).
+#[inline]
+fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
+    entry.wrapping_byte_sub(offset_of!(IRP, Tail.Overlay.__bindgen_anon_2.ListEntry)).cast()
+}
+
+/// `IO_CSQ_INSERT_IRP`: links the IRP at the tail. Under the queue's lock.
+unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
+    let head = RESIDENT.head.get();
+    let entry = entry_of(irp);
+    // SAFETY: under the queue's lock (the queue routines' contract), so the list is ours; the
+    // IRP is live and not on the list (InsertTailList).
+    unsafe {
+        let last = (*head).Blink;
+        (*entry).Flink = head;
+        (*entry).Blink = last;
+        (*last).Flink = entry;
+        (*head).Blink = entry;
+    }
+}
+
+/// `IO_CSQ_REMOVE_IRP`: unlinks the IRP. Under the queue's lock.
+unsafe extern "C" fn csq_remove(_csq: *mut IO_CSQ, irp: *mut IRP) {
+    let entry = entry_of(irp);
+    // SAFETY: under the queue's lock; the IRP is on the list (RemoveEntryList).
+    unsafe {
+        let (next, previous) = ((*entry).Flink, (*entry).Blink);
+        (*previous).Flink = next;
+        (*next).Blink = previous;
+    }
+}
+
+/// `IO_CSQ_PEEK_NEXT_IRP`: the first IRP after `irp` (or from the head) that the [`Filter`]
+/// behind `context` takes; a null context takes any. Under the queue's lock.
+unsafe extern "C" fn csq_peek_next(
+    _csq: *mut IO_CSQ,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> *mut IRP {
+    let head = RESIDENT.head.get();
+    // SAFETY: a non-null context is the `Filter` `dequeue` passed, alive for the call.
+    let filter = unsafe { context.cast::<Filter>().as_ref() }.copied().unwrap_or(Filter::Any);
+    // SAFETY: under the queue's lock the list is consistent; `irp`, when given, is on it.
+    let mut entry = unsafe { if irp.is_null() { (*head).Flink } else { (*entry_of(irp)).Flink } };
+    while entry != head {
+        let candidate = irp_of(entry);
+        // SAFETY: every entry but the head belongs to a queued IRP, live while queued; its
+        // stack location and DriverContext[0] were set before it was queued.
+        let (file, deadline) = unsafe {
+            let deadline =
+                (*candidate).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext[0];
+            ((*stack_of(candidate)).FileObject as usize, deadline as usize as u64)
+        };
+        if filter.matches(FileId(file), deadline) {
+            return candidate;
+        }
+        // SAFETY: as above, the list is consistent under the lock.
+        entry = unsafe { (*entry).Flink };
+    }
+    core::ptr::null_mut()
+}
+
+/// `IO_CSQ_ACQUIRE_LOCK`: raises to `DISPATCH_LEVEL` and takes the queue's spin lock.
+unsafe extern "C" fn csq_acquire_lock(_csq: *mut IO_CSQ, irql: *mut KIRQL) {
+    // SAFETY: the lock is resident and initialised (zero); the queue routines call this at
+    // IRQL <= DISPATCH_LEVEL and never while holding it; `irql` is their out-parameter.
+    unsafe { irql.write(super::SpinBackend::acquire(RESIDENT.lock.get())) };
+}
+
+/// `IO_CSQ_RELEASE_LOCK`: releases the queue's spin lock and returns to `irql`.
+unsafe extern "C" fn csq_release_lock(_csq: *mut IO_CSQ, irql: KIRQL) {
+    // SAFETY: the queue routines call this on the processor that took the lock, with the IRQL
+    // its acquire returned.
+    unsafe { super::SpinBackend::release(RESIDENT.lock.get(), irql) };
+}
+
+/// `IO_CSQ_COMPLETE_CANCELED_IRP`: a cancelled wait, already off the queue. Any IRQL up to
+/// `DISPATCH_LEVEL`.
+unsafe extern "C" fn csq_complete_canceled(_csq: *mut IO_CSQ, irp: *mut IRP) {
+    if let Some(raw) = NonNull::new(irp) {
+        // INVARIANT: the queue hands over a cancelled IRP it has removed; it is not completed
+        // and still holds its file object.
+        crate::pending::on_cancelled(QueuedWait { raw });
+    }
+}
+
+/// The timer's DPC, at `DISPATCH_LEVEL` on whichever processor the timer expired.
+unsafe extern "C" fn dpc_routine(
+    _dpc: *mut KDPC,
+    _context: *mut c_void,
+    _argument1: *mut c_void,
+    _argument2: *mut c_void,
+) {
+    crate::pending::on_tick();
+}
+
+/// The file object an IRP came on, as a [`FileId`].
+#[pagelock_macros::paged]
+pub fn file_of(irp: &Irp) -> FileId {
+    FileId(irp.file_object() as usize)
+}

@@ -1,0 +1,229 @@
+//! Pending requests: `WAIT` queues its IRP in a cancel-safe queue, and four paths complete it.
+//!
+//! They are the timer's DPC (expired, at `DISPATCH_LEVEL`), `SIGNAL` (signalled, at
+//! `PASSIVE_LEVEL`), the queue's cancel path (`CancelIoEx`, `IoCancelIrp`: cancelled, at any
+//! IRQL up to `DISPATCH_LEVEL`) and `IRP_MJ_CLEANUP` (cancelled, at `PASSIVE_LEVEL`).
+//!
+//! # Which lock covers what
+//!
+//! - The timer's DPC routine, the queue's callbacks and [`finish`] are **resident** (`.text`):
+//!   the timer can fire, and a cancel can come, when no handle is open and both lockable
+//!   sections may be paged out. The `KTIMER`, `KDPC`, `IO_CSQ`, the list head and the queue's
+//!   spin lock are resident too (`kernel`), and so are this module's counts.
+//! - The locked work they call, [`crate::work::record_wait_completion`] (`PAGELK`, touching
+//!   `PAGEDATA` under the driver's spin lock), is covered by **the lock pair of the handle the
+//!   wait was sent on**, taken in `IRP_MJ_CREATE` and released in `IRP_MJ_CLOSE`. It is called
+//!   only while a queued IRP of that handle is held and not yet completed: the IRP keeps its file
+//!   object referenced, and `IRP_MJ_CLOSE` comes only after the last reference is gone. A lock
+//!   per IRP would not do: the DPC completes at `DISPATCH_LEVEL`, where
+//!   `MmUnlockPagableImageSection` may not be called.
+//! - So the reference page's rule (no release while IRPs are outstanding) holds by construction:
+//!   `IRP_MJ_CLEANUP` drains the handle's queued waits before it returns, cleanup comes before
+//!   close, and a wait already taken off the queue by another path still holds its file object
+//!   until that path completes it.
+//! - **Nothing of `PAGELK` runs after an `IoCompleteRequest`**: the completion may let cleanup,
+//!   close and the last unlock run on another processor at once. [`finish`] counts in the locked
+//!   data first, then completes, then returns through resident code only; the DPC's loop calls
+//!   the locked work again only for the next IRP it holds.
+//! - The DPC looks at the resident pending count first: the timer can fire with nothing queued,
+//!   and then it must not touch `PAGELK`, which nothing covers.
+//!
+//! # The timer
+//!
+//! A periodic `KTIMER` of [`WAIT_TICK_MS`], armed by the `WAIT` that takes the pending count
+//! from 0 to 1 and cancelled by the first tick that finds the count at 0, both under a resident
+//! spin lock so that an arm and a cancel cannot cross. Unload stops arming, cancels the timer and
+//! waits for a DPC already queued or running (`KeFlushQueuedDpcs`), in that order, before
+//! anything is unlocked or freed.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use pagelock_macros::paged;
+use pagelock_protocol::{
+    self as protocol, MAX_PENDING, PROTOCOL_VERSION, SignalReply, SignalRequest, SignalScope,
+    WAIT_TICK_MS, WaitOutcome, WaitReply, WaitRequest, zerocopy::IntoBytes,
+};
+
+use crate::kernel::{self, FileId, Filter, Irp, QueuedWait, SpinLock, Status, status};
+
+/// Serialises arming and cancelling the timer with the pending count. Resident: the DPC takes it.
+static TIMER_LOCK: SpinLock = SpinLock::new();
+/// Waits queued or being completed: reserved before insertion, released just before
+/// completion. Resident: the DPC reads it before anything else.
+static PENDING: AtomicU32 = AtomicU32::new(0);
+/// Ticks of the timer since load; a wait's deadline is a tick number. Resident.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Set at unload: the timer is never armed again. Resident.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Waits queued or being completed now.
+#[must_use]
+pub fn pending() -> u32 {
+    PENDING.load(Ordering::SeqCst)
+}
+
+/// The tick at which a wait of `timeout_ms` sent at tick `now` has surely waited that long: the
+/// current period may be nearly over, so one tick more than the timeout's.
+#[must_use]
+pub const fn deadline(now: u64, timeout_ms: u32) -> u64 {
+    now + timeout_ms.div_ceil(WAIT_TICK_MS) as u64 + 1
+}
+
+/// Checks a `WAIT` before anything changes.
+///
+/// # Errors
+/// `STATUS_BUFFER_TOO_SMALL` for a short input or output, `STATUS_INVALID_PARAMETER` for a
+/// long input, a wrong version or a timeout out of range.
+#[paged]
+pub fn check_wait(input: &[u8], output_capacity: usize) -> Result<WaitRequest, Status> {
+    if output_capacity < size_of::<WaitReply>() {
+        return Err(status::BUFFER_TOO_SMALL);
+    }
+    let request = protocol::decode::<WaitRequest>(input).map_err(crate::ioctl::refusal)?;
+    if request.is_valid() { Ok(request) } else { Err(status::INVALID_PARAMETER) }
+}
+
+/// `WAIT`: queues `irp` until its timeout, a `SIGNAL`, a cancel or its handle's cleanup.
+///
+/// Returns the status for the dispatch routine: `STATUS_PENDING` once queued (the IRP may
+/// already be completed by then, if it was cancelled), or the refusal it was completed with.
+#[paged]
+pub fn wait(irp: Irp, request: WaitRequest) -> Status {
+    if let Err(refused) = reserve() {
+        return irp.complete(refused, &[]);
+    }
+    let deadline = deadline(TICKS.load(Ordering::SeqCst), request.timeout_ms);
+    // IoCsqInsertIrp at PASSIVE_LEVEL: marks the IRP pending, queues it, and completes it
+    // through `on_cancelled` at once if it was cancelled already.
+    kernel::queue_wait(irp, deadline, request.cookie)
+}
+
+/// Takes one slot of [`MAX_PENDING`]; the first arms the timer.
+///
+/// Resident (`.text`, never inlined into its `PAGE` caller): it runs under a spin lock, at
+/// `DISPATCH_LEVEL`, where pageable code must not run.
+#[inline(never)]
+fn reserve() -> Result<(), Status> {
+    // Raises to DISPATCH_LEVEL: KeSetTimerEx is callable there, and the DPC's cancel waits.
+    let guard = TIMER_LOCK.acquire();
+    let before = PENDING.load(Ordering::SeqCst);
+    if before >= MAX_PENDING {
+        return Err(status::INVALID_DEVICE_STATE);
+    }
+    PENDING.store(before + 1, Ordering::SeqCst);
+    if before == 0 && !STOPPING.load(Ordering::SeqCst) {
+        kernel::timer_start(WAIT_TICK_MS);
+    }
+    drop(guard);
+    Ok(())
+}
+
+/// `SIGNAL`: completes the waits `input` names as signalled; `file` is the caller's.
+///
+/// # Errors
+/// As [`check_wait`] for the buffers; `STATUS_INVALID_PARAMETER` for an unknown scope.
+#[paged]
+pub fn signal(file: FileId, input: &[u8], output_capacity: usize) -> Result<SignalReply, Status> {
+    if output_capacity < size_of::<SignalReply>() {
+        return Err(status::BUFFER_TOO_SMALL);
+    }
+    let request = protocol::decode::<SignalRequest>(input).map_err(crate::ioctl::refusal)?;
+    let filter = match request.scope() {
+        Some(SignalScope::All) => Filter::Any,
+        Some(SignalScope::Caller) => Filter::File(file),
+        None => return Err(status::INVALID_PARAMETER),
+    };
+    let completed = drain(filter, WaitOutcome::Signalled);
+    Ok(SignalReply { version: PROTOCOL_VERSION, completed })
+}
+
+/// `IRP_MJ_CLEANUP`: cancels every wait queued on `file` before cleanup returns, so that no IRP
+/// of the handle is queued when its close releases the handle's locks.
+#[must_use]
+#[paged]
+pub fn cleanup(file: FileId) -> u32 {
+    drain(Filter::File(file), WaitOutcome::Cancelled)
+}
+
+/// Completes the queued waits `filter` takes, at most [`MAX_PENDING`] (waits queued meanwhile
+/// may be left for the next call); how many.
+#[paged]
+fn drain(filter: Filter, outcome: WaitOutcome) -> u32 {
+    let mut completed = 0;
+    while completed < MAX_PENDING {
+        // IoCsqRemoveNextIrp at PASSIVE_LEVEL: the IRP is ours, its cancel routine cleared.
+        let Some(wait) = kernel::dequeue(filter) else { break };
+        finish(wait, outcome);
+        completed += 1;
+    }
+    completed
+}
+
+/// The timer's DPC, at `DISPATCH_LEVEL`: completes the waits whose deadline has passed, and
+/// cancels the timer once nothing is pending.
+///
+/// Resident (no placement attribute: `.text`), as the DPC routine that calls it: it runs whether
+/// or not a handle holds the sections locked, and looks at the resident count before calling
+/// any locked code.
+#[inline(never)]
+pub fn on_tick() {
+    let guard = TIMER_LOCK.acquire();
+    if PENDING.load(Ordering::SeqCst) == 0 {
+        // KeCancelTimer at DISPATCH_LEVEL, from the timer's own DPC: allowed. A WAIT that
+        // arms it again waits for this lock, so the cancel cannot undo a new arm.
+        kernel::timer_stop();
+        return;
+    }
+    drop(guard);
+    let now = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
+    for _ in 0..MAX_PENDING {
+        // IoCsqRemoveNextIrp at DISPATCH_LEVEL: the next expired wait, in queue order.
+        let Some(wait) = kernel::dequeue(Filter::ExpiredBy(now)) else { break };
+        finish(wait, WaitOutcome::Expired);
+    }
+}
+
+/// The queue's complete-cancelled callback.
+///
+/// A wait was cancelled (`IoCancelIrp`, or found cancelled as it was inserted), and the queue has taken it off. Any IRQL up to
+/// `DISPATCH_LEVEL`. Resident, as [`on_tick`] (inlined into the resident callback).
+#[inline]
+pub fn on_cancelled(wait: QueuedWait) {
+    finish(wait, WaitOutcome::Cancelled);
+}
+
+/// Completes one wait taken off the queue: counts it in the locked data, then completes it.
+/// Resident, as [`on_tick`].
+///
+/// `wait` is not completed yet, so its file object is referenced and its handle's lock pair,
+/// released only in `IRP_MJ_CLOSE`, covers the locked call. Once `complete` has run, that pair
+/// may be gone: nothing of `PAGELK` runs after it, only this resident code's return.
+#[inline(never)]
+pub fn finish(wait: QueuedWait, outcome: WaitOutcome) {
+    let completed_waits = crate::work::record_wait_completion();
+    let reply = WaitReply {
+        version: PROTOCOL_VERSION,
+        outcome: outcome as u32,
+        cookie: wait.cookie(),
+        completed_waits,
+    };
+    PENDING.fetch_sub(1, Ordering::SeqCst);
+    // IofCompleteRequest: the last thing done with the IRP, and with the locks it kept.
+    if outcome == WaitOutcome::Cancelled {
+        wait.complete(status::CANCELLED, &[]);
+    } else {
+        wait.complete(status::SUCCESS, reply.as_bytes());
+    }
+}
+
+/// Unload, at `PASSIVE_LEVEL`, before the sections' leftovers are released: no arm after this,
+/// the timer cancelled, and a DPC already queued or running waited for.
+#[paged]
+pub fn stop() {
+    // No lock needed: unload runs with no handle open, so no WAIT can be arming the timer.
+    STOPPING.store(true, Ordering::SeqCst);
+    // KeCancelTimer, then KeFlushQueuedDpcs (PASSIVE_LEVEL only): afterwards no DPC of the
+    // driver is queued or running, and none can be queued again.
+    kernel::timer_stop();
+    kernel::flush_dpcs();
+}
