@@ -21,6 +21,25 @@
  *   release the lock through Wine's routines. Nothing else changes the IRQL, and nothing
  *   enforces it: a page fault at DISPATCH_LEVEL is not caught here.
  *
+ * - KeInitializeTimerEx, KeSetTimerEx, KeCancelTimer, KeInitializeDpc, KeFlushQueuedDpcs: Wine 8
+ *   has them, but runs a timer's DPC on a thread-pool thread at what this shim would call IRQL
+ *   0, and its KeSetTimerEx and KeCancelTimer wait for the timer's running callback while
+ *   holding Wine's own lock, so a DPC that cancels or re-arms its own timer (legal on Windows,
+ *   at DISPATCH_LEVEL) deadlocks; its KeFlushQueuedDpcs is a stub. Here: one worker thread
+ *   keeps the armed timers (in the KTIMER's own storage), runs each expired timer's DPC at
+ *   DISPATCH_LEVEL outside any lock of its own, re-queues periodic ones, and KeCancelTimer
+ *   only dequeues, as on Windows (a DPC already running still runs). KeFlushQueuedDpcs waits
+ *   until every DPC started before it has returned. Due times have the resolution of
+ *   GetTickCount64 (milliseconds); only relative due times are supported (the driver's).
+ * - IoCsqInitialize, IoCsqInsertIrp, IoCsqRemoveIrp, IoCsqRemoveNextIrp: the last three are
+ *   `__wine_stub_` entries in Wine 8 (calling one kills the driver host). Here the cancel-safe
+ *   queue follows the documented algorithm (wdm.h; ReactOS ntoskrnl/io/iomgr/csq.c has the
+ *   same one): insertion sets the queue's cancel routine, and if the IRP was cancelled
+ *   meanwhile takes it back and completes it through the driver's CompleteCanceledIrp; removal
+ *   clears the cancel routine and skips IRPs whose cancel routine is already running. Wine's
+ *   own IoCancelIrp calls that routine (CancelIoEx and handle close reach it through
+ *   winedevice), with the cancel spin lock held, as Windows does.
+ *
  * KeQueryPerformanceCounter, which Wine has in hal.dll and not in ntoskrnl.exe, is forwarded
  * there by the generated list.
  *
@@ -54,6 +73,7 @@ BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)
     (void)instance;
     (void)reserved;
     if (reason == DLL_PROCESS_ATTACH) {
+        InitializeCriticalSection(&timer_cs);
         irql_slot = TlsAlloc();
         return irql_slot != TLS_OUT_OF_INDEXES;
     }
@@ -120,4 +140,286 @@ PVOID WINAPI shim_MmLockPagableDataSection(PVOID address)
     /* MEMORY_MANAGEMENT: no section of a loaded image contains the address. */
     KeBugCheckEx(0x1A, 0x1234, (ULONG_PTR)address, 0, 0);
     return NULL;
+}
+
+/* ---- Timers and DPCs ------------------------------------------------------------------- */
+
+/* The KTIMER's 64 bytes hold this while the shim owns the timer. */
+struct shim_timer {
+    struct shim_timer *next;
+    ULONGLONG due_ms;
+    LONG period_ms;
+    LONG inserted;
+    void *dpc;
+};
+
+typedef void (WINAPI *deferred_routine)(void *dpc, void *context, void *arg1, void *arg2);
+/* KDPC (x64): DeferredRoutine at 0x18, DeferredContext at 0x20, SystemArgument1/2 after. */
+struct shim_dpc {
+    BYTE header[0x18];
+    deferred_routine routine;
+    void *context;
+    void *argument1;
+    void *argument2;
+};
+
+static CRITICAL_SECTION timer_cs;
+static CONDITION_VARIABLE timer_cv = CONDITION_VARIABLE_INIT;
+static struct shim_timer *armed;
+static HANDLE worker;
+static ULONGLONG dpcs_started, dpcs_done;
+
+static void unlink_timer(struct shim_timer *timer)
+{
+    for (struct shim_timer **at = &armed; *at; at = &(*at)->next) {
+        if (*at == timer) {
+            *at = timer->next;
+            break;
+        }
+    }
+    timer->next = NULL;
+    timer->inserted = 0;
+}
+
+static DWORD WINAPI timer_worker(void *unused)
+{
+    (void)unused;
+    EnterCriticalSection(&timer_cs);
+    for (;;) {
+        struct shim_timer *first = NULL;
+        for (struct shim_timer *t = armed; t; t = t->next)
+            if (!first || t->due_ms < first->due_ms)
+                first = t;
+        ULONGLONG now = GetTickCount64();
+        if (!first) {
+            SleepConditionVariableCS(&timer_cv, &timer_cs, INFINITE);
+            continue;
+        }
+        if (first->due_ms > now) {
+            SleepConditionVariableCS(&timer_cv, &timer_cs, (DWORD)(first->due_ms - now));
+            continue;
+        }
+        struct shim_dpc *dpc = first->dpc;
+        unlink_timer(first);
+        if (first->period_ms > 0) {
+            first->due_ms = now + (ULONGLONG)first->period_ms;
+            first->inserted = 1;
+            first->next = armed;
+            armed = first;
+        }
+        if (!dpc || !dpc->routine)
+            continue;
+        dpcs_started++;
+        LeaveCriticalSection(&timer_cs);
+        /* A DPC runs at DISPATCH_LEVEL, outside the shim's lock: it may set or cancel timers. */
+        set_irql(DISPATCH_LEVEL);
+        dpc->routine(dpc, dpc->context, dpc->argument1, dpc->argument2);
+        set_irql(PASSIVE_LEVEL);
+        EnterCriticalSection(&timer_cs);
+        dpcs_done++;
+        WakeAllConditionVariable(&timer_cv);
+    }
+    return 0;
+}
+
+void WINAPI shim_KeInitializeTimerEx(void *timer, int type)
+{
+    (void)type;
+    ZeroMemory(timer, 64);
+}
+
+void WINAPI shim_KeInitializeDpc(void *dpc, deferred_routine routine, void *context)
+{
+    struct shim_dpc *d = dpc;
+    ZeroMemory(d, sizeof(*d));
+    d->routine = routine;
+    d->context = context;
+}
+
+BOOLEAN WINAPI shim_KeSetTimerEx(void *timer_, LARGE_INTEGER due, LONG period, void *dpc)
+{
+    struct shim_timer *timer = timer_;
+    /* Relative (negative) due times in 100 ns units; an absolute one is taken as due now. */
+    ULONGLONG after = due.QuadPart < 0 ? (ULONGLONG)(-due.QuadPart) / 10000 : 0;
+    EnterCriticalSection(&timer_cs);
+    BOOLEAN was = (BOOLEAN)timer->inserted;
+    if (was)
+        unlink_timer(timer);
+    timer->due_ms = GetTickCount64() + after;
+    timer->period_ms = period;
+    timer->dpc = dpc;
+    timer->inserted = 1;
+    timer->next = armed;
+    armed = timer;
+    if (!worker)
+        worker = CreateThread(NULL, 0, timer_worker, NULL, 0, NULL);
+    WakeAllConditionVariable(&timer_cv);
+    LeaveCriticalSection(&timer_cs);
+    return was;
+}
+
+BOOLEAN WINAPI shim_KeCancelTimer(void *timer_)
+{
+    struct shim_timer *timer = timer_;
+    EnterCriticalSection(&timer_cs);
+    BOOLEAN was = (BOOLEAN)timer->inserted;
+    if (was)
+        unlink_timer(timer);
+    LeaveCriticalSection(&timer_cs);
+    return was;
+}
+
+void WINAPI shim_KeFlushQueuedDpcs(void)
+{
+    EnterCriticalSection(&timer_cs);
+    ULONGLONG target = dpcs_started;
+    while (dpcs_done < target)
+        SleepConditionVariableCS(&timer_cv, &timer_cs, INFINITE);
+    LeaveCriticalSection(&timer_cs);
+}
+
+/* ---- The cancel-safe queue --------------------------------------------------------------- */
+
+/* x64 offsets (pinned by pagelock-ddk's layout tests against mingw-w64's headers). */
+#define IRP_CANCEL(irp) (*(volatile BOOLEAN *)((BYTE *)(irp) + 0x44))
+#define IRP_CANCEL_IRQL(irp) (*(KIRQL *)((BYTE *)(irp) + 0x45))
+#define IRP_CANCEL_ROUTINE(irp) ((void *volatile *)((BYTE *)(irp) + 0x68))
+#define IRP_CSQ_SLOT(irp) (*(void **)((BYTE *)(irp) + 0x78 + 3 * sizeof(void *)))
+#define IRP_STACK(irp) (*(BYTE **)((BYTE *)(irp) + 0xB8))
+#define SL_PENDING_RETURNED 0x01
+#define IO_TYPE_CSQ_IRP_CONTEXT 1
+#define IO_TYPE_CSQ 2
+
+typedef struct shim_csq shim_csq;
+struct shim_csq {
+    ULONG type;
+    void (WINAPI *insert)(shim_csq *, void *irp);
+    void (WINAPI *remove)(shim_csq *, void *irp);
+    void *(WINAPI *peek)(shim_csq *, void *irp, void *context);
+    void (WINAPI *acquire)(shim_csq *, KIRQL *irql);
+    void (WINAPI *release)(shim_csq *, KIRQL irql);
+    void (WINAPI *complete_canceled)(shim_csq *, void *irp);
+    void *reserved;
+};
+
+struct shim_csq_context {
+    ULONG type;
+    void *irp;
+    shim_csq *csq;
+};
+
+void WINAPI IoReleaseCancelSpinLock(KIRQL irql);
+
+static void *set_cancel_routine(void *irp, void *routine)
+{
+    return InterlockedExchangePointer(IRP_CANCEL_ROUTINE(irp), routine);
+}
+
+/* The queue that holds `irp`, and its context if it was inserted with one. */
+static shim_csq *csq_of(void *irp, struct shim_csq_context **context)
+{
+    ULONG *slot = IRP_CSQ_SLOT(irp);
+    *context = NULL;
+    if (slot && *slot == IO_TYPE_CSQ_IRP_CONTEXT) {
+        *context = (struct shim_csq_context *)slot;
+        return (*context)->csq;
+    }
+    return (shim_csq *)slot;
+}
+
+/* The cancel routine the queue sets on every IRP it holds. Called by IoCancelIrp with the
+   cancel spin lock held, which it releases first, as every cancel routine must. */
+static void WINAPI csq_cancel_routine(void *device, void *irp)
+{
+    (void)device;
+    IoReleaseCancelSpinLock(IRP_CANCEL_IRQL(irp));
+    struct shim_csq_context *context;
+    shim_csq *csq = csq_of(irp, &context);
+    KIRQL irql;
+    csq->acquire(csq, &irql);
+    csq->remove(csq, irp);
+    if (context)
+        context->irp = NULL;
+    IRP_CSQ_SLOT(irp) = NULL;
+    csq->release(csq, irql);
+    csq->complete_canceled(csq, irp);
+}
+
+NTSTATUS WINAPI shim_IoCsqInitialize(shim_csq *csq, void *insert, void *remove, void *peek,
+                                     void *acquire, void *release, void *complete_canceled)
+{
+    csq->type = IO_TYPE_CSQ;
+    csq->insert = insert;
+    csq->remove = remove;
+    csq->peek = peek;
+    csq->acquire = acquire;
+    csq->release = release;
+    csq->complete_canceled = complete_canceled;
+    csq->reserved = NULL;
+    return 0;
+}
+
+void WINAPI shim_IoCsqInsertIrp(shim_csq *csq, void *irp, struct shim_csq_context *context)
+{
+    KIRQL irql;
+    csq->acquire(csq, &irql);
+    csq->insert(csq, irp);
+    IRP_STACK(irp)[3] |= SL_PENDING_RETURNED; /* IoMarkIrpPending */
+    if (context) {
+        context->type = IO_TYPE_CSQ_IRP_CONTEXT;
+        context->irp = irp;
+        context->csq = csq;
+        IRP_CSQ_SLOT(irp) = context;
+    } else {
+        IRP_CSQ_SLOT(irp) = csq;
+    }
+    set_cancel_routine(irp, (void *)csq_cancel_routine);
+    if (IRP_CANCEL(irp) && set_cancel_routine(irp, NULL)) {
+        /* Cancelled before the routine was set, and taken back: the queue completes it. */
+        csq->remove(csq, irp);
+        if (context)
+            context->irp = NULL;
+        IRP_CSQ_SLOT(irp) = NULL;
+        csq->release(csq, irql);
+        csq->complete_canceled(csq, irp);
+        return;
+    }
+    /* Otherwise, if cancelled, the cancel routine is running and will take it off. */
+    csq->release(csq, irql);
+}
+
+void *WINAPI shim_IoCsqRemoveIrp(shim_csq *csq, struct shim_csq_context *context)
+{
+    KIRQL irql;
+    void *irp = NULL;
+    csq->acquire(csq, &irql);
+    if (context->irp && set_cancel_routine(context->irp, NULL)) {
+        irp = context->irp;
+        csq->remove(csq, irp);
+        IRP_CSQ_SLOT(irp) = NULL;
+        context->irp = NULL;
+    }
+    csq->release(csq, irql);
+    return irp;
+}
+
+void *WINAPI shim_IoCsqRemoveNextIrp(shim_csq *csq, void *peek_context)
+{
+    KIRQL irql;
+    csq->acquire(csq, &irql);
+    void *irp = csq->peek(csq, NULL, peek_context);
+    while (irp && !set_cancel_routine(irp, NULL)) {
+        /* Its cancel routine is running: it is being cancelled, leave it to that. */
+        irp = csq->peek(csq, irp, peek_context);
+    }
+    if (irp) {
+        struct shim_csq_context *context;
+        csq_of(irp, &context);
+        csq->remove(csq, irp);
+        if (context)
+            context->irp = NULL;
+        IRP_CSQ_SLOT(irp) = NULL;
+    }
+    csq->release(csq, irql);
+    return irp;
 }

@@ -58,9 +58,18 @@ const SHIM: &str = "ntoswine.dll";
 /// driver is forwarded to Wine.
 const SHIM_ROUTINES: &[&str] = &[
     "ExAllocatePool2",
+    "IoCsqInitialize",
+    "IoCsqInsertIrp",
+    "IoCsqRemoveIrp",
+    "IoCsqRemoveNextIrp",
     "KeAcquireSpinLockRaiseToDpc",
+    "KeCancelTimer",
+    "KeFlushQueuedDpcs",
     "KeGetCurrentIrql",
+    "KeInitializeDpc",
+    "KeInitializeTimerEx",
     "KeReleaseSpinLock",
+    "KeSetTimerEx",
     "MmLockPagableDataSection",
 ];
 /// Where forwarded routines go, in order of preference.
@@ -164,7 +173,16 @@ fn shim_def(imports: &[String]) -> Result<String> {
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let file =
             PeFile64::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
-        let names: Vec<Vec<u8>> = file.exports()?.iter().map(|e| e.name().to_vec()).collect();
+        // A `-stub` of Wine's .spec is exported like any routine, but kills the driver host
+        // when called; its stub carries the name `__wine_stub_<name>`, so such names are left
+        // out and the driver's import of one fails here instead of at run time.
+        let stubs = wine_stubs(&data);
+        let names: Vec<Vec<u8>> = file
+            .exports()?
+            .iter()
+            .map(|e| e.name().to_vec())
+            .filter(|name| !stubs.contains(name))
+            .collect();
         exports.push((*module, names));
     }
     let mut def = format!("LIBRARY {SHIM}\nEXPORTS\n");
@@ -188,6 +206,19 @@ fn shim_def(imports: &[String]) -> Result<String> {
         );
     }
     Ok(def)
+}
+
+/// The exports Wine's module `data` has only a stub for: the names after `__wine_stub_`.
+fn wine_stubs(data: &[u8]) -> std::collections::BTreeSet<Vec<u8>> {
+    const PREFIX: &[u8] = b"__wine_stub_";
+    let mut stubs = std::collections::BTreeSet::new();
+    let mut rest = data;
+    while let Some(at) = rest.windows(PREFIX.len()).position(|window| window == PREFIX) {
+        rest = &rest[at + PREFIX.len()..];
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        stubs.insert(rest[..end].to_vec());
+    }
+    stubs
 }
 
 /// Compiles the stand-ins into `bin`; the shim twice, the second answering IRQL 0 (the
@@ -528,6 +559,16 @@ mod tests {
             assert!(all.iter().any(|s| s.args[0] == command), "{command}");
         }
         assert!(all.iter().any(|s| s.args == ["stress", "--shared"]));
+    }
+
+    #[test]
+    fn wine_stubs_are_read_from_their_names() {
+        let data = b"x\0__wine_stub_IoCsqInsertIrp\0y__wine_stub_KeFoo\0";
+        let stubs = wine_stubs(data);
+        assert!(
+            stubs.contains(b"IoCsqInsertIrp".as_slice()) && stubs.contains(b"KeFoo".as_slice())
+        );
+        assert_eq!(stubs.len(), 2);
     }
 
     #[test]

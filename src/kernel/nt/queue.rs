@@ -123,11 +123,13 @@ pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
     let raw = irp.into_raw().as_ptr();
     // SAFETY: the IRP is ours until queued (taken from `Irp`); DriverContext[0] and [1] are
     // the driver's to use while it owns the IRP, and on x64 a pointer holds 64 bits.
-    unsafe {
-        let context = &mut (*raw).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext;
-        context[0] = deadline as usize as *mut c_void;
-        context[1] = cookie as usize as *mut c_void;
-    }
+    // x64 only: a pointer holds the 64 bits of each (the image is built for x86_64).
+    let values = [deadline, cookie].map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+    let context = context_of(raw);
+    // SAFETY: see above; the IRP is live, and the array is plain pointers.
+    unsafe { (*context)[0] = values[0] as *mut c_void };
+    // SAFETY: as above.
+    unsafe { (*context)[1] = values[1] as *mut c_void };
     // SAFETY: the queue was initialised at load; the IRP is a device control request this
     // driver owns and has not completed; no context (the queue keeps its own reference).
     unsafe { ntddk::IoCsqInsertIrp(RESIDENT.csq.get(), raw, core::ptr::null_mut()) };
@@ -167,9 +169,7 @@ impl QueuedWait {
     #[must_use]
     pub fn cookie(&self) -> u64 {
         // SAFETY: by the invariant the IRP is live and ours; `queue_wait` stored the cookie.
-        let context = unsafe {
-            (*self.raw.as_ptr()).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext
-        };
+        let context = unsafe { context_of(self.raw.as_ptr()).read() };
         context[1] as usize as u64
     }
 
@@ -180,10 +180,14 @@ impl QueuedWait {
     pub fn complete(self, status: Status, reply: &[u8]) {
         let raw = self.raw.as_ptr();
         let stack = stack_of(raw);
+        // SAFETY: the stack location of a live IRP of ours.
+        let parameters = unsafe { &(*stack).Parameters };
         // SAFETY: a device control IRP: `DeviceIoControl` holds its parameters.
-        let capacity = unsafe { (*stack).Parameters.DeviceIoControl.OutputBufferLength } as usize;
+        let capacity = unsafe { parameters.DeviceIoControl.OutputBufferLength } as usize;
+        // SAFETY: the IRP is live and ours (invariant).
+        let associated = unsafe { &(*raw).AssociatedIrp };
         // SAFETY: `AssociatedIrp` is a union of pointers; for METHOD_BUFFERED it is the buffer.
-        let buffer = unsafe { (*raw).AssociatedIrp.SystemBuffer }.cast::<u8>();
+        let buffer = unsafe { associated.SystemBuffer }.cast::<u8>();
         let (status, information) = if !status::is_success(status) || reply.is_empty() {
             (status, 0)
         } else if buffer.is_null() || reply.len() > capacity {
@@ -206,10 +210,54 @@ impl QueuedWait {
 /// The current stack location of a queued IRP.
 #[inline]
 fn stack_of(irp: *mut IRP) -> *mut sys::IO_STACK_LOCATION {
-    // SAFETY: `irp` is a live IRP this driver holds (queued or taken off the queue); the
-    // members of this union are pointers laid over each other, and the I/O manager set
-    // `CurrentStackLocation` before calling the driver.
-    unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+    // SAFETY: `irp` is a live IRP this driver holds (queued or taken off the queue); a place,
+    // nothing read.
+    let slot = unsafe {
+        &raw const (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation
+    };
+    // SAFETY: the members of this union are pointers laid over each other, and the I/O
+    // manager set `CurrentStackLocation` before calling the driver.
+    unsafe { slot.read() }
+}
+
+/// `Tail.Overlay.DriverContext` of a live IRP this driver holds.
+#[inline]
+fn context_of(irp: *mut IRP) -> *mut [*mut c_void; 4] {
+    // SAFETY: a place inside a live IRP; nothing is read.
+    unsafe { &raw mut (*irp).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext }
+}
+
+/// The file object and deadline of a queued IRP.
+#[inline]
+fn file_and_deadline(irp: *mut IRP) -> (FileId, u64) {
+    let stack = stack_of(irp);
+    // SAFETY: `irp` is a queued IRP, live while queued; its stack location was set before.
+    let file = unsafe { (*stack).FileObject };
+    // SAFETY: as above; `queue_wait` wrote DriverContext[0] before queueing it.
+    let deadline = unsafe { (*context_of(irp))[0] };
+    (FileId(file as usize), deadline as usize as u64)
+}
+
+/// Reads a list link.
+#[inline]
+fn next_of(entry: *mut LIST_ENTRY) -> *mut LIST_ENTRY {
+    // SAFETY: callers pass an entry of the queue's list, read under the queue's lock.
+    unsafe { (*entry).Flink }
+}
+
+/// Reads a list link backwards.
+#[inline]
+fn previous_of(entry: *mut LIST_ENTRY) -> *mut LIST_ENTRY {
+    // SAFETY: as `next_of`.
+    unsafe { (*entry).Blink }
+}
+
+/// Sets both links of `entry`.
+#[inline]
+const fn set_links(entry: *mut LIST_ENTRY, next: *mut LIST_ENTRY, previous: *mut LIST_ENTRY) {
+    // SAFETY: callers pass entries of the queue's list (or the one being linked), under the
+    // queue's lock, so nothing else reads or writes them meanwhile.
+    unsafe { entry.write(LIST_ENTRY { Flink: next, Blink: previous }) };
 }
 
 /// The list entry of a queued IRP.
@@ -221,7 +269,7 @@ fn entry_of(irp: *mut IRP) -> *mut LIST_ENTRY {
 
 /// The IRP a list entry belongs to (`CONTAINING_RECORD`).
 #[inline]
-fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
+const fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
     entry.wrapping_byte_sub(offset_of!(IRP, Tail.Overlay.__bindgen_anon_2.ListEntry)).cast()
 }
 
@@ -229,26 +277,21 @@ fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
 unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
     let head = RESIDENT.head.get();
     let entry = entry_of(irp);
-    // SAFETY: under the queue's lock (the queue routines' contract), so the list is ours; the
-    // IRP is live and not on the list (InsertTailList).
-    unsafe {
-        let last = (*head).Blink;
-        (*entry).Flink = head;
-        (*entry).Blink = last;
-        (*last).Flink = entry;
-        (*head).Blink = entry;
-    }
+    // Under the queue's lock (the queue routines' contract), so the list is ours; the IRP is
+    // live and not on the list (InsertTailList).
+    let last = previous_of(head);
+    set_links(entry, head, last);
+    set_links(last, entry, previous_of(last));
+    set_links(head, next_of(head), entry);
 }
 
 /// `IO_CSQ_REMOVE_IRP`: unlinks the IRP. Under the queue's lock.
 unsafe extern "C" fn csq_remove(_csq: *mut IO_CSQ, irp: *mut IRP) {
     let entry = entry_of(irp);
-    // SAFETY: under the queue's lock; the IRP is on the list (RemoveEntryList).
-    unsafe {
-        let (next, previous) = ((*entry).Flink, (*entry).Blink);
-        (*previous).Flink = next;
-        (*next).Blink = previous;
-    }
+    // Under the queue's lock; the IRP is on the list (RemoveEntryList).
+    let (next, previous) = (next_of(entry), previous_of(entry));
+    set_links(previous, next, previous_of(previous));
+    set_links(next, next_of(next), previous);
 }
 
 /// `IO_CSQ_PEEK_NEXT_IRP`: the first IRP after `irp` (or from the head) that the [`Filter`]
@@ -261,22 +304,16 @@ unsafe extern "C" fn csq_peek_next(
     let head = RESIDENT.head.get();
     // SAFETY: a non-null context is the `Filter` `dequeue` passed, alive for the call.
     let filter = unsafe { context.cast::<Filter>().as_ref() }.copied().unwrap_or(Filter::Any);
-    // SAFETY: under the queue's lock the list is consistent; `irp`, when given, is on it.
-    let mut entry = unsafe { if irp.is_null() { (*head).Flink } else { (*entry_of(irp)).Flink } };
+    // Under the queue's lock the list is consistent; `irp`, when given, is on it.
+    let mut entry = if irp.is_null() { next_of(head) } else { next_of(entry_of(irp)) };
     while entry != head {
+        // Every entry but the head belongs to a queued IRP.
         let candidate = irp_of(entry);
-        // SAFETY: every entry but the head belongs to a queued IRP, live while queued; its
-        // stack location and DriverContext[0] were set before it was queued.
-        let (file, deadline) = unsafe {
-            let deadline =
-                (*candidate).Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext[0];
-            ((*stack_of(candidate)).FileObject as usize, deadline as usize as u64)
-        };
-        if filter.matches(FileId(file), deadline) {
+        let (file, deadline) = file_and_deadline(candidate);
+        if filter.matches(file, deadline) {
             return candidate;
         }
-        // SAFETY: as above, the list is consistent under the lock.
-        entry = unsafe { (*entry).Flink };
+        entry = next_of(entry);
     }
     core::ptr::null_mut()
 }
@@ -284,8 +321,10 @@ unsafe extern "C" fn csq_peek_next(
 /// `IO_CSQ_ACQUIRE_LOCK`: raises to `DISPATCH_LEVEL` and takes the queue's spin lock.
 unsafe extern "C" fn csq_acquire_lock(_csq: *mut IO_CSQ, irql: *mut KIRQL) {
     // SAFETY: the lock is resident and initialised (zero); the queue routines call this at
-    // IRQL <= DISPATCH_LEVEL and never while holding it; `irql` is their out-parameter.
-    unsafe { irql.write(super::SpinBackend::acquire(RESIDENT.lock.get())) };
+    // IRQL <= DISPATCH_LEVEL and never while holding it.
+    let previous = unsafe { super::SpinBackend::acquire(RESIDENT.lock.get()) };
+    // SAFETY: `irql` is the queue routines' out-parameter.
+    unsafe { irql.write(previous) };
 }
 
 /// `IO_CSQ_RELEASE_LOCK`: releases the queue's spin lock and returns to `irql`.
@@ -316,6 +355,7 @@ unsafe extern "C" fn dpc_routine(
 }
 
 /// The file object an IRP came on, as a [`FileId`].
+#[must_use]
 #[pagelock_macros::paged]
 pub fn file_of(irp: &Irp) -> FileId {
     FileId(irp.file_object() as usize)
