@@ -447,6 +447,13 @@ fn steps() -> Vec<Step> {
     ];
     steps.extend([
         step("bench", &["bench"], 0, &["ratio: lock by address costs"]),
+        // A pended WAIT that the driver's timer completes from its DPC (the shim's timer).
+        step(
+            "wait",
+            &["wait", "--timeout-ms", "200", "--cookie", "7"],
+            0,
+            &["wait: expired", "cookie 7"],
+        ),
         step("stop", &["stop"], 0, &["stopped the pagelock service"]),
         step("stop while stopped", &["stop"], 0, &["not running"]),
         step("start", &["start"], 0, &["started the pagelock service"]),
@@ -554,7 +561,8 @@ mod tests {
     #[test]
     fn every_command_of_the_app_is_a_step() {
         let all = steps();
-        for command in ["query", "install", "start", "stop", "run", "stress", "bench", "uninstall"]
+        for command in
+            ["query", "install", "start", "stop", "run", "stress", "bench", "wait", "uninstall"]
         {
             assert!(all.iter().any(|s| s.args[0] == command), "{command}");
         }

@@ -140,6 +140,7 @@ impl<'a, H: Host> App<'a, H> {
                 shared: *shared,
             }),
             Command::Bench { iterations } => self.bench(*iterations),
+            Command::Wait { timeout_ms, cookie } => self.wait(*timeout_ms, *cookie),
         });
         match result {
             Ok(status) => status,
@@ -290,6 +291,29 @@ impl<'a, H: Host> App<'a, H> {
         bar.finish_and_clear();
         self.out.write_all(report.render().as_bytes())?;
         Ok(if report.passed() { EXIT_OK } else { EXIT_FAILED })
+    }
+
+    fn wait(&mut self, timeout_ms: u32, cookie: u64) -> Result<u8, Problem> {
+        let session = self.open()?;
+        let call = format!("DeviceIoControl({})", code_name(protocol::IOCTL_WAIT));
+        let started = std::time::Instant::now();
+        let line = match session.wait(&protocol::WaitRequest::new(timeout_ms, cookie)) {
+            Ok(reply) => {
+                let outcome = protocol::WaitOutcome::from_u32(reply.outcome)
+                    .map_or("an unknown outcome", protocol::WaitOutcome::name);
+                format!(
+                    "wait: {outcome} after {} ms (cookie {}, waits completed since load: {})\n",
+                    started.elapsed().as_millis(),
+                    reply.cookie,
+                    reply.completed_waits
+                )
+            }
+            Err(Failure::Status(protocol::status::CANCELLED)) => "wait: cancelled\n".to_owned(),
+            Err(failure) => return Err(self.failed(&call, failure)),
+        };
+        self.out.write_all(line.as_bytes())?;
+        session.close().map_err(|error| Problem::Other(format!("CloseHandle: {error}")))?;
+        Ok(EXIT_OK)
     }
 
     fn bench(&mut self, iterations: u64) -> Result<u8, Problem> {

@@ -64,6 +64,15 @@ pub enum Command {
         #[arg(long)]
         shared: bool,
     },
+    /// Sends one WAIT and prints how it ended (expired, signalled or cancelled).
+    Wait {
+        /// Milliseconds until it expires.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(pagelock_protocol::MAX_WAIT_MS)))]
+        timeout_ms: u32,
+        /// A value the reply carries back.
+        #[arg(long, default_value_t = 0)]
+        cookie: u64,
+    },
     /// Times lock by address against lock by handle in the driver (BENCH) and prints the ratio.
     Bench {
         /// Lock + unlock pairs of each kind.
@@ -85,6 +94,7 @@ impl Command {
             Self::Run { .. } => "run",
             Self::Stress { .. } => "stress",
             Self::Bench { .. } => "bench",
+            Self::Wait { .. } => "wait",
         }
     }
 }
@@ -128,6 +138,10 @@ mod tests {
             Some(Command::Stress { threads: 8, iterations: 10_000, shared: false })
         );
         assert_eq!(parse(&["bench"]).ok(), Some(Command::Bench { iterations: 10_000 }));
+        assert_eq!(
+            parse(&["wait", "--timeout-ms", "250", "--cookie", "7"]).ok(),
+            Some(Command::Wait { timeout_ms: 250, cookie: 7 })
+        );
     }
 
     #[test]
@@ -135,6 +149,8 @@ mod tests {
         assert!(parse(&["run", "--scenario", "everything"]).is_err());
         assert!(parse(&["stress", "--threads", "0"]).is_err());
         assert!(parse(&["bench", "--iterations", "0"]).is_err());
+        assert!(parse(&["wait", "--timeout-ms", "0"]).is_err());
+        assert!(parse(&["wait", "--timeout-ms", "60001"]).is_err());
         assert!(parse(&["install"]).is_err());
         assert!(parse(&[]).is_err());
     }

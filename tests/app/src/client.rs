@@ -6,7 +6,7 @@ use std::fmt;
 use pagelock_protocol::zerocopy::IntoBytes;
 use pagelock_protocol::{
     self as protocol, BenchReply, BenchRequest, LockReply, PROTOCOL_VERSION, RunReply, RunRequest,
-    StateReply, Versioned,
+    SignalReply, SignalRequest, SignalScope, StateReply, Versioned, WaitReply, WaitRequest,
 };
 
 use crate::device::{Device, Reply, TransportError};
@@ -158,6 +158,31 @@ impl<'d, D: Device + ?Sized> Session<'d, D> {
     /// See [`Failure`].
     pub fn bench(&self, request: &BenchRequest) -> Result<BenchReply, Failure> {
         self.request(protocol::IOCTL_BENCH, request.as_bytes())
+    }
+
+    /// `WAIT`: returns when the wait expired or was signalled; a cancelled wait is
+    /// [`Failure::Status`] with `STATUS_CANCELLED`.
+    ///
+    /// # Errors
+    /// See [`Failure`].
+    pub fn wait(&self, request: &WaitRequest) -> Result<WaitReply, Failure> {
+        self.request(protocol::IOCTL_WAIT, request.as_bytes())
+    }
+
+    /// `SIGNAL`: completes the waits `scope` names; how many.
+    ///
+    /// # Errors
+    /// See [`Failure`].
+    pub fn signal(&self, scope: SignalScope) -> Result<SignalReply, Failure> {
+        self.request(protocol::IOCTL_SIGNAL, SignalRequest::new(scope).as_bytes())
+    }
+
+    /// Cancels every request of this handle in flight (`CancelIoEx(handle, NULL)`).
+    ///
+    /// # Errors
+    /// When the transport failed, or cannot cancel.
+    pub fn cancel(&self) -> Result<(), TransportError> {
+        self.device.cancel(self.handle())
     }
 
     /// Closes the handle, reporting a transport failure (dropping the session closes it too,

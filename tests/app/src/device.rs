@@ -74,6 +74,17 @@ pub trait Device: Sync {
         output_capacity: usize,
     ) -> Result<Reply, TransportError>;
 
+    /// Cancels every request of `handle` that is in flight, from whichever thread sent it
+    /// (`CancelIoEx(handle, NULL)`): a queued `WAIT` completes with `STATUS_CANCELLED`. A
+    /// transport that cannot cancel says so.
+    ///
+    /// # Errors
+    /// When the transport failed or cannot cancel.
+    fn cancel(&self, handle: &Self::Handle) -> Result<(), TransportError> {
+        let _ = handle;
+        Err(TransportError("this transport cannot cancel a request in flight".to_owned()))
+    }
+
     /// Closes a handle (cleanup, then close, reach the driver).
     ///
     /// # Errors

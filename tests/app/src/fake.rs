@@ -59,6 +59,7 @@ struct State {
     by_handle: u64,
     unlocks: u64,
     runs: u64,
+    completed_waits: u64,
     handle_bias: u32,
     /// Handles opened for overlapped I/O.
     overlapped: std::collections::BTreeSet<u64>,
@@ -240,9 +241,50 @@ impl Model {
                 }
                 Ok(self.bench(state, request.iterations).as_bytes().to_vec())
             }
+            protocol::IOCTL_WAIT | protocol::IOCTL_SIGNAL => {
+                serve_pending(state, code, input, capacity)
+            }
             _ if fault == Fault::AcceptsUnknownCodes => Ok(Vec::new()),
             _ => Err(status::INVALID_DEVICE_REQUEST),
         }
+    }
+}
+
+/// `WAIT` and `SIGNAL` in the model.
+fn serve_pending(
+    state: &mut State,
+    code: u32,
+    input: &[u8],
+    capacity: usize,
+) -> Result<Vec<u8>, i32> {
+    match code {
+        // Without a clock of its own, the model's waits expire at once.
+        protocol::IOCTL_WAIT => {
+            fits::<protocol::WaitReply>(capacity)?;
+            let request = protocol::decode::<protocol::WaitRequest>(input).map_err(refusal)?;
+            if !request.is_valid() {
+                return Err(status::INVALID_PARAMETER);
+            }
+            state.completed_waits += 1;
+            let reply = protocol::WaitReply {
+                version: PROTOCOL_VERSION,
+                outcome: protocol::WaitOutcome::Expired as u32,
+                cookie: request.cookie,
+                completed_waits: state.completed_waits,
+            };
+            Ok(reply.as_bytes().to_vec())
+        }
+        protocol::IOCTL_SIGNAL => {
+            fits::<protocol::SignalReply>(capacity)?;
+            let request = protocol::decode::<protocol::SignalRequest>(input).map_err(refusal)?;
+            if request.scope().is_none() {
+                return Err(status::INVALID_PARAMETER);
+            }
+            Ok(protocol::SignalReply { version: PROTOCOL_VERSION, completed: 0 }
+                .as_bytes()
+                .to_vec())
+        }
+        _ => Err(status::INVALID_DEVICE_REQUEST),
     }
 }
 

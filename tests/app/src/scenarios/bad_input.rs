@@ -97,6 +97,38 @@ pub fn bad_requests() -> Vec<BadRequest> {
     let code = protocol::IOCTL_BENCH;
     requests.extend(with_input(code, bench.as_bytes(), size_of::<BenchReply>(), values));
 
+    // WAIT: refused before anything is queued.
+    let wait = protocol::WaitRequest::new(100, 1);
+    let values = vec![
+        ("timeout 0 ms".to_owned(), protocol::WaitRequest::new(0, 1).as_bytes().to_vec()),
+        (
+            format!("timeout {} ms", protocol::MAX_WAIT_MS + 1),
+            protocol::WaitRequest::new(protocol::MAX_WAIT_MS + 1, 1).as_bytes().to_vec(),
+        ),
+        (
+            format!("version {}", PROTOCOL_VERSION + 1),
+            protocol::WaitRequest { version: PROTOCOL_VERSION + 1, ..wait }.as_bytes().to_vec(),
+        ),
+    ];
+    let code = protocol::IOCTL_WAIT;
+    requests.extend(with_input(code, wait.as_bytes(), size_of::<protocol::WaitReply>(), values));
+
+    // SIGNAL: an unknown scope completes nothing.
+    let signal = protocol::SignalRequest::new(protocol::SignalScope::All);
+    let values = [0, 3]
+        .map(|scope| {
+            let request = protocol::SignalRequest { scope, ..signal };
+            (format!("scope {scope}"), request.as_bytes().to_vec())
+        })
+        .to_vec();
+    let code = protocol::IOCTL_SIGNAL;
+    requests.extend(with_input(
+        code,
+        signal.as_bytes(),
+        size_of::<protocol::SignalReply>(),
+        values,
+    ));
+
     requests.extend(unknown_codes());
     requests
 }

@@ -3,6 +3,7 @@
 use std::ptr;
 
 use pagelock_protocol::{WIN32_PATH, status};
+use windows_sys::Win32::Foundation::ERROR_NOT_FOUND;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_IO_PENDING, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE,
 };
@@ -10,7 +11,9 @@ use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE,
     OPEN_EXISTING,
 };
-use windows_sys::Win32::System::IO::{DeviceIoControl, GetOverlappedResult, OVERLAPPED};
+use windows_sys::Win32::System::IO::{
+    CancelIoEx, DeviceIoControl, GetOverlappedResult, OVERLAPPED,
+};
 use windows_sys::Win32::System::Threading::CreateEventW;
 
 use super::system::{failed, last_error, wide};
@@ -157,6 +160,16 @@ impl Device for WindowsDevice {
         }
         output.truncate(returned);
         Ok(Reply { status: status::SUCCESS, output })
+    }
+
+    fn cancel(&self, handle: &DeviceHandle) -> Result<(), TransportError> {
+        // SAFETY: the handle is open (invariant); a null OVERLAPPED cancels every request of
+        // the handle, from any thread.
+        if unsafe { CancelIoEx(handle.handle, ptr::null()) } == 0 && last_error() != ERROR_NOT_FOUND
+        {
+            return Err(TransportError(failed(format!("CancelIoEx({WIN32_PATH})")).to_string()));
+        }
+        Ok(())
     }
 
     fn close(&self, handle: DeviceHandle) -> Result<(), TransportError> {
