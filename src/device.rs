@@ -20,7 +20,7 @@ static LINK_NAME: WideName = crate::wide_name!(pagelock_protocol::DOS_DEVICE_NAM
 /// The status of the step that failed.
 #[init]
 pub fn load(driver: &Driver) -> Result<(), Status> {
-    for section in LOCKABLE {
+    for section in &LOCKABLE {
         let size =
             driver.section_size(&section.name(), section.anchor()).ok_or(status::UNSUCCESSFUL)?;
         // MmLockPagableCodeSection / MmLockPagableDataSection at PASSIVE_LEVEL, then
@@ -49,7 +49,7 @@ pub fn unload(driver: &Driver) {
     crate::pending::stop();
     kernel::remove_link(&LINK_NAME);
     kernel::delete_devices(driver);
-    for section in LOCKABLE {
+    for section in &LOCKABLE {
         section.release_leftovers();
     }
     kernel::log_info(c"unloaded");

@@ -114,7 +114,7 @@ fn query_state(open: &Open) -> StateReply {
     // Read once, so that the held and extra counts of one reply agree.
     let held = open.held();
     let mut sections = [SectionState::default(); protocol::SECTION_COUNT];
-    for (state, section) in sections.iter_mut().zip(LOCKABLE) {
+    for (state, section) in sections.iter_mut().zip(&LOCKABLE) {
         *state = SectionState {
             name: section.name(),
             size: section.size(),

@@ -6,25 +6,33 @@
 //!
 //! # Which lock covers what
 //!
-//! - The timer's DPC routine, the queue's callbacks and [`finish`] are **resident** (`.text`):
-//!   the timer can fire, and a cancel can come, when no handle is open and both lockable
-//!   sections may be paged out. The `KTIMER`, `KDPC`, `IO_CSQ`, the list head and the queue's
-//!   spin lock are resident too (`kernel`), and so are this module's counts.
-//! - The locked work they call, [`crate::work::record_wait_completion`] (`PAGELK`, touching
-//!   `PAGEDATA` under the driver's spin lock), is covered by **the lock pair of the handle the
-//!   wait was sent on**, taken in `IRP_MJ_CREATE` and released in `IRP_MJ_CLOSE`. It is called
-//!   only while a queued IRP of that handle is held and not yet completed: the IRP keeps its file
-//!   object referenced, and `IRP_MJ_CLOSE` comes only after the last reference is gone. A lock
-//!   per IRP would not do: the DPC completes at `DISPATCH_LEVEL`, where
+//! - **Resident** (`.text`): the timer's DPC routine and [`on_tick`], the queue's
+//!   complete-cancelled callback and [`on_cancelled`], [`finish`] (and in `kernel`: the lock
+//!   callbacks, the peek's emptiness test, `dequeue`, `timer_stop`, `QueuedWait::complete`).
+//!   The timer can fire, and a cancel can come, when no handle is open and both lockable
+//!   sections may be paged out; and the code that returns from an `IoCompleteRequest` may be
+//!   running after the last lock is gone. The `KTIMER`, `KDPC`, `IO_CSQ`, the list head and the
+//!   queue's spin lock are resident too (`kernel`), and so are this module's counts.
+//! - **`PAGELK`, covered by the handle a `WAIT` came on**: [`reserve`] (and `timer_start`, and
+//!   the queue's insert callback) run in that `WAIT`'s dispatch routine; its IRP keeps the file
+//!   object referenced, so the pair of locks the handle took in `IRP_MJ_CREATE`, released only in
+//!   `IRP_MJ_CLOSE`, is held.
+//! - **`PAGELK`, covered by the queued IRP being handled**: [`settle`] (counting in `PAGEDATA`
+//!   through [`crate::work::record_wait_completion`] under the driver's spin lock, and writing
+//!   the reply into the IRP) runs only for a wait taken off the queue and not yet completed: it
+//!   still holds its file object, so `IRP_MJ_CLOSE` of its handle cannot have come. A lock per
+//!   IRP would not do: the DPC completes at `DISPATCH_LEVEL`, where
 //!   `MmUnlockPagableImageSection` may not be called.
+//! - **`PAGE`**: [`check_wait`], [`wait`], [`signal`], [`cleanup`], [`stop`], at
+//!   `PASSIVE_LEVEL` in a dispatch routine or unload.
 //! - So the reference page's rule (no release while IRPs are outstanding) holds by construction:
 //!   `IRP_MJ_CLEANUP` drains the handle's queued waits before it returns, cleanup comes before
 //!   close, and a wait already taken off the queue by another path still holds its file object
 //!   until that path completes it.
 //! - **Nothing of `PAGELK` runs after an `IoCompleteRequest`**: the completion may let cleanup,
-//!   close and the last unlock run on another processor at once. [`finish`] counts in the locked
-//!   data first, then completes, then returns through resident code only; the DPC's loop calls
-//!   the locked work again only for the next IRP it holds.
+//!   close and the last unlock run on another processor at once. [`finish`] settles the wait in
+//!   the locked sections first, then completes it, then returns through resident code only; the
+//!   DPC's loop calls the locked code again only for the next IRP it holds.
 //! - The DPC looks at the resident pending count first: the timer can fire with nothing queued,
 //!   and then it must not touch `PAGELK`, which nothing covers.
 //!
@@ -38,13 +46,16 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use pagelock_macros::paged;
+use pagelock_macros::{locked, paged};
 use pagelock_protocol::{
     self as protocol, MAX_PENDING, PROTOCOL_VERSION, SignalReply, SignalRequest, SignalScope,
     WAIT_TICK_MS, WaitOutcome, WaitReply, WaitRequest, zerocopy::IntoBytes,
 };
 
-use crate::kernel::{self, FileId, Filter, Irp, QueuedWait, SpinLock, Status, status};
+use crate::{
+    kernel::{self, FileId, Filter, Irp, QueuedWait, SpinLock, Status, status},
+    sections::LOCKED_CODE,
+};
 
 /// Serialises arming and cancelling the timer with the pending count. Resident: the DPC takes it.
 static TIMER_LOCK: SpinLock = SpinLock::new();
@@ -100,9 +111,10 @@ pub fn wait(irp: Irp, request: WaitRequest) -> Status {
 
 /// Takes one slot of [`MAX_PENDING`]; the first arms the timer.
 ///
-/// Resident (`.text`, never inlined into its `PAGE` caller): it runs under a spin lock, at
-/// `DISPATCH_LEVEL`, where pageable code must not run.
-#[inline(never)]
+/// It runs under a spin lock, at `DISPATCH_LEVEL`, so not in `PAGE`: in `PAGELK`, covered by
+/// the handle of the `WAIT` whose dispatch routine ([`wait`]) is its only caller. That IRP is in
+/// the driver, so its file object is referenced and the handle's pair of locks is held.
+#[locked(LOCKED_CODE)]
 fn reserve() -> Result<(), Status> {
     // Raises to DISPATCH_LEVEL: KeSetTimerEx is callable there, and the DPC's cancel waits.
     let guard = TIMER_LOCK.acquire();
@@ -164,55 +176,68 @@ fn drain(filter: Filter, outcome: WaitOutcome) -> u32 {
 ///
 /// Resident (no placement attribute: `.text`), as the DPC routine that calls it: it runs whether
 /// or not a handle holds the sections locked, and looks at the resident count before calling
-/// any locked code.
+/// any locked code; it reaches `PAGELK` only through [`finish`], for a wait it holds.
 #[inline(never)]
 pub fn on_tick() {
     let guard = TIMER_LOCK.acquire();
-    if PENDING.load(Ordering::SeqCst) == 0 {
+    let idle = PENDING.load(Ordering::SeqCst) == 0;
+    if idle {
         // KeCancelTimer at DISPATCH_LEVEL, from the timer's own DPC: allowed. A WAIT that
         // arms it again waits for this lock, so the cancel cannot undo a new arm.
         kernel::timer_stop();
-        return;
     }
     drop(guard);
-    let now = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
+    if idle {
+        return;
+    }
+    let expired = Filter::ExpiredBy(TICKS.fetch_add(1, Ordering::SeqCst) + 1);
     for _ in 0..MAX_PENDING {
         // IoCsqRemoveNextIrp at DISPATCH_LEVEL: the next expired wait, in queue order.
-        let Some(wait) = kernel::dequeue(Filter::ExpiredBy(now)) else { break };
+        let Some(wait) = kernel::dequeue(expired) else { break };
         finish(wait, WaitOutcome::Expired);
     }
 }
 
 /// The queue's complete-cancelled callback.
 ///
-/// A wait was cancelled (`IoCancelIrp`, or found cancelled as it was inserted), and the queue has taken it off. Any IRQL up to
-/// `DISPATCH_LEVEL`. Resident, as [`on_tick`] (inlined into the resident callback).
+/// A wait was cancelled (`IoCancelIrp`, or found cancelled as it was inserted), and the queue
+/// has taken it off. Any IRQL up to `DISPATCH_LEVEL`. Resident, as [`on_tick`] (inlined into
+/// the resident callback).
 #[inline]
 pub fn on_cancelled(wait: QueuedWait) {
     finish(wait, WaitOutcome::Cancelled);
 }
 
-/// Completes one wait taken off the queue: counts it in the locked data, then completes it.
-/// Resident, as [`on_tick`].
+/// Completes one wait taken off the queue: settles it in the locked sections, then completes
+/// it. Resident, as [`on_tick`].
 ///
 /// `wait` is not completed yet, so its file object is referenced and its handle's lock pair,
-/// released only in `IRP_MJ_CLOSE`, covers the locked call. Once `complete` has run, that pair
+/// released only in `IRP_MJ_CLOSE`, covers [`settle`]. Once `complete` has run, that pair
 /// may be gone: nothing of `PAGELK` runs after it, only this resident code's return.
 #[inline(never)]
-pub fn finish(wait: QueuedWait, outcome: WaitOutcome) {
-    let completed_waits = crate::work::record_wait_completion();
-    let reply = WaitReply {
-        version: PROTOCOL_VERSION,
-        outcome: outcome as u32,
-        cookie: wait.cookie(),
-        completed_waits,
-    };
+pub fn finish(mut wait: QueuedWait, outcome: WaitOutcome) {
+    settle(&mut wait, outcome);
     PENDING.fetch_sub(1, Ordering::SeqCst);
     // IofCompleteRequest: the last thing done with the IRP, and with the locks it kept.
+    wait.complete();
+}
+
+/// Counts a wait in the locked data and writes its reply (or its cancellation) into the IRP.
+///
+/// `PAGELK`, covered by `wait` itself, which is not completed (see [`finish`]).
+#[locked(LOCKED_CODE)]
+fn settle(wait: &mut QueuedWait, outcome: WaitOutcome) {
+    let completed_waits = crate::work::record_wait_completion();
     if outcome == WaitOutcome::Cancelled {
-        wait.complete(status::CANCELLED, &[]);
+        wait.set_result(status::CANCELLED, &[]);
     } else {
-        wait.complete(status::SUCCESS, reply.as_bytes());
+        let reply = WaitReply {
+            version: PROTOCOL_VERSION,
+            outcome: outcome as u32,
+            cookie: wait.cookie(),
+            completed_waits,
+        };
+        wait.set_result(status::SUCCESS, reply.as_bytes());
     }
 }
 

@@ -190,6 +190,7 @@ pub struct QueuedWait {
     irp: Irp,
     deadline: u64,
     cookie: u64,
+    result: (super::Status, Vec<u8>),
 }
 
 impl QueuedWait {
@@ -199,9 +200,15 @@ impl QueuedWait {
         self.cookie
     }
 
-    /// Completes the request with `status` and, on success, `reply`.
-    pub fn complete(self, status: super::Status, reply: &[u8]) {
-        let _ = self.irp.complete(status, reply);
+    /// Sets how the request ends: `status` and, on success, `reply`.
+    pub fn set_result(&mut self, status: super::Status, reply: &[u8]) {
+        self.result = (status, reply.to_vec());
+    }
+
+    /// Completes the request with what [`Self::set_result`] set.
+    pub fn complete(self) {
+        let (status, reply) = self.result;
+        let _ = self.irp.complete(status, &reply);
     }
 }
 
@@ -217,7 +224,12 @@ fn queue() -> std::sync::MutexGuard<'static, Vec<QueuedWait>> {
 /// Queues a wait (`IoCsqInsertIrp`); returns `STATUS_PENDING`.
 #[must_use]
 pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> super::Status {
-    queue().push(QueuedWait { irp, deadline, cookie });
+    queue().push(QueuedWait {
+        irp,
+        deadline,
+        cookie,
+        result: (super::status::PENDING, Vec::new()),
+    });
     super::status::PENDING
 }
 

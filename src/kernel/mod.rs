@@ -100,8 +100,13 @@ impl<T> LockedBy<T> {
 
     /// The data, for as long as the guard of its owner is held.
     ///
+    /// Always inlined: it runs in its caller's section (the locked work's, `PAGELK`), not as
+    /// a resident function of its own that only locked code calls.
+    ///
     /// # Panics
     /// If `guard` holds another lock.
+    #[expect(clippy::inline_always, reason = "a resident copy would be called by PAGELK only")]
+    #[inline(always)]
     pub fn access<'a>(&'a self, guard: &'a mut SpinLockGuard<'_>) -> &'a mut T {
         assert!(guard.holds(self.owner));
         // SAFETY: the guard proves this thread holds `owner`, and borrowing it mutably for

@@ -40,8 +40,9 @@ const DPFLTR_ERROR_LEVEL: u32 = 0;
 /// `DPFLTR_INFO_LEVEL`: shown when the component's filter asks for it.
 const DPFLTR_INFO_LEVEL: u32 = 3;
 
-/// The current IRQL of this processor.
-#[inline(never)]
+/// The current IRQL of this processor. Inlined into its caller's section, whichever it is:
+/// the routine it calls is the kernel's.
+#[inline]
 #[must_use]
 pub fn current_irql() -> Irql {
     // SAFETY: KeGetCurrentIrql has no preconditions and is callable at any IRQL.

@@ -1,9 +1,23 @@
 //! The cancel-safe queue of `WAIT` requests (`IoCsq*`), the periodic `KTIMER` and its `KDPC`.
 //!
-//! Everything here is **resident**: the objects live in `.data` (never `PAGE*`), the routines in
-//! `.text` (no placement attribute, never inlined into a pageable caller). The kernel touches
-//! the objects at `DISPATCH_LEVEL` (timer expiry, DPC queueing, `IoCancelIrp`), and the
-//! callbacks run there, whether or not a handle holds the lockable sections locked.
+//! The objects are **resident** (`.data`, never `PAGE*`): the kernel touches them at
+//! `DISPATCH_LEVEL` (timer expiry, DPC queueing, `IoCancelIrp`) whether or not a handle holds
+//! the lockable sections locked. The routines are resident (`.text`) where they can run with no
+//! handle's lock behind them: the DPC routine, the queue's lock callbacks, its peek (up to the
+//! emptiness test), its complete-cancelled callback, [`dequeue`], [`timer_stop`] and
+//! [`QueuedWait::complete`]. The rest is in `PAGELK`, each with the lock that covers it:
+//!
+//! - **a queued IRP covers the queue's list work.** An IRP on the list is not completed (every
+//!   path takes it off under the queue's lock first), so its file object is referenced, its
+//!   `IRP_MJ_CLOSE` cannot have come, and the pair of locks its handle took in `IRP_MJ_CREATE`
+//!   is held. So whatever runs under the queue's lock while the list is not empty runs covered:
+//!   the insert callback (the `WAIT` being queued is in its dispatch routine, on its handle),
+//!   the remove callback (the IRP being removed is on the list) and the peek's search.
+//! - **an IRP the driver holds covers its own completion's preparation**
+//!   ([`QueuedWait::set_result`]): not completed, so its handle's pair is held.
+//! - **the `WAIT` in dispatch covers arming the timer** ([`timer_start`]).
+//!
+//! None of that code runs after the `IofCompleteRequest` of the IRP that covers it.
 //!
 //! The queue's list is linked through each IRP's `Tail.Overlay.ListEntry`; a wait's deadline
 //! (a tick number) is kept in `Tail.Overlay.DriverContext[0]` and its cookie in
@@ -16,6 +30,7 @@ use super::{
     sys::{self, IO_CSQ, IRP, KDPC, KIRQL, KSPIN_LOCK, KTIMER, LIST_ENTRY, ntddk},
 };
 use crate::kernel::{FileId, Filter, Status, lock::Backend as _, status};
+use crate::sections::LOCKED_CODE;
 
 /// `NotificationTimer` (wdm.h's `TIMER_TYPE`): stays signalled once due; only its DPC matters.
 const NOTIFICATION_TIMER: sys::TIMER_TYPE = 0;
@@ -90,7 +105,11 @@ pub fn init_queue() -> Result<(), Status> {
 
 /// Arms the periodic timer: first due in `period_ms`, then every `period_ms`. Any IRQL up to
 /// `DISPATCH_LEVEL`.
-#[inline(never)]
+///
+/// `PAGELK`, covered by the handle of the `WAIT` that arms it: its only caller,
+/// `pending::reserve`, runs in that `WAIT`'s dispatch routine, whose IRP keeps the file object
+/// and so the handle's pair of locks.
+#[pagelock_macros::locked(LOCKED_CODE)]
 pub fn timer_start(period_ms: u32) {
     // Relative due times are negative, in 100 ns units.
     let due = sys::LARGE_INTEGER { QuadPart: -(i64::from(period_ms) * 10_000) };
@@ -102,6 +121,7 @@ pub fn timer_start(period_ms: u32) {
 }
 
 /// Cancels the timer (a DPC it already queued may still run). Any IRQL up to `DISPATCH_LEVEL`.
+/// Resident: the DPC calls it when nothing is pending, so with no lock behind it.
 #[inline(never)]
 pub fn timer_stop() {
     // SAFETY: the timer was initialised at load; cancelling one that is not set does nothing.
@@ -137,7 +157,8 @@ pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
 }
 
 /// Takes the first queued wait that `filter` matches, its cancel routine cleared
-/// (`IoCsqRemoveNextIrp`). Any IRQL up to `DISPATCH_LEVEL`.
+/// (`IoCsqRemoveNextIrp`). Any IRQL up to `DISPATCH_LEVEL`. Resident: the DPC calls it
+/// whether or not anything is queued.
 #[inline(never)]
 #[must_use]
 pub fn dequeue(filter: Filter) -> Option<QueuedWait> {
@@ -173,11 +194,13 @@ impl QueuedWait {
         context[1] as usize as u64
     }
 
-    /// Completes the request with `status`, copying `reply` to the caller's buffer first when
-    /// the status is a success (`check_wait` made sure it fits). Resident: any IRQL up to
-    /// `DISPATCH_LEVEL`.
-    #[inline(never)]
-    pub fn complete(self, status: Status, reply: &[u8]) {
+    /// Sets how the request ends: `status`, and `reply` copied to the caller's buffer first
+    /// when the status is a success (`check_wait` made sure it fits).
+    ///
+    /// `PAGELK`, covered by the IRP itself: by the invariant it is not completed, so its file
+    /// object is referenced and its handle's pair of locks is held for the whole call.
+    #[pagelock_macros::locked(LOCKED_CODE)]
+    pub fn set_result(&mut self, status: Status, reply: &[u8]) {
         let raw = self.raw.as_ptr();
         let stack = stack_of(raw);
         // SAFETY: the stack location of a live IRP of ours.
@@ -198,12 +221,21 @@ impl QueuedWait {
             unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), buffer, reply.len()) };
             (status, reply.len() as u64)
         };
-        // SAFETY: the IRP is live and ours (invariant) until IofCompleteRequest below.
+        // SAFETY: the IRP is live and ours (invariant) until `complete`.
         let io_status = unsafe { &mut (*raw).IoStatus };
         io_status.__bindgen_anon_1.Status = status;
         io_status.Information = information;
+    }
+
+    /// Completes the request with what [`Self::set_result`] set (`IofCompleteRequest`).
+    ///
+    /// Resident, and inlined only into resident callers: once the IRP is completed, its
+    /// handle's cleanup, close and last unlock may run on another processor, so the code that
+    /// returns from here must not be in `PAGELK`. Any IRQL up to `DISPATCH_LEVEL`.
+    #[inline]
+    pub fn complete(self) {
         // SAFETY: the IRP is ours to complete, once: `self` is consumed here.
-        unsafe { ntddk::IofCompleteRequest(raw, IO_NO_INCREMENT) };
+        unsafe { ntddk::IofCompleteRequest(self.raw.as_ptr(), IO_NO_INCREMENT) };
     }
 }
 
@@ -274,6 +306,10 @@ const fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
 }
 
 /// `IO_CSQ_INSERT_IRP`: links the IRP at the tail. Under the queue's lock.
+///
+/// `PAGELK`, covered by the `WAIT` being queued: only `IoCsqInsertIrp` calls this, from
+/// [`queue_wait`], in that `WAIT`'s dispatch routine on its open handle.
+#[pagelock_macros::locked(LOCKED_CODE)]
 unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
     let head = RESIDENT.head.get();
     let entry = entry_of(irp);
@@ -286,6 +322,11 @@ unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
 }
 
 /// `IO_CSQ_REMOVE_IRP`: unlinks the IRP. Under the queue's lock.
+///
+/// `PAGELK`, covered by the IRP being removed: it is on the list, so not completed, so its
+/// handle's pair is held (the queue calls this from `IoCsqRemoveNextIrp` for an IRP the peek
+/// found, and from its cancel routine for the queued IRP being cancelled).
+#[pagelock_macros::locked(LOCKED_CODE)]
 unsafe extern "C" fn csq_remove(_csq: *mut IO_CSQ, irp: *mut IRP) {
     let entry = entry_of(irp);
     // Under the queue's lock; the IRP is on the list (RemoveEntryList).
@@ -296,11 +337,26 @@ unsafe extern "C" fn csq_remove(_csq: *mut IO_CSQ, irp: *mut IRP) {
 
 /// `IO_CSQ_PEEK_NEXT_IRP`: the first IRP after `irp` (or from the head) that the [`Filter`]
 /// behind `context` takes; a null context takes any. Under the queue's lock.
+///
+/// Resident up to the emptiness test: the DPC's `IoCsqRemoveNextIrp` calls it whether or not
+/// anything is queued. An empty list answers null at once; a list that is not empty holds a
+/// queued IRP, whose handle's pair covers the search ([`first_match`], `PAGELK`) for as long
+/// as the queue's lock is held, which is the whole call.
 unsafe extern "C" fn csq_peek_next(
     _csq: *mut IO_CSQ,
     irp: *mut IRP,
     context: *mut c_void,
 ) -> *mut IRP {
+    let head = RESIDENT.head.get();
+    if next_of(head) == head {
+        return core::ptr::null_mut();
+    }
+    first_match(irp, context)
+}
+
+/// The search of [`csq_peek_next`] in a list that is not empty, under the queue's lock.
+#[pagelock_macros::locked(LOCKED_CODE)]
+fn first_match(irp: *mut IRP, context: *mut c_void) -> *mut IRP {
     let head = RESIDENT.head.get();
     // SAFETY: a non-null context is the `Filter` `dequeue` passed, alive for the call.
     let filter = unsafe { context.cast::<Filter>().as_ref() }.copied().unwrap_or(Filter::Any);

@@ -69,7 +69,7 @@ pub(super) fn admit_only_administrators_and_system(object: *mut c_void) -> Resul
     let acl_size = size_of::<AclBuffer>() as u32;
     // SAFETY: `acl` points to `acl_size` writable, aligned bytes.
     let mut result = unsafe { ntddk::RtlCreateAcl(acl, acl_size, ACL_REVISION) };
-    for sid in [system, admins] {
+    for &sid in &[system, admins] {
         if status::is_success(result) {
             // SAFETY: `acl` was initialised above with room for both ACEs; `sid` is valid.
             result = unsafe { ntddk::RtlAddAccessAllowedAce(acl, ACL_REVISION, GENERIC_ALL, sid) };
