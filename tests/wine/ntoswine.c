@@ -67,6 +67,8 @@ void WINAPI KeReleaseSpinLock(KSPIN_LOCK *lock, KIRQL irql);
 void WINAPI KeBugCheckEx(ULONG code, ULONG_PTR p1, ULONG_PTR p2, ULONG_PTR p3, ULONG_PTR p4);
 
 static DWORD irql_slot = TLS_OUT_OF_INDEXES;
+/* The timers' lock, set up at load (see "Timers and DPCs" below). */
+static CRITICAL_SECTION timer_cs;
 
 BOOL WINAPI DllMain(HINSTANCE instance, DWORD reason, LPVOID reserved)
 {
@@ -163,7 +165,6 @@ struct shim_dpc {
     void *argument2;
 };
 
-static CRITICAL_SECTION timer_cs;
 static CONDITION_VARIABLE timer_cv = CONDITION_VARIABLE_INIT;
 static struct shim_timer *armed;
 static HANDLE worker;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use pagelock_protocol::{self as protocol, BenchRequest, MAX_BENCH_ITERATIONS, WIN32_PATH};
 
-use crate::cli::Command;
+use crate::cli::{Command, WaitEnd};
 use crate::client::{Failure, Session, code_name};
 use crate::device::Device;
 use crate::errors::{Win32Error, bits, status_text, win32_from_status};
@@ -140,7 +140,7 @@ impl<'a, H: Host> App<'a, H> {
                 shared: *shared,
             }),
             Command::Bench { iterations } => self.bench(*iterations),
-            Command::Wait { timeout_ms, cookie } => self.wait(*timeout_ms, *cookie),
+            Command::Wait { timeout_ms, cookie, then } => self.wait(*timeout_ms, *cookie, *then),
         });
         match result {
             Ok(status) => status,
@@ -293,11 +293,43 @@ impl<'a, H: Host> App<'a, H> {
         Ok(if report.passed() { EXIT_OK } else { EXIT_FAILED })
     }
 
-    fn wait(&mut self, timeout_ms: u32, cookie: u64) -> Result<u8, Problem> {
-        let session = self.open()?;
+    fn wait(&mut self, timeout_ms: u32, cookie: u64, then: Option<WaitEnd>) -> Result<u8, Problem> {
         let call = format!("DeviceIoControl({})", code_name(protocol::IOCTL_WAIT));
+        let transport = |what: &str, error| Problem::Other(format!("{what}: {error}"));
+        let request = protocol::WaitRequest::new(timeout_ms, cookie);
         let started = std::time::Instant::now();
-        let line = match session.wait(&protocol::WaitRequest::new(timeout_ms, cookie)) {
+        let (ended, session) = if let Some(then) = then {
+            // Overlapped: the wait is queued in the driver while `then` happens.
+            let session = Session::open_overlapped(self.host.device())
+                .map_err(|failure| self.failed(&format!("CreateFileW({WIN32_PATH})"), failure))?;
+            let pending = session.start_wait(&request).map_err(|e| transport(&call, e))?;
+            let session = match then {
+                WaitEnd::Signal => {
+                    let other = self.open()?;
+                    let signal = format!("DeviceIoControl({})", code_name(protocol::IOCTL_SIGNAL));
+                    let reply = other
+                        .signal(protocol::SignalScope::All)
+                        .map_err(|failure| self.failed(&signal, failure))?;
+                    let line = format!("signal: completed {} waits\n", reply.completed);
+                    self.out.write_all(line.as_bytes())?;
+                    other.close().map_err(|e| transport("CloseHandle", e))?;
+                    Some(session)
+                }
+                WaitEnd::Cancel => {
+                    session.cancel().map_err(|e| transport("CancelIoEx", e))?;
+                    Some(session)
+                }
+                WaitEnd::Close => {
+                    session.close().map_err(|e| transport("CloseHandle", e))?;
+                    None
+                }
+            };
+            (pending.finish(), session)
+        } else {
+            let session = self.open()?;
+            (session.wait(&request), Some(session))
+        };
+        let line = match ended {
             Ok(reply) => {
                 let outcome = protocol::WaitOutcome::from_u32(reply.outcome)
                     .map_or("an unknown outcome", protocol::WaitOutcome::name);
@@ -308,11 +340,15 @@ impl<'a, H: Host> App<'a, H> {
                     reply.completed_waits
                 )
             }
-            Err(Failure::Status(protocol::status::CANCELLED)) => "wait: cancelled\n".to_owned(),
+            Err(Failure::Status(protocol::status::CANCELLED)) => {
+                format!("wait: cancelled after {} ms\n", started.elapsed().as_millis())
+            }
             Err(failure) => return Err(self.failed(&call, failure)),
         };
         self.out.write_all(line.as_bytes())?;
-        session.close().map_err(|error| Problem::Other(format!("CloseHandle: {error}")))?;
+        if let Some(session) = session {
+            session.close().map_err(|e| transport("CloseHandle", e))?;
+        }
         Ok(EXIT_OK)
     }
 
@@ -569,7 +605,7 @@ mod tests {
         let host = FakeHost::new();
         let (status, out, _) = run(&host, &["run"]);
         assert_eq!(status, EXIT_OK, "{out}");
-        assert!(out.ends_with("scenarios: 8 passed, 0 failed\n"));
+        assert!(out.ends_with("scenarios: 13 passed, 0 failed\n"), "{out}");
         let mut broken = FakeHost::new();
         broken.device = Model::with(Fault::UnlockWithoutLock);
         let (status, out, _) = run(&broken, &["run", "--scenario", "nested-locks"]);

@@ -15,6 +15,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `wait --then` does while the wait is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitEnd {
+    /// `SIGNAL` (every handle's waits) from a second handle.
+    Signal,
+    /// `CancelIoEx` on the wait's handle.
+    Cancel,
+    /// `CloseHandle` of the wait's handle (its cleanup cancels the wait).
+    Close,
+}
+
 /// The commands.
 #[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
@@ -72,6 +83,10 @@ pub enum Command {
         /// A value the reply carries back.
         #[arg(long, default_value_t = 0)]
         cookie: u64,
+        /// What ends the wait early, while it is queued: a `SIGNAL` from a second handle, a
+        /// `CancelIoEx`, or closing its handle. Without it the wait is sent synchronously.
+        #[arg(long, value_enum)]
+        then: Option<WaitEnd>,
     },
     /// Times lock by address against lock by handle in the driver (BENCH) and prints the ratio.
     Bench {
@@ -140,7 +155,11 @@ mod tests {
         assert_eq!(parse(&["bench"]).ok(), Some(Command::Bench { iterations: 10_000 }));
         assert_eq!(
             parse(&["wait", "--timeout-ms", "250", "--cookie", "7"]).ok(),
-            Some(Command::Wait { timeout_ms: 250, cookie: 7 })
+            Some(Command::Wait { timeout_ms: 250, cookie: 7, then: None })
+        );
+        assert_eq!(
+            parse(&["wait", "--then", "close"]).ok(),
+            Some(Command::Wait { timeout_ms: 100, cookie: 0, then: Some(WaitEnd::Close) })
         );
     }
 

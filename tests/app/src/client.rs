@@ -177,10 +177,26 @@ impl<'d, D: Device + ?Sized> Session<'d, D> {
         self.request(protocol::IOCTL_SIGNAL, SignalRequest::new(scope).as_bytes())
     }
 
+    /// Sends a `WAIT` and returns while it is queued (see [`Device::start`]); the session must
+    /// have been opened with [`Session::open_overlapped`]. The wait may be finished after this
+    /// session is cancelled or closed.
+    ///
+    /// # Errors
+    /// When the transport failed (or the handle is not overlapped).
+    pub fn start_wait(&self, request: &WaitRequest) -> Result<PendingWait<'d, D>, TransportError> {
+        let pending = self.device.start(
+            self.handle(),
+            protocol::IOCTL_WAIT,
+            request.as_bytes(),
+            size_of::<WaitReply>(),
+        )?;
+        Ok(PendingWait { device: self.device, pending })
+    }
+
     /// Cancels every request of this handle in flight (`CancelIoEx(handle, NULL)`).
     ///
     /// # Errors
-    /// When the transport failed, or cannot cancel.
+    /// When the transport failed.
     pub fn cancel(&self) -> Result<(), TransportError> {
         self.device.cancel(self.handle())
     }
@@ -201,6 +217,39 @@ impl<D: Device + ?Sized> Drop for Session<'_, D> {
             // Best effort: this only runs when a caller stopped early, and has no one to tell.
             let _ = self.device.close(handle);
         }
+    }
+}
+
+/// A `WAIT` sent with [`Session::start_wait`] and not finished yet.
+pub struct PendingWait<'d, D: Device + ?Sized> {
+    device: &'d D,
+    pending: D::Pending,
+}
+
+impl<D: Device + ?Sized> PendingWait<'_, D> {
+    /// Waits until the `WAIT` ends: its reply when it expired or was signalled,
+    /// [`Failure::Status`] with `STATUS_CANCELLED` when it was cancelled (by the caller or the
+    /// close of its handle).
+    ///
+    /// # Errors
+    /// See [`Failure`].
+    pub fn finish(self) -> Result<WaitReply, Failure> {
+        decode(&self.device.finish(self.pending)?)
+    }
+}
+
+/// How a `WAIT` ended, as a check shows it: `expired`, `signalled` or `cancelled` (with the
+/// cookie the reply carried, when it carried one), or why it failed.
+#[must_use]
+pub fn wait_end(result: &Result<WaitReply, Failure>) -> String {
+    match result {
+        Ok(reply) => {
+            let outcome = protocol::WaitOutcome::from_u32(reply.outcome)
+                .map_or("an unknown outcome", protocol::WaitOutcome::name);
+            format!("{outcome}, cookie {}", reply.cookie)
+        }
+        Err(Failure::Status(protocol::status::CANCELLED)) => "cancelled".to_owned(),
+        Err(failure) => failure.to_string(),
     }
 }
 

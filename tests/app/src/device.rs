@@ -32,6 +32,10 @@ impl std::error::Error for TransportError {}
 pub trait Device: Sync {
     /// An open handle.
     type Handle: Send + Sync;
+    /// A request sent with [`Device::start`] and not finished yet. It owns what the request
+    /// needs until it completes (on Windows the `OVERLAPPED`, its event and the output buffer),
+    /// so it may be finished from any thread, before or after its handle is closed.
+    type Pending: Send;
 
     /// Opens a handle with read and write access.
     ///
@@ -74,16 +78,40 @@ pub trait Device: Sync {
         output_capacity: usize,
     ) -> Result<Reply, TransportError>;
 
-    /// Cancels every request of `handle` that is in flight, from whichever thread sent it
-    /// (`CancelIoEx(handle, NULL)`): a queued `WAIT` completes with `STATUS_CANCELLED`. A
-    /// transport that cannot cancel says so.
+    /// Sends `code` with `input` on a handle opened with [`Device::open_overlapped`] and returns
+    /// without waiting for the driver to complete it (`DeviceIoControl` with an `OVERLAPPED`);
+    /// [`Device::finish`] waits for its reply. Meant for `WAIT`, which the driver queues; a
+    /// request the driver completes at once is simply finished already.
+    ///
+    /// The request does not borrow the handle: the handle may be cancelled ([`Device::cancel`])
+    /// or closed ([`Device::close`]) while the request is pending, and the request then finishes
+    /// with the status the driver completed it with (`STATUS_CANCELLED` for a queued `WAIT`).
     ///
     /// # Errors
-    /// When the transport failed or cannot cancel.
-    fn cancel(&self, handle: &Self::Handle) -> Result<(), TransportError> {
-        let _ = handle;
-        Err(TransportError("this transport cannot cancel a request in flight".to_owned()))
-    }
+    /// When the transport failed, or `handle` was not opened for overlapped I/O (a synchronous
+    /// handle's request would not return before it completes).
+    fn start(
+        &self,
+        handle: &Self::Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Self::Pending, TransportError>;
+
+    /// Waits until a request sent with [`Device::start`] has completed; its reply.
+    ///
+    /// # Errors
+    /// When the transport failed; driver statuses come back in [`Reply::status`].
+    fn finish(&self, pending: Self::Pending) -> Result<Reply, TransportError>;
+
+    /// Cancels every request of `handle` that is in flight, from whichever thread sent it
+    /// (`CancelIoEx(handle, NULL)`): a queued `WAIT` completes with `STATUS_CANCELLED`; a
+    /// request that is not in flight any more is left alone, and with nothing in flight this
+    /// does nothing.
+    ///
+    /// # Errors
+    /// When the transport failed.
+    fn cancel(&self, handle: &Self::Handle) -> Result<(), TransportError>;
 
     /// Closes a handle (cleanup, then close, reach the driver).
     ///

@@ -59,6 +59,8 @@ pub mod win32 {
     pub const SERVICE_NOT_ACTIVE: u32 = 1062;
     /// `ERROR_SERVICE_MARKED_FOR_DELETE`.
     pub const SERVICE_MARKED_FOR_DELETE: u32 = 1072;
+    /// `ERROR_OPERATION_ABORTED`: what a cancelled request (`STATUS_CANCELLED`) fails with.
+    pub const OPERATION_ABORTED: u32 = 995;
     /// `ERROR_DRIVER_BLOCKED`.
     pub const DRIVER_BLOCKED: u32 = 1275;
     /// `ERROR_NO_SYSTEM_RESOURCES`.
@@ -68,7 +70,7 @@ pub mod win32 {
 }
 
 /// `RtlNtStatusToDosError` for the statuses this crate deals with: (status, Win32 error).
-const MAPPING: [(i32, u32); 9] = [
+const MAPPING: [(i32, u32); 10] = [
     (status::BUFFER_TOO_SMALL, win32::INSUFFICIENT_BUFFER),
     (status::INVALID_PARAMETER, win32::INVALID_PARAMETER),
     (status::INVALID_DEVICE_REQUEST, win32::INVALID_FUNCTION),
@@ -78,6 +80,7 @@ const MAPPING: [(i32, u32); 9] = [
     (status::UNSUCCESSFUL, win32::GEN_FAILURE),
     (STATUS_NO_MEMORY, win32::NOT_ENOUGH_MEMORY),
     (STATUS_OBJECT_NAME_NOT_FOUND, win32::FILE_NOT_FOUND),
+    (status::CANCELLED, win32::OPERATION_ABORTED),
 ];
 
 /// `NTSTATUS_FROM_WIN32`: a Win32 error wrapped as an error status of facility `NTWIN32`.

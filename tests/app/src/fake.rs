@@ -1,5 +1,13 @@
 //! An in-memory driver that follows the protocol's rules, to unit-test the scenarios, and
 //! deliberately broken variants of it, to show that each scenario can fail.
+//!
+//! Its `WAIT`s are queued as the driver queues them and end the same four ways: signalled
+//! (`SIGNAL`), cancelled ([`Device::cancel`], or the close of their handle), or expired. Time is
+//! the model's own and deterministic: its clock moves only while a caller waits for a `WAIT`
+//! ([`Device::finish`], or a `WAIT` sent synchronously), up to that wait's deadline, and every
+//! queued wait whose deadline it passes expires then, in deadline order. So a wait that
+//! nothing else ends expires when someone waits for it, and a wait signalled or cancelled before
+//! anyone waits for it never expires, whatever order the threads run in.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -7,8 +15,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
 use pagelock_protocol::{
     self as protocol, BenchReply, BenchRequest, DISPATCH_LEVEL, LockReply, MAX_EXTRA_LOCKS,
-    PROTOCOL_VERSION, RequestError, RunReply, RunRequest, SECTION_COUNT, SectionState, StateReply,
-    status,
+    MAX_PENDING, PROTOCOL_VERSION, RequestError, RunReply, RunRequest, SECTION_COUNT, SectionState,
+    StateReply, status,
 };
 
 use crate::device::{Device, Reply, TransportError};
@@ -47,6 +55,35 @@ pub enum Fault {
     /// On a handle opened for overlapped I/O an `UNLOCK` releases two locks, as a per-open
     /// state that two concurrent `UNLOCK`s both read before either wrote would.
     SharedHandleUnlocksTwice,
+    /// Every `WAIT` expires as soon as it is queued, whatever its timeout.
+    WaitsExpireAtOnce,
+    /// `SIGNAL` of the caller's waits ends every handle's.
+    SignalIgnoresScope,
+    /// Cancelling a handle's requests leaves its queued waits queued.
+    CancelLeavesWaitsQueued,
+    /// Closing a handle releases its locks but leaves its queued waits queued (cleanup drains
+    /// nothing).
+    CloseLeavesWaitsQueued,
+    /// `WAIT` has no limit on the waits queued at once.
+    NoPendingLimit,
+}
+
+/// One `WAIT` the model holds: queued (`end` is `None`) or ended and not yet finished.
+struct Wait {
+    handle: u64,
+    deadline_ms: u64,
+    cookie: u64,
+    end: Option<Reply>,
+}
+
+/// A request the model was sent with [`Device::start`].
+pub struct Pending(Started);
+
+enum Started {
+    /// Completed at once, with this reply.
+    Done(Reply),
+    /// A queued `WAIT`, by its number.
+    Wait(u64),
 }
 
 #[derive(Default)]
@@ -63,6 +100,62 @@ struct State {
     handle_bias: u32,
     /// Handles opened for overlapped I/O.
     overlapped: std::collections::BTreeSet<u64>,
+    /// The model's clock in milliseconds (see the module's docs).
+    clock_ms: u64,
+    /// The number of the next `WAIT`.
+    next_wait: u64,
+    /// The waits held, by number, which is queue order.
+    waits: BTreeMap<u64, Wait>,
+}
+
+impl State {
+    /// The numbers of the queued waits `take` selects, in queue order.
+    fn queued(&self, take: impl Fn(&Wait) -> bool) -> Vec<u64> {
+        self.waits.iter().filter(|(_, w)| w.end.is_none() && take(w)).map(|(&n, _)| n).collect()
+    }
+
+    /// Ends a queued wait as `outcome`, counting it, as the driver counts every wait it ends.
+    fn end(&mut self, number: u64, outcome: protocol::WaitOutcome) {
+        self.completed_waits += 1;
+        let completed_waits = self.completed_waits;
+        let Some(wait) = self.waits.get_mut(&number) else { return };
+        wait.end = Some(if outcome == protocol::WaitOutcome::Cancelled {
+            Reply { status: status::CANCELLED, output: Vec::new() }
+        } else {
+            let reply = protocol::WaitReply {
+                version: PROTOCOL_VERSION,
+                outcome: outcome as u32,
+                cookie: wait.cookie,
+                completed_waits,
+            };
+            Reply { status: status::SUCCESS, output: reply.as_bytes().to_vec() }
+        });
+    }
+
+    /// Ends every queued wait of `handle` as cancelled; how many.
+    fn cancel(&mut self, handle: u64) -> usize {
+        let numbers = self.queued(|w| w.handle == handle);
+        for &number in &numbers {
+            self.end(number, protocol::WaitOutcome::Cancelled);
+        }
+        numbers.len()
+    }
+
+    /// Moves the clock to `to_ms` (never back) and expires every queued wait whose deadline it
+    /// reached, in deadline order.
+    fn advance(&mut self, to_ms: u64) {
+        self.clock_ms = self.clock_ms.max(to_ms);
+        let now = self.clock_ms;
+        let mut due: Vec<(u64, u64)> = self
+            .queued(|w| w.deadline_ms <= now)
+            .into_iter()
+            .map(|n| (self.waits[&n].deadline_ms, n))
+            .collect();
+        due.sort_unstable();
+        for (_, number) in due {
+            self.end(number, protocol::WaitOutcome::Expired);
+        }
+    }
 }
 
 /// The fake driver. Handles are numbers; a closed one is refused like a handle without state.
@@ -241,8 +334,9 @@ impl Model {
                 }
                 Ok(self.bench(state, request.iterations).as_bytes().to_vec())
             }
-            protocol::IOCTL_WAIT | protocol::IOCTL_SIGNAL => {
-                serve_pending(state, code, input, capacity)
+            protocol::IOCTL_SIGNAL => {
+                let bytes = decode(input, size_of::<protocol::SignalRequest>())?;
+                self.signal(state, handle, &bytes, capacity)
             }
             _ if fault == Fault::AcceptsUnknownCodes => Ok(Vec::new()),
             _ => Err(status::INVALID_DEVICE_REQUEST),
@@ -250,41 +344,82 @@ impl Model {
     }
 }
 
-/// `WAIT` and `SIGNAL` in the model.
-fn serve_pending(
-    state: &mut State,
-    code: u32,
-    input: &[u8],
-    capacity: usize,
-) -> Result<Vec<u8>, i32> {
-    match code {
-        // Without a clock of its own, the model's waits expire at once.
-        protocol::IOCTL_WAIT => {
-            fits::<protocol::WaitReply>(capacity)?;
-            let request = protocol::decode::<protocol::WaitRequest>(input).map_err(refusal)?;
-            if !request.is_valid() {
-                return Err(status::INVALID_PARAMETER);
+impl Model {
+    /// `SIGNAL` on `handle`: ends the queued waits its scope names, as signalled.
+    fn signal(
+        &self,
+        state: &mut State,
+        handle: u64,
+        input: &[u8],
+        capacity: usize,
+    ) -> Result<Vec<u8>, i32> {
+        fits::<protocol::SignalReply>(capacity)?;
+        let request = protocol::decode::<protocol::SignalRequest>(input).map_err(refusal)?;
+        let numbers = match request.scope() {
+            Some(protocol::SignalScope::All) => state.queued(|_| true),
+            Some(protocol::SignalScope::Caller) if self.fault == Fault::SignalIgnoresScope => {
+                state.queued(|_| true)
             }
-            state.completed_waits += 1;
-            let reply = protocol::WaitReply {
-                version: PROTOCOL_VERSION,
-                outcome: protocol::WaitOutcome::Expired as u32,
-                cookie: request.cookie,
-                completed_waits: state.completed_waits,
-            };
-            Ok(reply.as_bytes().to_vec())
+            Some(protocol::SignalScope::Caller) => state.queued(|w| w.handle == handle),
+            None => return Err(status::INVALID_PARAMETER),
+        };
+        for &number in &numbers {
+            state.end(number, protocol::WaitOutcome::Signalled);
         }
-        protocol::IOCTL_SIGNAL => {
-            fits::<protocol::SignalReply>(capacity)?;
-            let request = protocol::decode::<protocol::SignalRequest>(input).map_err(refusal)?;
-            if request.scope().is_none() {
-                return Err(status::INVALID_PARAMETER);
-            }
-            Ok(protocol::SignalReply { version: PROTOCOL_VERSION, completed: 0 }
-                .as_bytes()
-                .to_vec())
+        let completed = u32::try_from(numbers.len()).unwrap_or(u32::MAX);
+        Ok(protocol::SignalReply { version: PROTOCOL_VERSION, completed }.as_bytes().to_vec())
+    }
+
+    /// Queues a `WAIT` on `handle`, refused as the driver refuses it; its number.
+    fn queue_wait(
+        &self,
+        state: &mut State,
+        handle: u64,
+        input: &[u8],
+        capacity: usize,
+    ) -> Result<u64, i32> {
+        if !state.opens.contains_key(&handle) {
+            return Err(status::INVALID_DEVICE_STATE);
         }
-        _ => Err(status::INVALID_DEVICE_REQUEST),
+        fits::<protocol::WaitReply>(capacity)?;
+        let size = size_of::<protocol::WaitRequest>();
+        let input = if self.fault == Fault::AcceptsOversizedInput && input.len() > size {
+            &input[..size]
+        } else {
+            input
+        };
+        let request = protocol::decode::<protocol::WaitRequest>(input).map_err(refusal)?;
+        if !request.is_valid() {
+            return Err(status::INVALID_PARAMETER);
+        }
+        let queued = state.queued(|_| true).len();
+        if queued >= MAX_PENDING as usize && self.fault != Fault::NoPendingLimit {
+            return Err(status::INVALID_DEVICE_STATE);
+        }
+        let number = state.next_wait;
+        state.next_wait += 1;
+        let deadline_ms = state.clock_ms + u64::from(request.timeout_ms);
+        state.waits.insert(number, Wait { handle, deadline_ms, cookie: request.cookie, end: None });
+        if self.fault == Fault::WaitsExpireAtOnce {
+            state.end(number, protocol::WaitOutcome::Expired);
+        }
+        Ok(number)
+    }
+
+    /// Waits for wait `number`: the clock moves to its deadline unless it has ended already.
+    fn finish_wait(state: &mut State, number: u64) -> Result<Reply, TransportError> {
+        let Some(wait) = state.waits.get(&number) else {
+            return Err(TransportError(format!("wait {number} was finished already")));
+        };
+        if wait.end.is_none() {
+            let deadline = wait.deadline_ms;
+            state.advance(deadline);
+        }
+        state
+            .waits
+            .remove(&number)
+            .and_then(|wait| wait.end)
+            .ok_or_else(|| TransportError(format!("wait {number} did not end at its deadline")))
     }
 }
 
@@ -301,6 +436,7 @@ const fn fits<T>(capacity: usize) -> Result<(), i32> {
 
 impl Device for Model {
     type Handle = u64;
+    type Pending = Pending;
 
     fn open(&self) -> Result<Result<u64, i32>, TransportError> {
         let mut state = self.state();
@@ -332,6 +468,19 @@ impl Device for Model {
         output_capacity: usize,
     ) -> Result<Reply, TransportError> {
         let mut state = self.state();
+        if code == protocol::IOCTL_WAIT {
+            // Sent synchronously: the caller waits for it, so the clock moves to its deadline.
+            let reply = match self.queue_wait(&mut state, *handle, input, output_capacity) {
+                Ok(number) => Self::finish_wait(&mut state, number)?,
+                Err(refused) => {
+                    if self.fault == Fault::RefusalChangesState {
+                        state.runs += 1;
+                    }
+                    Reply { status: refused, output: Vec::new() }
+                }
+            };
+            return Ok(reply);
+        }
         let served = self.serve(&mut state, *handle, code, input, output_capacity);
         if served.is_err() && self.fault == Fault::RefusalChangesState {
             state.runs += 1;
@@ -343,12 +492,58 @@ impl Device for Model {
         })
     }
 
+    fn start(
+        &self,
+        handle: &u64,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Pending, TransportError> {
+        let mut state = self.state();
+        if !state.overlapped.contains(handle) {
+            return Err(TransportError(format!(
+                "handle {handle} was not opened for overlapped I/O"
+            )));
+        }
+        if code != protocol::IOCTL_WAIT {
+            drop(state);
+            return self
+                .control(handle, code, input, output_capacity)
+                .map(|r| Pending(Started::Done(r)));
+        }
+        Ok(Pending(match self.queue_wait(&mut state, *handle, input, output_capacity) {
+            Ok(number) => Started::Wait(number),
+            Err(refused) => Started::Done(Reply { status: refused, output: Vec::new() }),
+        }))
+    }
+
+    fn finish(&self, pending: Pending) -> Result<Reply, TransportError> {
+        match pending.0 {
+            Started::Done(reply) => Ok(reply),
+            Started::Wait(number) => Self::finish_wait(&mut self.state(), number),
+        }
+    }
+
+    fn cancel(&self, handle: &u64) -> Result<(), TransportError> {
+        let mut state = self.state();
+        let open = state.opens.contains_key(handle);
+        if open && self.fault != Fault::CancelLeavesWaitsQueued {
+            state.cancel(*handle);
+        }
+        drop(state);
+        if open { Ok(()) } else { Err(TransportError(format!("handle {handle} is not open"))) }
+    }
+
     fn close(&self, handle: u64) -> Result<(), TransportError> {
         let mut state = self.state();
         let Some(extra) = state.opens.remove(&handle) else {
             drop(state);
             return Err(TransportError(format!("handle {handle} is not open")));
         };
+        // IRP_MJ_CLEANUP: the handle's queued waits are cancelled before its locks go.
+        if self.fault != Fault::CloseLeavesWaitsQueued {
+            state.cancel(handle);
+        }
         let released = match self.fault {
             Fault::LeakOnClose => 0,
             Fault::ExtraLocksSurviveClose => 1,
@@ -383,6 +578,7 @@ pub enum Unopenable {
 
 impl Device for Unopenable {
     type Handle = ();
+    type Pending = ();
 
     fn open(&self) -> Result<Result<(), i32>, TransportError> {
         match self {
@@ -392,6 +588,18 @@ impl Device for Unopenable {
     }
 
     fn control(&self, (): &(), _: u32, _: &[u8], _: usize) -> Result<Reply, TransportError> {
+        unreachable!("no handle was ever opened")
+    }
+
+    fn start(&self, (): &(), _: u32, _: &[u8], _: usize) -> Result<(), TransportError> {
+        unreachable!("no handle was ever opened")
+    }
+
+    fn finish(&self, (): ()) -> Result<Reply, TransportError> {
+        unreachable!("no handle was ever opened")
+    }
+
+    fn cancel(&self, (): &()) -> Result<(), TransportError> {
         unreachable!("no handle was ever opened")
     }
 

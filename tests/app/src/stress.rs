@@ -2,15 +2,17 @@
 //!
 //! Each thread opens a handle, takes an extra lock, runs the locked work, releases the lock and
 //! closes the handle, over and over; afterwards every count must be back to what the querying
-//! handle holds.
+//! handle holds. Waits are mixed in: every [`WAIT_EVERY`]th cycle also sends a short `WAIT`,
+//! which must expire, and every [`CANCEL_EVERY`]th queues a long one on an overlapped handle and
+//! cancels it, which must end it as cancelled.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pagelock_protocol::{self as protocol, DISPATCH_LEVEL, RunRequest, StateReply};
+use pagelock_protocol::{self as protocol, DISPATCH_LEVEL, RunRequest, StateReply, WaitRequest};
 
-use crate::client::Session;
+use crate::client::{Session, wait_end};
 use crate::device::Device;
 use crate::scenarios::Check;
 
@@ -19,6 +21,10 @@ use crate::scenarios::Check;
 pub const RUN_ITERATIONS: u32 = 64;
 /// Failures described one by one in the report; the rest are only counted.
 const SAMPLES: usize = 10;
+/// One cycle in this many also sends a short `WAIT` (1 to 10 ms), synchronously.
+pub const WAIT_EVERY: u64 = 8;
+/// One cycle in this many (another one) queues a long `WAIT` and cancels it.
+pub const CANCEL_EVERY: u64 = 16;
 
 /// How much stress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +57,15 @@ pub enum Step {
     RunLocked,
     /// `UNLOCK`.
     Unlock,
+    /// A `WAIT` (short, or cancelled), or a wrong end of it.
+    Wait,
     /// Closing the handle.
     Close,
 }
 
 impl Step {
-    const ALL: [Self; 5] = [Self::Open, Self::Lock, Self::RunLocked, Self::Unlock, Self::Close];
+    const ALL: [Self; 6] =
+        [Self::Open, Self::Lock, Self::RunLocked, Self::Unlock, Self::Wait, Self::Close];
 
     const fn name(self) -> &'static str {
         match self {
@@ -64,6 +73,7 @@ impl Step {
             Self::Lock => "LOCK",
             Self::RunLocked => "RUN_LOCKED",
             Self::Unlock => "UNLOCK",
+            Self::Wait => "WAIT",
             Self::Close => "close",
         }
     }
@@ -136,9 +146,9 @@ impl StressReport {
     pub fn render(&self) -> String {
         let mut text = String::new();
         let cycle = if self.config.shared {
-            "LOCK, RUN_LOCKED, UNLOCK, all threads on one overlapped handle"
+            "LOCK, RUN_LOCKED, UNLOCK, some WAITs, all threads on one overlapped handle"
         } else {
-            "open, LOCK, RUN_LOCKED, UNLOCK, close"
+            "open, LOCK, RUN_LOCKED, UNLOCK, some WAITs, close"
         };
         let _ = writeln!(
             text,
@@ -204,8 +214,17 @@ fn cycle<D: Device + ?Sized>(
     iteration: u64,
     tally: &mut Tally,
 ) -> bool {
+    let cancelling = iteration % CANCEL_EVERY == CANCEL_EVERY - 5;
     let own = match shared {
         Some(_) => None,
+        // The cycle that cancels a wait needs a handle whose request it can leave in flight.
+        None if cancelling => match Session::open_overlapped(device) {
+            Ok(session) => Some(session),
+            Err(failure) => {
+                tally.fail(Step::Open, thread, iteration, failure);
+                return false;
+            }
+        },
         None => match Session::open(device) {
             Ok(session) => Some(session),
             Err(failure) => {
@@ -248,6 +267,10 @@ fn cycle<D: Device + ?Sized>(
         tally.fail(Step::Unlock, thread, iteration, failure);
         ok = false;
     }
+    if let Err(what) = waits(session, shared.is_some(), cancelling, iteration) {
+        tally.fail(Step::Wait, thread, iteration, what);
+        ok = false;
+    }
     if let Some(own) = own
         && let Err(error) = own.close()
     {
@@ -255,6 +278,35 @@ fn cycle<D: Device + ?Sized>(
         ok = false;
     }
     ok
+}
+
+/// The waits of one cycle, if it has any: a short one that must expire, or a long one that
+/// must end cancelled. On a shared handle another thread's cancel may end a short wait too.
+fn waits<D: Device + ?Sized>(
+    session: &Session<'_, D>,
+    shared: bool,
+    cancelling: bool,
+    iteration: u64,
+) -> Result<(), String> {
+    let cookie = iteration;
+    let (result, expected) = if cancelling {
+        let pending = session
+            .start_wait(&WaitRequest::new(protocol::MAX_WAIT_MS, cookie))
+            .map_err(|e| e.to_string())?;
+        session.cancel().map_err(|e| e.to_string())?;
+        (pending.finish(), "cancelled".to_owned())
+    } else if iteration % WAIT_EVERY == WAIT_EVERY - 5 {
+        let timeout_ms = 1 + u32::try_from(iteration % 10).unwrap_or(0);
+        (session.wait(&WaitRequest::new(timeout_ms, cookie)), format!("expired, cookie {cookie}"))
+    } else {
+        return Ok(());
+    };
+    let seen = wait_end(&result);
+    if seen == expected || (shared && seen == "cancelled") {
+        Ok(())
+    } else {
+        Err(format!("ended {seen} instead of {expected}"))
+    }
 }
 
 /// Runs the cycles on `config.threads` threads, calling `on_progress` with the cycles done so
@@ -417,6 +469,18 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn stress_mixes_in_waits_and_fails_when_a_cancel_ends_none() {
+        let config = StressConfig { threads: 2, iterations: 32, shared: false };
+        assert!(stress(&Model::correct(), config, |_| {}).passed());
+        let report = stress(&Model::with(Fault::CancelLeavesWaitsQueued), config, |_| {});
+        // Two cancelling cycles per thread, each wait ending expired instead.
+        assert_eq!(report.failures[4], (Step::Wait, 4), "{}", report.render());
+        assert!(report.render().contains("WAIT: ended expired, cookie 11 instead of cancelled"));
+        let shared = StressConfig { shared: true, ..config };
+        assert!(stress(&Model::correct(), shared, |_| {}).passed());
     }
 
     #[test]

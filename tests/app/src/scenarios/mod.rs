@@ -21,27 +21,38 @@ use crate::device::Device;
 mod recorder;
 mod runner;
 mod state;
+mod waits;
 
 mod bad_input;
 mod bench;
+mod close_with_waits;
 mod idle;
 mod lifecycle;
 mod many_handles;
+mod many_waits;
 mod nested_locks;
 mod run_locked;
 mod shared_handle;
+mod waits_cancelled;
+mod waits_expire;
+mod waits_signalled;
 
 pub use bad_input::{BadRequest, bad_input, bad_requests};
 pub use bench::bench;
+pub use close_with_waits::close_with_waits;
 pub use idle::idle;
 pub use lifecycle::lifecycle;
 pub use many_handles::many_handles;
+pub use many_waits::many_waits;
 pub use nested_locks::nested_locks;
 pub use recorder::{Check, Verdict};
 pub use run_locked::run_locked;
 pub use runner::{all_passed, render, run};
 pub use shared_handle::shared_handle;
 pub use state::{CLOSE_SETTLE, settled, state_changes};
+pub use waits_cancelled::waits_cancelled;
+pub use waits_expire::waits_expire;
+pub use waits_signalled::waits_signalled;
 
 /// The scenarios, in the order [`run`] runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,11 +74,21 @@ pub enum Scenario {
     /// Threads on one overlapped handle, several requests of it in the driver at once, keep
     /// every count exact.
     SharedHandle,
+    /// A wait nothing ends expires at its timeout, and only that wait.
+    WaitsExpire,
+    /// `SIGNAL` ends exactly the waits its scope names.
+    WaitsSignalled,
+    /// `CancelIoEx` ends the handle's queued waits as cancelled, and only them.
+    WaitsCancelled,
+    /// Closing a handle with waits queued cancels them, and its locks go.
+    CloseWithWaits,
+    /// Waits queued from many threads over many handles, up to the driver's limit.
+    ManyWaits,
 }
 
 impl Scenario {
     /// Every scenario, in the order [`run`] runs them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 13] = [
         Self::Idle,
         Self::Lifecycle,
         Self::NestedLocks,
@@ -75,6 +96,11 @@ impl Scenario {
         Self::ManyHandles,
         Self::SharedHandle,
         Self::BadInput,
+        Self::WaitsExpire,
+        Self::WaitsSignalled,
+        Self::WaitsCancelled,
+        Self::CloseWithWaits,
+        Self::ManyWaits,
         Self::Bench,
     ];
 
@@ -90,6 +116,11 @@ impl Scenario {
             Self::BadInput => "bad-input",
             Self::Bench => "bench",
             Self::SharedHandle => "shared-handle",
+            Self::WaitsExpire => "waits-expire",
+            Self::WaitsSignalled => "waits-signalled",
+            Self::WaitsCancelled => "waits-cancelled",
+            Self::CloseWithWaits => "close-with-waits",
+            Self::ManyWaits => "many-waits",
         }
     }
 
@@ -109,6 +140,11 @@ impl Scenario {
             Self::SharedHandle => {
                 "threads on one overlapped handle: requests at once, every count exact"
             }
+            Self::WaitsExpire => "a wait nothing ends expires at its timeout, and only that one",
+            Self::WaitsSignalled => "SIGNAL ends exactly the waits its scope names, as signalled",
+            Self::WaitsCancelled => "CancelIoEx ends the handle's queued waits, and only them",
+            Self::CloseWithWaits => "closing a handle with waits queued cancels them; locks go",
+            Self::ManyWaits => "waits from many threads over many handles, up to MAX_PENDING",
         }
     }
 
@@ -129,6 +165,11 @@ impl Scenario {
             Self::BadInput => bad_input(device),
             Self::Bench => bench(device),
             Self::SharedHandle => shared_handle(device),
+            Self::WaitsExpire => waits_expire(device),
+            Self::WaitsSignalled => waits_signalled(device),
+            Self::WaitsCancelled => waits_cancelled(device),
+            Self::CloseWithWaits => close_with_waits(device),
+            Self::ManyWaits => many_waits(device),
         }
     }
 }
@@ -189,6 +230,11 @@ mod tests {
             (Scenario::SharedHandle, Fault::SharedHandleUnlocksTwice),
             (Scenario::BadInput, Fault::AcceptsOversizedInput),
             (Scenario::Bench, Fault::ZeroTicks),
+            (Scenario::WaitsExpire, Fault::WaitsExpireAtOnce),
+            (Scenario::WaitsSignalled, Fault::SignalIgnoresScope),
+            (Scenario::WaitsCancelled, Fault::CancelLeavesWaitsQueued),
+            (Scenario::CloseWithWaits, Fault::CloseLeavesWaitsQueued),
+            (Scenario::ManyWaits, Fault::NoPendingLimit),
         ];
         for scenario in Scenario::ALL {
             let (_, fault) =

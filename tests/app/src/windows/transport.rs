@@ -81,6 +81,9 @@ impl Event {
     }
 }
 
+// SAFETY: an event handle is a process-wide value: any thread may wait on it or close it.
+unsafe impl Send for Event {}
+
 impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: the event was created by `new` and is closed once, here.
@@ -88,8 +91,65 @@ impl Drop for Event {
     }
 }
 
+/// A request sent with [`Device::start`]: its `OVERLAPPED`, the event in it and the output
+/// buffer, boxed so that their addresses stay put until the request has completed.
+///
+/// # Invariants
+/// Unless `failed_at_once` is set, a request was started on `handle` with this `overlapped`
+/// and `output`, and may still be in flight: none of them is freed before it has completed
+/// (waited for in [`Device::finish`], or by `Drop`).
+pub struct PendingRequest(Box<InFlight>);
+
+struct InFlight {
+    overlapped: OVERLAPPED,
+    /// The OVERLAPPED's event, closed after the request (`Drop` waits for it first).
+    _event: Event,
+    output: Vec<u8>,
+    handle: HANDLE,
+    /// The status of a request `DeviceIoControl` refused before it was in flight.
+    failed_at_once: Option<i32>,
+    /// Whether the request has completed and been waited for.
+    finished: bool,
+}
+
+// SAFETY: the OVERLAPPED, its event and the buffer belong to this request alone, and the
+// kernel lets any thread of the process wait for an overlapped request to complete.
+unsafe impl Send for InFlight {}
+
+impl InFlight {
+    /// Waits until the request has completed: (whether it succeeded, bytes returned, error).
+    fn wait(&mut self) -> (bool, u32, u32) {
+        let mut returned = 0u32;
+        // SAFETY: the request was started with this OVERLAPPED (invariant), which is alive.
+        // Waiting (TRUE) waits on the OVERLAPPED's event, not on the file handle, so this holds
+        // after the handle was closed too (kernelbase and Wine wait on `hFile` only when
+        // `hEvent` is NULL).
+        let ok = unsafe {
+            GetOverlappedResult(self.handle, &raw const self.overlapped, &raw mut returned, 1)
+        };
+        let error = if ok == 0 { last_error() } else { 0 };
+        self.finished = true;
+        (ok != 0, returned, error)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.failed_at_once.is_some() || self.finished {
+            return;
+        }
+        // Dropped while it may be in flight: cancel it (this one request; harmless when it has
+        // completed or its handle is closed), then wait, so that the kernel writes no status
+        // or output into freed memory.
+        // SAFETY: `overlapped` is the one this request was started with.
+        unsafe { CancelIoEx(self.handle, &raw const self.overlapped) };
+        let _ = self.wait();
+    }
+}
+
 impl Device for WindowsDevice {
     type Handle = DeviceHandle;
+    type Pending = PendingRequest;
 
     fn open(&self) -> Result<Result<DeviceHandle, i32>, TransportError> {
         Ok(Self::open_with(FILE_ATTRIBUTE_NORMAL))
@@ -158,6 +218,81 @@ impl Device for WindowsDevice {
                 "DeviceIoControl reported {returned} bytes returned into a buffer of {output_capacity}"
             )));
         }
+        output.truncate(returned);
+        Ok(Reply { status: status::SUCCESS, output })
+    }
+
+    fn start(
+        &self,
+        handle: &DeviceHandle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<PendingRequest, TransportError> {
+        if !handle.overlapped {
+            return Err(TransportError(
+                "a request is started only on a handle opened for overlapped I/O".to_owned(),
+            ));
+        }
+        let too_long = |what: &str| TransportError(format!("the {what} buffer is over 4 GiB"));
+        let input_len = u32::try_from(input.len()).map_err(|_| too_long("input"))?;
+        let output_len = u32::try_from(output_capacity).map_err(|_| too_long("output"))?;
+        let event = Event::new()?;
+        let overlapped = OVERLAPPED { hEvent: event.0, ..Default::default() };
+        let mut flight = Box::new(InFlight {
+            overlapped,
+            _event: event,
+            output: vec![0u8; output_capacity],
+            handle: handle.handle,
+            failed_at_once: None,
+            finished: false,
+        });
+        let input_ptr = if input.is_empty() { ptr::null() } else { input.as_ptr().cast() };
+        let output_ptr =
+            if output_len == 0 { ptr::null_mut() } else { flight.output.as_mut_ptr().cast() };
+        // SAFETY: the handle is open and overlapped; the OVERLAPPED, its event and the output
+        // buffer are boxed and live until the request has completed (invariant of
+        // PendingRequest); the input is copied by the I/O manager (METHOD_BUFFERED) during the
+        // call. The byte count is the OVERLAPPED's to report, so none is passed.
+        let ok = unsafe {
+            DeviceIoControl(
+                handle.handle,
+                code,
+                input_ptr,
+                input_len,
+                output_ptr,
+                output_len,
+                ptr::null_mut(),
+                &raw mut flight.overlapped,
+            )
+        };
+        if ok == 0 {
+            let error = last_error();
+            if error != ERROR_IO_PENDING {
+                // INVARIANT: refused before it was in flight; nothing to wait for.
+                flight.failed_at_once = Some(status_from_win32(error));
+            }
+        }
+        Ok(PendingRequest(flight))
+    }
+
+    fn finish(&self, pending: PendingRequest) -> Result<Reply, TransportError> {
+        let mut flight = pending.0;
+        if let Some(status) = flight.failed_at_once {
+            return Ok(Reply { status, output: Vec::new() });
+        }
+        let (ok, returned, error) = flight.wait();
+        if !ok {
+            return Ok(Reply { status: status_from_win32(error), output: Vec::new() });
+        }
+        let returned = usize::try_from(returned).unwrap_or(usize::MAX);
+        if returned > flight.output.len() {
+            return Err(TransportError(format!(
+                "GetOverlappedResult reported {returned} bytes returned into a buffer of {}",
+                flight.output.len()
+            )));
+        }
+        let mut output = std::mem::take(&mut flight.output);
         output.truncate(returned);
         Ok(Reply { status: status::SUCCESS, output })
     }
