@@ -5,7 +5,10 @@
 use std::{
     ffi::c_void,
     path::Path,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -13,16 +16,18 @@ use pagelock_ddk as ddk;
 use pagelock_protocol::status;
 
 use crate::{
-    exports::{self, Routine},
-    fault,
+    ex, exports,
     io::{self, Control, Request, STATUS_OBJECT_NAME_NOT_FOUND, major},
-    irql,
-    kernel::{self, Kernel, KernelOptions, State},
+    isolate,
+    ke::{self, irql},
     loader::{self, Image},
-    mm::Mm,
-    pool,
+    mm::{self, Mm},
+    ob, record,
     report::{Bugcheck, Report, SectionReport, Step, hex},
-    security::{self, Caller},
+    routine::{self, Routine},
+    sched,
+    se::{self, Caller},
+    trace,
     verifier::{Rule, Violation},
 };
 
@@ -115,27 +120,14 @@ impl Bed {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let image = loader::map(&data, exports::resolve)
             .with_context(|| format!("loading {}", path.display()))?;
-        crate::sched::on_stuck(|cpu| {
-            crate::isolate::stop(
-                Rule::CpuStuck,
-                None,
-                [u64::from(cpu), crate::sched::STUCK_AFTER.as_secs(), 0, 0],
-                format!(
-                    "CPU {cpu} reached no switch point for {} s: driver code waiting on memory that only another CPU could change",
-                    crate::sched::STUCK_AFTER.as_secs()
-                ),
-            )
-        });
-        let k = kernel::install(
-            Mm::new(&image),
-            KernelOptions {
-                driver: path.display().to_string(),
-                force_irql: options.force_irql,
-                trace: options.trace,
-                fail_call: options.fail_call,
-            },
-        )?;
-        fault::install()?;
+        RUN.set(Run { driver: path.display().to_string(), force_irql: options.force_irql })
+            .map_err(|_| anyhow::anyhow!("one driver per process: a driver is already loaded"))?;
+        install_hooks(options.force_irql);
+        let mm = mm::install(Mm::new(&image))?;
+        if let Some((routine, nth)) = options.fail_call {
+            routine::fail_call(routine, nth)?;
+        }
+        ke::trap::install()?;
         let stem = path.file_stem().map_or_else(|| "driver".into(), |s| s.to_string_lossy());
         let driver_name: Vec<u16> = format!(r"\Driver\{stem}").encode_utf16().collect();
         let registry: Vec<u16> =
@@ -158,10 +150,9 @@ impl Bed {
         };
         // SAFETY: DriverEntry with the bed's driver object and registry path, as Windows calls it.
         let status = unsafe { entry(driver, &raw const registry_path) };
-        k.state().entry_status = Some(status);
-        k.step(|| Step { what: "DriverEntry".to_owned(), status: Some(status), ..Step::default() });
+        record::get().entry_status = Some(status);
         // The loader frees INIT once DriverEntry returns, whatever it returned.
-        k.mm.discard();
+        mm.discard();
         let bed = Self {
             image,
             driver,
@@ -172,6 +163,11 @@ impl Bed {
             unloaded: AtomicBool::new(false),
             _names: [driver_name, registry],
         };
+        bed.step(|| Step {
+            what: "DriverEntry".to_owned(),
+            status: Some(status),
+            ..Step::default()
+        });
         if !status::is_success(status) {
             // A failed DriverEntry must undo what it did: the image goes away without unload.
             bed.check_left_behind("after the failed DriverEntry");
@@ -179,7 +175,7 @@ impl Bed {
             return Ok(Err((status, bed.report())));
         }
         // Nothing is locked while the driver is idle: the memory manager may page it all out.
-        k.mm.page_out_unlocked();
+        mm.page_out_unlocked();
         Ok(Ok(bed))
     }
 
@@ -189,16 +185,13 @@ impl Bed {
         unsafe { &*self.driver }
     }
 
-    /// The device `name` (a device name or a symbolic link) resolves to.
-    fn device_named(name: &str) -> Option<(usize, Option<Vec<security::Ace>>)> {
-        let state = kernel::kernel().state();
-        let name = io::canonical_name(name);
-        let target = state.links.get(&name).cloned().unwrap_or(name);
-        state
-            .devices
-            .iter()
-            .find(|d| d.name == target && !d.delete_pending)
-            .map(|d| (d.object, d.dacl.clone()))
+    /// Records a step of the run with the lock counts after it (when tracing).
+    fn step(&self, step: impl FnOnce() -> Step) {
+        if self.options.trace {
+            let mut step = step();
+            step.lock_counts = mm::get().counts();
+            record::get().steps.push(step);
+        }
     }
 
     /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`), as
@@ -221,11 +214,10 @@ impl Bed {
     }
 
     fn open_as(&self, name: &str, synchronous: bool) -> std::result::Result<Handle, i32> {
-        let k = kernel::kernel();
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
         let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
-        let Some((device, dacl)) = Self::device_named(name) else {
-            k.step(|| Step {
+        let Some(device) = io::find_device(name) else {
+            self.step(|| Step {
                 what: format!("{what}: no such object"),
                 status: Some(STATUS_OBJECT_NAME_NOT_FOUND),
                 ..Step::default()
@@ -233,8 +225,8 @@ impl Bed {
             return Err(STATUS_OBJECT_NAME_NOT_FOUND);
         };
         let wanted = self.options.access.max(1);
-        if !security::access_granted(dacl.as_deref(), self.options.caller, wanted) {
-            k.step(|| Step {
+        if !se::access_granted(ob::dacl_of(device).as_deref(), self.options.caller, wanted) {
+            self.step(|| Step {
                 what: format!(
                     "{what}: denied by the device's DACL (caller {:?})",
                     self.options.caller
@@ -252,12 +244,8 @@ impl Bed {
             WriteAccess: u8::from(wanted & 2 != 0),
             ..Default::default()
         }));
-        let mut open_handles = crate::sched::lock(&self.open_handles);
-        // The file object references the device from before the create is dispatched, as in
-        // the kernel: a driver that deletes its device during the create cannot free it.
-        if let Some(record) = k.state().devices.iter_mut().find(|d| d.object == device) {
-            record.references += 1;
-        }
+        let mut open_handles = sched::lock(&self.open_handles);
+        io::reference_device(device);
         // SAFETY: the loaded driver's object and one of its devices.
         let completion = unsafe {
             io::send(
@@ -266,7 +254,7 @@ impl Bed {
                 Request { major: major::CREATE, file, control: None },
             )
         };
-        k.step(|| Step {
+        self.step(|| Step {
             what,
             status: Some(completion.status),
             information: Some(completion.information),
@@ -301,7 +289,6 @@ impl Bed {
         input: &[u8],
         output_capacity: usize,
     ) -> (i32, Vec<u8>) {
-        let k = kernel::kernel();
         let what = || {
             format!(
                 "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
@@ -312,7 +299,7 @@ impl Bed {
         };
         let required = pagelock_protocol::required_access(code);
         if required & handle.access != required {
-            k.step(|| Step {
+            self.step(|| Step {
                 what: format!("{}: access denied by the I/O manager", what()),
                 status: Some(status::ACCESS_DENIED),
                 ..Step::default()
@@ -364,8 +351,8 @@ impl Bed {
         };
         // The I/O manager's file object lock: one request at a time on a synchronous handle.
         while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
-            if !crate::sched::wait_on_other_cpu() {
-                crate::isolate::stop(
+            if !sched::wait_on_other_cpu() {
+                record::stop(
                     Rule::Deadlock,
                     None,
                     [handle.file as u64, 0, 0, 0],
@@ -395,7 +382,7 @@ impl Bed {
             buffer.truncate(n);
             buffer
         };
-        k.step(|| Step {
+        self.step(|| Step {
             what: what(),
             status: Some(completion.status),
             information: Some(completion.information),
@@ -411,7 +398,7 @@ impl Bed {
     /// on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as Windows may deliver it.
     pub fn close(&self, handle: Handle) {
         self.send_close_major(&handle, major::CLEANUP, "");
-        let mut deferred = crate::sched::lock(&self.deferred);
+        let mut deferred = sched::lock(&self.deferred);
         if let Some(queue) = deferred.as_mut() {
             queue.push(handle);
             return;
@@ -429,7 +416,7 @@ impl Bed {
                 Request { major: m, file: handle.file, control: None },
             )
         };
-        kernel::kernel().step(|| Step {
+        self.step(|| Step {
             what: format!("{} (handle {}){how}", major::name(m), handle.number),
             status: Some(completion.status),
             ..Step::default()
@@ -442,9 +429,9 @@ impl Bed {
         reason = "closing takes the handle: it cannot be used again"
     )]
     fn finish_close(&self, handle: Handle) {
-        let irql = crate::irql::current();
-        let how = if crate::sched::active() {
-            format!(", on CPU {} at IRQL {irql}", crate::sched::current_cpu().unwrap_or(0))
+        let irql = irql::current();
+        let how = if sched::active() {
+            format!(", on CPU {} at IRQL {irql}", sched::current_cpu().unwrap_or(0))
         } else {
             String::new()
         };
@@ -453,13 +440,13 @@ impl Bed {
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
         io::dereference_device(handle.device as *mut _);
-        let mut open_handles = crate::sched::lock(&self.open_handles);
+        let mut open_handles = sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {
             report_locked_sections(Rule::LockedAfterLastClose, "after the last handle closed");
         }
         drop(open_handles);
-        kernel::kernel().mm.page_out_unlocked();
+        mm::get().page_out_unlocked();
     }
 
     /// The system worker of a scheduled run: from here on, closes are deferred to it, and it
@@ -467,17 +454,17 @@ impl Bed {
     /// scheduler runs its CPU; it returns once `others_done()` and nothing is left to close.
     pub fn close_worker(&self, others_done: &dyn Fn() -> bool) {
         loop {
-            let next = crate::sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
+            let next = sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
             if let Some(handle) = next {
-                let apc = crate::sched::choose_below(2) == 1;
+                let apc = sched::choose_below(2) == 1;
                 if apc {
-                    crate::irql::set(crate::irql::APC_LEVEL);
+                    irql::set(irql::APC_LEVEL);
                 }
                 self.finish_close(handle);
                 if apc {
-                    crate::irql::set(crate::irql::PASSIVE_LEVEL);
+                    irql::set(irql::PASSIVE_LEVEL);
                 }
-            } else if others_done() || !crate::sched::wait_on_other_cpu() {
+            } else if others_done() || !sched::wait_on_other_cpu() {
                 break;
             }
         }
@@ -486,12 +473,12 @@ impl Bed {
     /// Defers closes to a system worker ([`Bed::close_worker`]) from now until
     /// [`Bed::close_now`].
     pub fn defer_closes(&self) {
-        *crate::sched::lock(&self.deferred) = Some(Vec::new());
+        *sched::lock(&self.deferred) = Some(Vec::new());
     }
 
     /// Closes at once again, sending the closes still deferred.
     pub fn close_now(&self) {
-        let left = crate::sched::lock(&self.deferred).take().unwrap_or_default();
+        let left = sched::lock(&self.deferred).take().unwrap_or_default();
         for handle in left {
             self.finish_close(handle);
         }
@@ -500,13 +487,13 @@ impl Bed {
     /// Lock counts of the pageable sections, as the memory manager keeps them.
     #[must_use]
     pub fn lock_counts(&self) -> Vec<(String, i64)> {
-        kernel::kernel().mm.counts()
+        mm::get().counts()
     }
 
     /// The rules that fired so far.
     #[must_use]
     pub fn violations(&self) -> Vec<Violation> {
-        kernel::kernel().state().violations.clone()
+        record::get().violations.clone()
     }
 
     /// Runs `DriverUnload` (once) and checks that nothing is left behind.
@@ -514,11 +501,8 @@ impl Bed {
         if self.unloaded.swap(true, Ordering::SeqCst) {
             return;
         }
-        let k = kernel::kernel();
         let Some(unload) = self.driver().DriverUnload else {
-            k.state()
-                .log
-                .push("bed: no DriverUnload: Windows cannot unload this driver".to_owned());
+            record::note("bed: no DriverUnload: Windows cannot unload this driver".to_owned());
             return;
         };
         // SAFETY: the bindings are compiled for this host, so the pointer says "C"; it is the
@@ -528,33 +512,26 @@ impl Bed {
         };
         // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
         unsafe { unload(self.driver) };
-        k.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
+        self.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
         self.check_left_behind("at unload");
     }
 
     fn check_left_behind(&self, when: &str) {
-        let k = kernel::kernel();
         if irql::current() != irql::PASSIVE_LEVEL {
             irql::set(irql::PASSIVE_LEVEL);
         }
         report_locked_sections(Rule::LockedAtUnload, when);
-        pool::check_at_unload();
-        let (devices, links): (Vec<(usize, String)>, Vec<String>) = {
-            let state = k.state();
-            (
-                state.devices.iter().map(|d| (d.object, d.name.clone())).collect(),
-                state.links.keys().cloned().collect(),
-            )
-        };
+        ex::check_at_unload();
+        let (devices, links) = io::left_behind();
         for (object, name) in devices {
-            k.violation(
+            record::violation(
                 Rule::DeviceLeftAtUnload,
                 [object as u64, 0, 0, 0],
                 format!("device {name} left {when}"),
             );
         }
         for link in links {
-            k.violation(
+            record::violation(
                 Rule::LinkLeftAtUnload,
                 [0; 4],
                 format!("symbolic link {link} left {when}"),
@@ -566,18 +543,16 @@ impl Bed {
     /// The report so far.
     #[must_use]
     pub fn report(&self) -> Report {
-        let k = kernel::kernel();
-        kernel_report(k, Some(&k.state()), None)
+        report_now(None, true)
     }
 }
 
 /// Reports `rule` for every pageable section whose lock count is not zero `when`.
 fn report_locked_sections(rule: Rule, when: &str) {
-    let k = kernel::kernel();
-    for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
+    for (index, s) in mm::get().sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
         let count = s.count.load(Ordering::SeqCst);
         if count != 0 {
-            k.violation(
+            record::violation(
                 rule,
                 [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
                 format!("{} has lock count {count} {when}", s.name),
@@ -586,12 +561,82 @@ fn report_locked_sections(rule: Rule, when: &str) {
     }
 }
 
-/// The report from the kernel's records (also what a bugcheck sends, when its lock is free).
+/// What the report says of the run besides the kernel's records.
+struct Run {
+    driver: String,
+    force_irql: bool,
+}
+
+static RUN: OnceLock<Run> = OnceLock::new();
+
+/// Installs the hooks through which the components below reach this layer and each other:
+/// the bugcheck's report, the scheduler's watchdog, and Force IRQL checking (a raise to
+/// `DISPATCH_LEVEL`, and a switch to a CPU at it, page out every unlocked section).
+fn install_hooks(force_irql: bool) {
+    record::on_stop(stopped);
+    sched::on_stuck(|cpu| {
+        record::stop(
+            Rule::CpuStuck,
+            None,
+            [u64::from(cpu), sched::STUCK_AFTER.as_secs(), 0, 0],
+            format!(
+                "CPU {cpu} reached no switch point for {} s: driver code waiting on memory that \
+                 only another CPU could change",
+                sched::STUCK_AFTER.as_secs()
+            ),
+        )
+    });
+    if force_irql {
+        irql::on_raise_to_dispatch(|| {
+            if let Some(mm) = mm::try_get() {
+                mm.page_out_unlocked();
+            }
+        });
+        sched::on_switched_in(irql::switched_in);
+    }
+}
+
+/// The bugcheck hook: the picture and the report up to this point, then the end of the run.
+fn stopped(bugcheck: Bugcheck) -> ! {
+    write_trace(Some(&format!("{}: {}", bugcheck.rule, bugcheck.detail)));
+    let report = report_now(Some(bugcheck), false);
+    isolate::stopped(report)
+}
+
+/// Starts drawing the run into `file` (see [`crate::trace`]); call before [`Bed::load`].
+pub fn trace_to(file: std::path::PathBuf) {
+    trace::start(file, || {
+        let mut counts = [0u16; 4];
+        if let Some(mm) = mm::try_get() {
+            for (slot, s) in counts.iter_mut().zip(mm.pageable()) {
+                *slot = u16::try_from(s.count.load(Ordering::Relaxed).clamp(0, 0xFFFF))
+                    .unwrap_or(u16::MAX);
+            }
+        }
+        counts
+    });
+}
+
+/// Writes the picture of the run, if one was asked for; `why` names what ended it.
+pub fn write_trace(why: Option<&str>) {
+    let sections: Vec<String> = mm::try_get()
+        .map(|mm| mm.pageable().take(4).map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let routine = |index: u16| {
+        Routine::ALL
+            .get(usize::from(index))
+            .map_or_else(|| format!("routine {index}"), |r| r.name().to_owned())
+    };
+    trace::write(&sections, &routine, why);
+}
+
+/// The report from the components' records. With `wait` false (the bugcheck path, which must
+/// not wait) a record whose lock is held is left out, and the report says so.
 #[must_use]
-pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bugcheck>) -> Report {
-    let sections = kernel
-        .mm
-        .pageable()
+pub fn report_now(bugcheck: Option<Bugcheck>, wait: bool) -> Report {
+    let sections = mm::try_get()
+        .into_iter()
+        .flat_map(Mm::pageable)
         .map(|s| SectionReport {
             name: s.name.clone(),
             lock_count: s.count.load(Ordering::SeqCst),
@@ -599,31 +644,35 @@ pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bu
             page_ins: s.page_ins.load(Ordering::Relaxed),
         })
         .collect();
+    let run = RUN.get();
     let mut report = Report {
-        driver: kernel.options.driver.clone(),
+        driver: run.map(|r| r.driver.clone()).unwrap_or_default(),
         sections,
-        calls: kernel.calls(),
+        calls: routine::calls(),
         bugcheck,
         ..Report::default()
     };
-    if let Some(state) = state {
-        report.entry_status = state.entry_status;
-        report.steps.clone_from(&state.steps);
-        report.log.clone_from(&state.log);
-        report.violations.clone_from(&state.violations);
-        report.injected_failures.clone_from(&state.injected);
-        report.injected = state.injected.len() as u64;
-        report.failable_calls = state.failable_calls.iter().map(|c| (*c).to_owned()).collect();
-        report.pool_outstanding = state.pool.len();
+    if let Some(record) = if wait { Some(record::get()) } else { record::try_get() } {
+        report.entry_status = record.entry_status;
+        report.steps.clone_from(&record.steps);
+        report.log.clone_from(&record.log);
+        report.violations.clone_from(&record.violations);
+        drop(record);
     } else {
         report.notes.push(
-            "the kernel's records were locked when the run stopped: steps and log are missing"
+            "the run's record was locked when the run stopped: steps and log are missing"
                 .to_owned(),
         );
     }
-    if !kernel.options.force_irql {
+    if let Some(injection) = routine::injection(wait) {
+        report.injected = injection.injected.len() as u64;
+        report.injected_failures = injection.injected;
+        report.failable_calls = injection.failable_calls.iter().map(|c| (*c).to_owned()).collect();
+    }
+    report.pool_outstanding = ex::outstanding(wait).unwrap_or(0);
+    if run.is_some_and(|r| !r.force_irql) {
         report.notes.push("Force IRQL checking was off".to_owned());
     }
-    report.schedule = crate::sched::ran().then(crate::sched::summary);
+    report.schedule = sched::ran().then(sched::summary);
     report
 }

@@ -8,10 +8,10 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use pagelock_testbed::{
     bed::Options,
-    exports::Routine,
     isolate::{self, Outcome},
     report::Report,
-    security::Caller,
+    routine::Routine,
+    se::Caller,
     session::{self, IoctlSpec},
     verifier,
 };
@@ -333,13 +333,13 @@ fn exec_schedules(
         let outcome = isolate::run(
             || {
                 if let Some(file) = &concurrency.trace_svg {
-                    pagelock_testbed::trace::start(file.clone());
+                    pagelock_testbed::bed::trace_to(file.clone());
                 }
                 let c = concurrency.concurrency(seed);
                 let report = session::exec(driver, device, open, ioctl, common.options(), c);
                 let why = report.as_ref().ok().and_then(|r| r.violations.first());
                 let why = why.map(|v| format!("{}: {}", v.rule, v.detail));
-                pagelock_testbed::trace::write_if_asked(why.as_deref());
+                pagelock_testbed::bed::write_trace(why.as_deref());
                 report
             },
             isolate::DEFAULT_TIMEOUT,

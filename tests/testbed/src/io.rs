@@ -1,21 +1,81 @@
-//! The I/O manager: device objects and symbolic links by name, IRPs with one stack location,
-//! completion, and the checks I/O verification makes around every dispatch.
+//! The I/O manager (`Io`): device objects and symbolic links by name, IRPs with one stack
+//! location, completion, and the checks I/O verification makes around every dispatch.
 
 use std::{
     cell::RefCell,
+    collections::BTreeMap,
     ffi::c_void,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
 };
 
 use pagelock_ddk as ddk;
 use pagelock_protocol::status;
 
 use crate::{
-    exports::Routine,
-    irql,
-    kernel::{DeviceRecord, kernel},
+    ke::irql,
+    ob, record,
+    routine::{self, Routine},
+    rtl::unicode_text,
     verifier::{Rule, bed_number},
 };
+
+/// A device object the driver created.
+#[derive(Debug)]
+struct DeviceRecord {
+    /// The object (0x150 bytes plus the extension, as the kernel allocates it).
+    object: usize,
+    /// Its name.
+    name: String,
+    /// File objects open on it: each holds a reference, as in the kernel.
+    references: u32,
+    /// `IoDeleteDevice` was called while it was referenced: no longer opened by name, freed
+    /// when the last reference goes (the kernel's `DOE_DELETE_PENDING`).
+    delete_pending: bool,
+}
+
+/// The devices and links the driver made.
+struct Names {
+    devices: Vec<DeviceRecord>,
+    /// Symbolic links: name to target.
+    links: BTreeMap<String, String>,
+}
+
+static NAMES: Mutex<Names> = Mutex::new(Names { devices: Vec::new(), links: BTreeMap::new() });
+
+fn names() -> MutexGuard<'static, Names> {
+    crate::sched::lock(&NAMES)
+}
+
+/// The device object `name` (a device name or a symbolic link) resolves to; a device whose
+/// deletion is pending is no longer found by name.
+#[must_use]
+pub fn find_device(name: &str) -> Option<usize> {
+    let names = names();
+    let name = canonical_name(name);
+    let target = names.links.get(&name).cloned().unwrap_or(name);
+    names.devices.iter().find(|d| d.name == target && !d.delete_pending).map(|d| d.object)
+}
+
+/// A file object now references `device`, from before its create is dispatched, as in the
+/// kernel: a driver that deletes its device during the create cannot free it.
+pub fn reference_device(device: usize) {
+    if let Some(record) = names().devices.iter_mut().find(|d| d.object == device) {
+        record.references += 1;
+    }
+}
+
+/// The devices (address and name) and links the driver has not deleted.
+#[must_use]
+pub fn left_behind() -> (Vec<(usize, String)>, Vec<String>) {
+    let names = names();
+    (
+        names.devices.iter().map(|d| (d.object, d.name.clone())).collect(),
+        names.links.keys().cloned().collect(),
+    )
+}
 
 /// The x64 kernel's `DEVICE_OBJECT` size (mingw-w64's definition is 8 bytes short).
 const DEVICE_OBJECT_SIZE: usize = 0x150;
@@ -57,25 +117,6 @@ pub mod major {
     }
 }
 
-/// The text of a `UNICODE_STRING` the driver passed.
-///
-/// # Safety
-/// `s` must be NULL or point at a valid `UNICODE_STRING`.
-#[must_use]
-pub unsafe fn unicode_text(s: *const ddk::UNICODE_STRING) -> String {
-    if s.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller passes a valid UNICODE_STRING.
-    let s = unsafe { &*s };
-    if s.Buffer.is_null() {
-        return String::new();
-    }
-    // SAFETY: `Length` bytes of UTF-16 at `Buffer`, as the structure says.
-    let units = unsafe { std::slice::from_raw_parts(s.Buffer, usize::from(s.Length) / 2) };
-    String::from_utf16_lossy(units)
-}
-
 /// A name as the object manager resolves it: `\\.\X`, `\??\X` and `\GLOBAL??\X` all mean
 /// `\DosDevices\X`.
 #[must_use]
@@ -88,7 +129,8 @@ pub fn canonical_name(name: &str) -> String {
     name.to_owned()
 }
 
-pub(crate) extern "win64" fn io_create_device(
+/// `IoCreateDevice`.
+pub(crate) extern "win64" fn create_device(
     driver: *mut ddk::DRIVER_OBJECT,
     extension_size: u32,
     name: *const ddk::UNICODE_STRING,
@@ -97,13 +139,12 @@ pub(crate) extern "win64" fn io_create_device(
     _exclusive: u8,
     out: *mut *mut ddk::DEVICE_OBJECT,
 ) -> i32 {
-    let k = kernel();
-    if k.enter(Routine::IoCreateDevice) {
+    if routine::enter(Routine::IoCreateDevice) {
         return status::INSUFFICIENT_RESOURCES;
     }
     // SAFETY: the driver passes a valid name (or NULL for an unnamed device).
     let name = unsafe { unicode_text(name) };
-    if !name.is_empty() && k.state().devices.iter().any(|d| d.name == name) {
+    if !name.is_empty() && names().devices.iter().any(|d| d.name == name) {
         return STATUS_OBJECT_NAME_COLLISION;
     }
     // SAFETY: calloc has no preconditions; the result is checked for null.
@@ -131,28 +172,26 @@ pub(crate) extern "win64" fn io_create_device(
     driver_object.DeviceObject = object;
     // SAFETY: the driver passes a PDEVICE_OBJECT to fill.
     unsafe { out.write(object) };
-    k.state().devices.push(DeviceRecord {
+    names().devices.push(DeviceRecord {
         object: object as usize,
         name,
-        dacl: None,
         references: 0,
         delete_pending: false,
     });
     status::SUCCESS
 }
 
-pub(crate) extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
-    let k = kernel();
-    k.enter(Routine::IoDeleteDevice);
-    let references = k.state().devices.iter_mut().find(|d| d.object == device as usize).map(|d| {
+/// `IoDeleteDevice`: deferred while file objects reference the device, as in the kernel.
+pub(crate) extern "win64" fn delete_device(device: *mut ddk::DEVICE_OBJECT) {
+    routine::enter(Routine::IoDeleteDevice);
+    let references = names().devices.iter_mut().find(|d| d.object == device as usize).map(|d| {
         d.delete_pending = true;
         d.references
     });
     match references {
         None => {
             // Windows would fault on a device that is not one; the bed says so and goes on.
-            let note = format!("bed: IoDeleteDevice({device:p}) of an unknown device ignored");
-            k.state().log.push(note);
+            record::note(format!("bed: IoDeleteDevice({device:p}) of an unknown device ignored"));
         }
         Some(0) => free_device(device),
         Some(n) => {
@@ -160,7 +199,7 @@ pub(crate) extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
             let note = format!(
                 "bed: IoDeleteDevice({device:p}) with {n} file object(s) open on it: deletion deferred to the last close"
             );
-            k.state().log.push(note);
+            record::note(note);
         }
     }
 }
@@ -168,21 +207,20 @@ pub(crate) extern "win64" fn io_delete_device(device: *mut ddk::DEVICE_OBJECT) {
 /// Drops a file object's reference to `device`; frees a device whose deletion was deferred
 /// once its last reference goes.
 pub fn dereference_device(device: *mut ddk::DEVICE_OBJECT) {
-    let k = kernel();
-    let free =
-        k.state().devices.iter_mut().find(|d| d.object == device as usize).is_some_and(|d| {
-            d.references = d.references.saturating_sub(1);
-            d.delete_pending && d.references == 0
-        });
+    let free = names().devices.iter_mut().find(|d| d.object == device as usize).is_some_and(|d| {
+        d.references = d.references.saturating_sub(1);
+        d.delete_pending && d.references == 0
+    });
     if free {
-        k.state().log.push(format!("bed: device {device:p} freed at its last close"));
+        record::note(format!("bed: device {device:p} freed at its last close"));
         free_device(device);
     }
 }
 
 /// Unlinks `device` from its driver and frees it.
 fn free_device(device: *mut ddk::DEVICE_OBJECT) {
-    kernel().state().devices.retain(|d| d.object != device as usize);
+    names().devices.retain(|d| d.object != device as usize);
+    ob::deleted(device as usize);
     // SAFETY: a device this bed created (the callers found its record), valid until freed below.
     let device_object = unsafe { &*device };
     // SAFETY: its driver object is the bed's, alive while the driver is loaded.
@@ -201,32 +239,32 @@ fn free_device(device: *mut ddk::DEVICE_OBJECT) {
     unsafe { libc::free(device.cast()) };
 }
 
-pub(crate) extern "win64" fn io_create_symbolic_link(
+/// `IoCreateSymbolicLink`.
+pub(crate) extern "win64" fn create_symbolic_link(
     link: *const ddk::UNICODE_STRING,
     target: *const ddk::UNICODE_STRING,
 ) -> i32 {
-    let k = kernel();
-    if k.enter(Routine::IoCreateSymbolicLink) {
+    if routine::enter(Routine::IoCreateSymbolicLink) {
         return status::INSUFFICIENT_RESOURCES;
     }
     // SAFETY: the driver passes a valid counted string.
     let link = canonical_name(&unsafe { unicode_text(link) });
     // SAFETY: as above.
     let target = unsafe { unicode_text(target) };
-    let mut state = k.state();
-    if state.links.contains_key(&link) {
+    let mut names = names();
+    if names.links.contains_key(&link) {
         return STATUS_OBJECT_NAME_COLLISION;
     }
-    state.links.insert(link, target);
+    names.links.insert(link, target);
     status::SUCCESS
 }
 
-pub(crate) extern "win64" fn io_delete_symbolic_link(link: *const ddk::UNICODE_STRING) -> i32 {
-    let k = kernel();
-    k.enter(Routine::IoDeleteSymbolicLink);
+/// `IoDeleteSymbolicLink`.
+pub(crate) extern "win64" fn delete_symbolic_link(link: *const ddk::UNICODE_STRING) -> i32 {
+    routine::enter(Routine::IoDeleteSymbolicLink);
     // SAFETY: the driver passes a valid counted string.
     let link = canonical_name(&unsafe { unicode_text(link) });
-    if k.state().links.remove(&link).is_some() {
+    if names().links.remove(&link).is_some() {
         status::SUCCESS
     } else {
         STATUS_OBJECT_NAME_NOT_FOUND
@@ -265,16 +303,16 @@ thread_local! {
 /// Marks a live frame.
 const IN_FLIGHT: u64 = 0x5052_4920_4445_4221; // "!BED IRP"
 
+/// `IofCompleteRequest`: completing an IRP no longer in flight, or twice, stops the run.
 pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8) {
-    let k = kernel();
-    k.enter(Routine::IofCompleteRequest);
+    routine::enter(Routine::IofCompleteRequest);
     let frame = irp.cast::<Frame>();
     // SAFETY: the bed's IRPs are the first field of a Frame; frames are recycled, never freed
     // while their thread runs, so a pointer the driver got from the bed stays readable; the tag
     // says whether it is still in flight.
     let tag = unsafe { &(*frame).tag };
     if tag.load(Ordering::SeqCst) != IN_FLIGHT {
-        crate::isolate::stop(
+        record::stop(
             Rule::IrpCompletedTwice,
             None,
             [irp as u64, 0, 0, 0],
@@ -284,7 +322,7 @@ pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8
     // SAFETY: as above; the frame is live.
     let completions = unsafe { &(*frame).completions };
     if completions.fetch_add(1, Ordering::SeqCst) > 0 {
-        crate::isolate::stop(
+        record::stop(
             Rule::IrpCompletedTwice,
             None,
             [irp as u64, 0, 0, 0],
@@ -378,18 +416,17 @@ pub unsafe fn send(
     let io_status = unsafe { seen.irp.IoStatus.__bindgen_anon_1.Status };
     let information = seen.irp.IoStatus.Information;
     let pending = returned == STATUS_PENDING;
-    let k = kernel();
     let name = major::name(major);
     let code = |s: i32| u64::from(s.cast_unsigned());
     if completions == 0 && !pending {
-        k.violation(
+        record::violation(
             Rule::IrpNeverCompleted,
             [bed_number(0x18), irp as u64, u64::from(major), code(returned)],
             format!("{name} returned {returned:#x} without completing the IRP"),
         );
     }
     if completions > 0 && !pending && returned != io_status {
-        k.violation(
+        record::violation(
             Rule::StatusMismatch,
             [bed_number(0x19), irp as u64, code(returned), code(io_status)],
             format!("{name} returned {returned:#x}, but IoStatus.Status is {io_status:#x}"),
@@ -399,7 +436,7 @@ pub unsafe fn send(
         && status::is_success(io_status)
         && information > output_capacity as u64
     {
-        k.violation(
+        record::violation(
             Rule::InformationTooLarge,
             [bed_number(0x1A), irp as u64, information, output_capacity as u64],
             format!("{name}: IoStatus.Information {information} > output buffer {output_capacity}"),
@@ -407,7 +444,7 @@ pub unsafe fn send(
     }
     if pending && completions == 0 {
         // The driver keeps the IRP: its frame must outlive this call (leaked on purpose).
-        k.state().log.push(format!("bed: {name} pended; pended IRPs are not followed further"));
+        record::note(format!("bed: {name} pended; pended IRPs are not followed further"));
         return Completion { status: STATUS_PENDING, information: 0 };
     }
     // SAFETY: the frame from Box::into_raw above, retired once and kept for reuse.
@@ -450,11 +487,10 @@ fn prepare(device: *mut ddk::DEVICE_OBJECT, request: Request) -> Box<Frame> {
 
 /// I/O verification after a dispatch: the IRQL it returned at and spin locks still held.
 fn check_irql_and_locks(device: *mut ddk::DEVICE_OBJECT, major: u8, before: u8) {
-    let k = kernel();
     let name = major::name(major);
     let after = irql::current();
     if after != before {
-        k.violation(
+        record::violation(
             Rule::IrqlChangedAcrossDispatch,
             [0x05, device as u64, u64::from(before), u64::from(after)],
             format!("{name}: called at IRQL {before}, returned at IRQL {after}"),
@@ -463,7 +499,7 @@ fn check_irql_and_locks(device: *mut ddk::DEVICE_OBJECT, major: u8, before: u8) 
     }
     let held = irql::spin_locks_held();
     if held > 0 {
-        k.violation(
+        record::violation(
             Rule::SpinLockNeverReleased,
             [bed_number(0x1E), u64::from(held), u64::from(major), 0],
             format!("{name}: returned holding {held} spin lock(s)"),

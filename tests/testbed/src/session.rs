@@ -159,7 +159,7 @@ pub fn run_suite(driver: &Path, options: Options) -> Result<Report> {
         Ok(bed) => bed,
         Err(report) => return Ok(report),
     };
-    let mm = &crate::kernel::kernel().mm;
+    let mm = crate::mm::get();
     let device = BedDevice { bed: &bed, name: pagelock_protocol::WIN32_PATH.to_owned() };
     let mut verdicts = Vec::new();
     let mut locks = Vec::new();
