@@ -17,7 +17,11 @@ use pagelock_protocol::status;
 
 use crate::{
     ex, exports,
-    io::{self, Control, Request, STATUS_OBJECT_NAME_NOT_FOUND, major},
+    io::{
+        self, STATUS_OBJECT_NAME_NOT_FOUND, device,
+        irp::{self, Control, Request, Sent},
+        major,
+    },
     isolate,
     ke::{self, irql},
     loader::{self, Image},
@@ -28,7 +32,7 @@ use crate::{
     sched,
     se::{self, Caller},
     trace,
-    verifier::{Rule, Violation},
+    verifier::{Rule, Violation, bed_number},
 };
 
 /// How a run is set up.
@@ -67,8 +71,9 @@ pub struct Handle {
     /// the driver at a time (`FO_SYNCHRONOUS_IO`). Opened for overlapped I/O
     /// (`FILE_FLAG_OVERLAPPED`), several requests may be in the driver at once.
     synchronous: bool,
-    /// A request of this synchronous file object is in the driver.
-    busy: AtomicBool,
+    /// A request of this synchronous file object is in the driver (shared with that request's
+    /// [`Pending`], which releases it).
+    busy: std::sync::Arc<AtomicBool>,
 }
 
 // SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
@@ -216,7 +221,7 @@ impl Bed {
     fn open_as(&self, name: &str, synchronous: bool) -> std::result::Result<Handle, i32> {
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
         let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
-        let Some(device) = io::find_device(name) else {
+        let Some(device) = device::find_device(name) else {
             self.step(|| Step {
                 what: format!("{what}: no such object"),
                 status: Some(STATUS_OBJECT_NAME_NOT_FOUND),
@@ -245,10 +250,10 @@ impl Bed {
             ..Default::default()
         }));
         let mut open_handles = sched::lock(&self.open_handles);
-        io::reference_device(device);
+        device::reference_device(device);
         // SAFETY: the loaded driver's object and one of its devices.
         let completion = unsafe {
-            io::send(
+            irp::send(
                 self.driver,
                 device as *mut _,
                 Request { major: major::CREATE, file, control: None },
@@ -265,7 +270,7 @@ impl Bed {
             // refers to it any more.
             drop(unsafe { Box::from_raw(file) });
             drop(open_handles);
-            io::dereference_device(device as *mut _);
+            device::dereference_device(device as *mut _);
             return Err(completion.status);
         }
         *open_handles += 1;
@@ -276,12 +281,13 @@ impl Bed {
             access: wanted,
             number,
             synchronous,
-            busy: AtomicBool::new(false),
+            busy: std::sync::Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Sends a control request, as `DeviceIoControl` would: the access check on the code's
-    /// access bits, then the IRP; returns the status and the bytes copied back.
+    /// access bits, then the IRP; returns the status and the bytes copied back once the request
+    /// completes (a pended one is waited for, as a synchronous `DeviceIoControl` waits).
     pub fn control(
         &self,
         handle: &Handle,
@@ -289,22 +295,34 @@ impl Bed {
         input: &[u8],
         output_capacity: usize,
     ) -> (i32, Vec<u8>) {
-        let what = || {
-            format!(
-                "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
-                major::name(major::DEVICE_CONTROL),
-                input.len(),
-                handle.number
-            )
-        };
+        self.finish(self.control_overlapped(handle, code, input, output_capacity))
+    }
+
+    /// Sends a control request and returns at once, as `DeviceIoControl` with an `OVERLAPPED`
+    /// does: [`Bed::finish`] waits for its end, [`Bed::cancel`] cancels it. On a synchronous
+    /// handle the I/O manager lets one request of the file object in at a time, and this one
+    /// holds it until it is finished.
+    pub fn control_overlapped(
+        &self,
+        handle: &Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Pending {
+        let what = format!(
+            "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
+            major::name(major::DEVICE_CONTROL),
+            input.len(),
+            handle.number
+        );
         let required = pagelock_protocol::required_access(code);
         if required & handle.access != required {
             self.step(|| Step {
-                what: format!("{}: access denied by the I/O manager", what()),
+                what: format!("{what}: access denied by the I/O manager"),
                 status: Some(status::ACCESS_DENIED),
                 ..Step::default()
             });
-            return (status::ACCESS_DENIED, Vec::new());
+            return Pending::refused(what, status::ACCESS_DENIED);
         }
         // Buffered: one system buffer, the input copied in and the rest poisoned so that output
         // the driver did not write shows. Direct: the input in the system buffer, the output
@@ -356,34 +374,52 @@ impl Bed {
                     Rule::Deadlock,
                     None,
                     [handle.file as u64, 0, 0, 0],
-                    format!("{}: the file object's request never finishes", what()),
+                    format!("{what}: the file object's request never finishes"),
                 );
             }
         }
-        // SAFETY: the loaded driver's object and the handle's device; the buffers outlive the call.
-        let completion = unsafe {
-            io::send(
+        // SAFETY: the loaded driver's object and the handle's device; the buffers are the
+        // Pending's, which waits for the IRP's end before it lets them go.
+        let sent = unsafe {
+            irp::start(
                 self.driver,
                 handle.device as *mut _,
                 Request { major: major::DEVICE_CONTROL, file: handle.file, control: Some(control) },
             )
         };
-        if handle.synchronous {
-            handle.busy.store(false, Ordering::Release);
+        Pending {
+            sent: Some(sent),
+            buffers: [system, caller_input, caller_output],
+            buffered,
+            output_capacity,
+            busy: handle.synchronous.then(|| handle.busy.clone()),
+            what,
+            refused: None,
         }
-        let mut buffer = if buffered { system } else { caller_output };
+    }
+
+    /// Waits for a request's end, as `GetOverlappedResult` with `bWait` does; returns its status
+    /// and the bytes copied back.
+    pub fn finish(&self, mut pending: Pending) -> (i32, Vec<u8>) {
+        if let Some(status) = pending.refused {
+            return (status, Vec::new());
+        }
+        let completion = pending.complete();
+        let [system, _, caller_output] = std::mem::take(&mut pending.buffers);
+        let mut buffer = if pending.buffered { system } else { caller_output };
         // Windows copies Information bytes back unless the status is an error.
         let error = completion.status.cast_unsigned() >> 30 == 3;
         let output = if error {
             Vec::new()
         } else {
-            let n =
-                usize::try_from(completion.information).unwrap_or(usize::MAX).min(output_capacity);
+            let n = usize::try_from(completion.information)
+                .unwrap_or(usize::MAX)
+                .min(pending.output_capacity);
             buffer.truncate(n);
             buffer
         };
         self.step(|| Step {
-            what: what(),
+            what: pending.what.clone(),
             status: Some(completion.status),
             information: Some(completion.information),
             output: Some(hex(&output)),
@@ -392,12 +428,52 @@ impl Bed {
         (completion.status, output)
     }
 
+    /// Cancels a request, as `CancelIoEx` does (`IoCancelIrp`); false when it has ended already
+    /// or the driver set no cancel routine on it.
+    pub fn cancel(&self, pending: &Pending) -> bool {
+        match &pending.sent {
+            Some(sent) if !sent.completed() => {
+                let cancelled = irp::cancel(sent.irp());
+                self.step(|| Step {
+                    what: format!(
+                        "IoCancelIrp of {}: {}",
+                        pending.what,
+                        if cancelled { "its cancel routine ran" } else { "no cancel routine" }
+                    ),
+                    ..Step::default()
+                });
+                cancelled
+            }
+            _ => false,
+        }
+    }
+
     /// Closes a handle: cleanup, then close, as the I/O manager sends them. `IRP_MJ_CLEANUP`
     /// comes in the closing thread; `IRP_MJ_CLOSE` when the last reference to the file object
     /// goes, which in a scheduled run with a system worker (see [`Bed::close_worker`]) is later,
     /// on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as Windows may deliver it.
+    ///
+    /// Cleanup must leave none of the file object's IRPs queued in the driver (each one would
+    /// hold the file object, and its close, forever); the bed cancels what is left, as the
+    /// I/O manager cancels a thread's requests when it exits, and sends the close once the last
+    /// of them has completed.
     pub fn close(&self, handle: Handle) {
         self.send_close_major(&handle, major::CLEANUP, "");
+        let left = irp::pended(Some(handle.file as usize));
+        for (irp, m) in &left {
+            record::violation(
+                Rule::QueuedAfterCleanup,
+                [*irp as u64, handle.file as u64, 0, 0],
+                format!(
+                    "{} of handle {} still queued when IRP_MJ_CLEANUP returned",
+                    major::name(*m),
+                    handle.number
+                ),
+            );
+        }
+        for (irp, _) in left {
+            irp::cancel(irp as *mut _);
+        }
         let mut deferred = sched::lock(&self.deferred);
         if let Some(queue) = deferred.as_mut() {
             queue.push(handle);
@@ -410,7 +486,7 @@ impl Bed {
     fn send_close_major(&self, handle: &Handle, m: u8, how: &str) {
         // SAFETY: the loaded driver's object and the handle's device.
         let completion = unsafe {
-            io::send(
+            irp::send(
                 self.driver,
                 handle.device as *mut _,
                 Request { major: m, file: handle.file, control: None },
@@ -429,6 +505,11 @@ impl Bed {
         reason = "closing takes the handle: it cannot be used again"
     )]
     fn finish_close(&self, handle: Handle) {
+        // Each request holds a reference to the file object: close comes after the last.
+        let file = handle.file as usize;
+        irp::wait_for(&|| !irp::file_busy(file), &|| {
+            format!("IRP_MJ_CLOSE of handle {} waits for its requests", handle.number)
+        });
         let irql = irql::current();
         let how = if sched::active() {
             format!(", on CPU {} at IRQL {irql}", sched::current_cpu().unwrap_or(0))
@@ -439,7 +520,7 @@ impl Bed {
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
-        io::dereference_device(handle.device as *mut _);
+        device::dereference_device(handle.device as *mut _);
         let mut open_handles = sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {
@@ -521,8 +602,30 @@ impl Bed {
             irql::set(irql::PASSIVE_LEVEL);
         }
         report_locked_sections(Rule::LockedAtUnload, when);
+        for (irp, m) in irp::pended(None) {
+            record::violation(
+                Rule::IrpOutstandingAtUnload,
+                [irp as u64, u64::from(m), 0, 0],
+                format!("{} pended and not completed {when}", major::name(m)),
+            );
+        }
+        let mm = mm::get();
+        for (timer, _) in ke::timer::set_timers() {
+            record::violation(
+                Rule::TimerOrDpcAtUnload,
+                [bed_number(0x22), timer as u64, 0, 0],
+                format!("the KTIMER at {} still set {when}", mm.describe(timer)),
+            );
+        }
+        for dpc in ke::dpc::queued() {
+            record::violation(
+                Rule::TimerOrDpcAtUnload,
+                [bed_number(0x22), dpc as u64, 0, 0],
+                format!("the KDPC at {} still queued {when}", mm.describe(dpc)),
+            );
+        }
         ex::check_at_unload();
-        let (devices, links) = io::left_behind();
+        let (devices, links) = device::left_behind();
         for (object, name) in devices {
             record::violation(
                 Rule::DeviceLeftAtUnload,
@@ -585,6 +688,20 @@ fn install_hooks(force_irql: bool) {
                 sched::STUCK_AFTER.as_secs()
             ),
         )
+    });
+    mm::on_released(|handle, section| {
+        let pended = irp::pended(None);
+        if !pended.is_empty() {
+            record::violation(
+                Rule::ReleasedWithIrpsOutstanding,
+                [handle as u64, pended.len() as u64, 0, 0],
+                format!(
+                    "{} unlocked to a lock count of 0 with {} IRP(s) pended",
+                    section.name,
+                    pended.len()
+                ),
+            );
+        }
     });
     if force_irql {
         irql::on_raise_to_dispatch(|| {
@@ -675,4 +792,60 @@ pub fn report_now(bugcheck: Option<Bugcheck>, wait: bool) -> Report {
     }
     report.schedule = sched::ran().then(sched::summary);
     report
+}
+
+/// A control request sent with [`Bed::control_overlapped`].
+///
+/// It holds its IRP and the buffers the driver may still write. Dropped unfinished, it waits for the IRP's end first, so that no buffer
+/// goes away under the driver.
+#[must_use = "a request is finished with `Bed::finish`"]
+pub struct Pending {
+    sent: Option<Sent>,
+    /// The system buffer, the caller's input and the caller's output.
+    buffers: [Vec<u8>; 3],
+    buffered: bool,
+    output_capacity: usize,
+    /// The synchronous file object's busy flag, released when the request ends.
+    busy: Option<std::sync::Arc<AtomicBool>>,
+    what: String,
+    /// The I/O manager refused the request with this status before it reached the driver.
+    refused: Option<i32>,
+}
+
+// SAFETY: the IRP and the buffers are the bed's; the driver reaches them through the IRP from
+// whichever CPU it runs on, as on Windows, and the requester only reads them once it ended.
+unsafe impl Send for Pending {}
+
+impl Pending {
+    const fn refused(what: String, status: i32) -> Self {
+        Self {
+            sent: None,
+            buffers: [Vec::new(), Vec::new(), Vec::new()],
+            buffered: true,
+            output_capacity: 0,
+            busy: None,
+            what,
+            refused: Some(status),
+        }
+    }
+
+    /// Waits for the IRP's end (once) and releases the file object to the next request.
+    fn complete(&mut self) -> irp::Completion {
+        let completion = self
+            .sent
+            .take()
+            .map_or(irp::Completion { status: status::UNSUCCESSFUL, information: 0 }, Sent::wait);
+        if let Some(busy) = self.busy.take() {
+            busy.store(false, Ordering::Release);
+        }
+        completion
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.sent.is_some() {
+            let _ = self.complete();
+        }
+    }
 }

@@ -127,6 +127,10 @@ enum Command {
         /// CODE[:INHEX[:OUTLEN]], sent in order on the first handle (CODE hex with 0x, or decimal).
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         ioctl: Vec<IoctlSpec>,
+        /// CODE[:INHEX[:OUTLEN]], sent overlapped on a handle of its own after the --ioctl list,
+        /// and left pending: that handle is closed with the requests still in the driver.
+        #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
+        pend: Vec<IoctlSpec>,
         #[command(flatten)]
         concurrency: ConcurrencyArgs,
         #[command(flatten)]
@@ -317,7 +321,7 @@ fn exec_schedules(
     driver: &std::path::Path,
     device: &str,
     open: usize,
-    ioctl: &[IoctlSpec],
+    requests: [&[IoctlSpec]; 2],
     concurrency: &ConcurrencyArgs,
     common: &Common,
 ) -> anyhow::Result<Outcome<Report>> {
@@ -336,7 +340,7 @@ fn exec_schedules(
                     pagelock_testbed::bed::trace_to(file.clone());
                 }
                 let c = concurrency.concurrency(seed);
-                let report = session::exec(driver, device, open, ioctl, common.options(), c);
+                let report = session::exec(driver, device, open, requests, common.options(), c);
                 let why = report.as_ref().ok().and_then(|r| r.violations.first());
                 let why = why.map(|v| format!("{}: {}", v.rule, v.detail));
                 pagelock_testbed::bed::write_trace(why.as_deref());
@@ -387,9 +391,10 @@ pub fn main() -> ExitCode {
         };
     }
     let (outcome, json) = match cli.command {
-        Command::Exec { driver, device, open, ioctl, concurrency, common } => {
-            (exec_schedules(&driver, &device, open, &ioctl, &concurrency, &common), common.json)
-        }
+        Command::Exec { driver, device, open, ioctl, pend, concurrency, common } => (
+            exec_schedules(&driver, &device, open, [&ioctl, &pend], &concurrency, &common),
+            common.json,
+        ),
         Command::Run { driver, common } => (
             isolate::run(
                 || session::run_suite(&driver, common.options()),

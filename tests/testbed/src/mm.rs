@@ -261,6 +261,16 @@ impl Mm {
 }
 
 static MM: OnceLock<Mm> = OnceLock::new();
+static RELEASED: OnceLock<fn(usize, &Section)> = OnceLock::new();
+
+/// Installs what happens when an unlock takes a section's lock count to zero.
+///
+/// The layer above checks the reference page's rule: nothing outstanding may need the section
+/// then. The hook
+/// gets the section's handle and the section.
+pub fn on_released(hook: fn(usize, &Section)) {
+    let _ = RELEASED.set(hook);
+}
 
 /// Installs the memory manager of the loaded image: one image per process (each run is its own
 /// child process).
@@ -309,6 +319,25 @@ pub fn check_resident(routine: Routine, address: usize, write: bool) {
                 mm.describe(address),
                 section.name
             ),
+        );
+    }
+}
+
+/// Records an object the kernel touches at `DISPATCH_LEVEL` (`what`: a `KTIMER`, `KDPC`,
+/// `IO_CSQ` or spin lock) placed in a pageable section: locked or not, it does not belong there.
+/// Once per object.
+pub fn check_placement(what: &str, address: usize) {
+    static REPORTED: std::sync::Mutex<std::collections::BTreeSet<usize>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mm = get();
+    if let Some((_, section)) = mm.section_of(address)
+        && section.pageable()
+        && crate::sched::lock(&REPORTED).insert(address)
+    {
+        record::violation(
+            Rule::ObjectInPageableSection,
+            [address as u64, 0, 0, 0],
+            format!("{what} at {}, in pageable section {}", mm.describe(address), section.name),
         );
     }
 }
@@ -383,7 +412,14 @@ pub(crate) extern "win64" fn unlock_pagable_image_section(handle: *mut c_void) {
     let mm = get();
     match mm.by_handle(handle as usize) {
         Some(section) => {
-            if !mm.unlock(section) {
+            let unlocked = mm.unlock(section);
+            if unlocked
+                && section.count.load(Ordering::SeqCst) == 0
+                && let Some(hook) = RELEASED.get()
+            {
+                hook(handle as usize, section);
+            }
+            if !unlocked {
                 record::stop(
                     Rule::UnlockAtZero,
                     None,

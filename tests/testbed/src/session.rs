@@ -84,7 +84,8 @@ pub struct Concurrency {
 
 /// `exec`: opens handles, sends the IOCTLs, closes every handle, unloads.
 ///
-/// Opens `open` handles on `device` and sends `ioctls` in order on the first. With `concurrency`, its threads send the list instead, each on its own CPU
+/// Opens `open` handles on `device` and sends `requests[0]` in order on the first; then sends
+/// `requests[1]` overlapped on a handle of its own and closes that handle with them pending. With `concurrency`, its threads send the list instead, each on its own CPU
 /// under the scheduler, on one shared overlapped handle or on their own.
 ///
 /// # Errors
@@ -93,7 +94,7 @@ pub fn exec(
     driver: &Path,
     device: &str,
     open: usize,
-    ioctls: &[IoctlSpec],
+    requests: [&[IoctlSpec]; 2],
     options: Options,
     concurrency: Option<Concurrency>,
 ) -> Result<Report> {
@@ -101,6 +102,7 @@ pub fn exec(
         Ok(bed) => bed,
         Err(report) => return Ok(report),
     };
+    let [ioctls, pends] = requests;
     let handles: Vec<_> = (0..open).filter_map(|_| bed.open(device).ok()).collect();
     match concurrency {
         None => {
@@ -140,6 +142,18 @@ pub fn exec(
             if let Some(handle) = shared {
                 bed.close(handle);
             }
+        }
+    }
+    if !pends.is_empty()
+        && let Ok(handle) = bed.open_overlapped(device)
+    {
+        let pending: Vec<_> = pends
+            .iter()
+            .map(|spec| bed.control_overlapped(&handle, spec.code, &spec.input, spec.output))
+            .collect();
+        bed.close(handle);
+        for request in pending {
+            bed.finish(request);
         }
     }
     for handle in handles {

@@ -40,6 +40,8 @@ pub enum Kind {
     IrpEnd = 7,
     /// A rule fired (argument: its row in the rule table).
     Violation = 8,
+    /// A DPC routine called.
+    Dpc = 9,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             6 => Self::IrpBegin,
             7 => Self::IrpEnd,
             8 => Self::Violation,
+            9 => Self::Dpc,
             _ => return None,
         })
     }
@@ -293,6 +296,13 @@ pub fn svg(
                     escape(if marked == 0 { why.unwrap_or("violation") } else { "violation" })
                 );
                 marked += 1;
+            }
+            Kind::Dpc => {
+                let _ = writeln!(
+                    out,
+                    r##"<circle class="dpc" cx="{mid}" cy="{}" r="3" fill="#d35400"><title>DPC routine called</title></circle>"##,
+                    y + 10
+                );
             }
             Kind::Irql => {}
         }

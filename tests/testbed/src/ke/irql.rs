@@ -80,3 +80,19 @@ pub fn count_spin_lock(acquired: bool) {
 pub fn forget_spin_locks() {
     SPIN_LOCKS_HELD.with(|held| held.set(0));
 }
+
+/// The IRQL rule of a routine documented for `highest` and below (the DDI rules `Irql*`):
+/// records a violation and returns false when this CPU is above it.
+#[must_use]
+pub fn at_most(routine: crate::routine::Routine, highest: u8) -> bool {
+    let irql = current();
+    if irql <= highest {
+        return true;
+    }
+    crate::record::violation(
+        crate::verifier::Rule::IrqlTooHigh,
+        [crate::verifier::bed_number(0x25), u64::from(irql), u64::from(highest), 0],
+        format!("{} at IRQL {irql} (documented for IRQL <= {highest})", routine.name()),
+    );
+    false
+}

@@ -4,10 +4,14 @@
 //! - [`irql`]: each CPU's IRQL and the spin locks it holds (async-signal-safe);
 //! - [`spinlock`]: the `KeAcquireSpinLock*` / `KeReleaseSpinLock*` routines;
 //! - [`trap`]: the fault handler (page-ins, `mov cr8`, every other fault a bugcheck);
-//! - here: the IRQL routines, `KeQueryPerformanceCounter` and `KeBugCheckEx`.
+//! - [`timer`] and [`dpc`]: timers on virtual time, and the DPCs they queue;
+//! - here: the IRQL routines, `KeQueryPerformanceCounter`, `KeBugCheckEx`, and what an idle
+//!   CPU does ([`idle`]).
 
+pub mod dpc;
 pub mod irql;
 pub mod spinlock;
+pub mod timer;
 pub mod trap;
 
 use std::{sync::OnceLock, time::Instant};
@@ -18,6 +22,25 @@ use crate::{
     routine::{self, Routine},
     verifier::Rule,
 };
+
+/// What an idle CPU does.
+///
+/// It runs the queued DPCs; with none queued, it lets the interrupt time run to the next timer, which queues its DPC, and runs that. False when there was
+/// nothing to do (or this CPU is at `DISPATCH_LEVEL`, where DPCs wait).
+#[must_use]
+pub fn idle() -> bool {
+    if irql::current() >= DISPATCH_LEVEL {
+        return false;
+    }
+    if dpc::run_queued() {
+        return true;
+    }
+    if timer::expire_next() {
+        dpc::run_queued();
+        return true;
+    }
+    false
+}
 
 /// `KeGetCurrentIrql`.
 pub(crate) extern "win64" fn get_current_irql() -> u8 {

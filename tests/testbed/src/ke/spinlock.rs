@@ -40,7 +40,23 @@ const fn spin_word<'a>(lock: *mut u64) -> &'a AtomicU64 {
     unsafe { AtomicU64::from_ptr(lock) }
 }
 
+/// Acquires one of the kernel's own spin locks (the cancel spin lock), raising to
+/// `DISPATCH_LEVEL`; returns the IRQL to lower back to.
+pub fn acquire_raising(routine: Routine, lock: *mut u64) -> u8 {
+    let old = irql::current();
+    irql::set(DISPATCH_LEVEL);
+    acquire(routine, lock);
+    old
+}
+
+/// Releases a lock taken with [`acquire_raising`], lowering to `old`.
+pub fn release_lowering(routine: Routine, lock: *mut u64, old: u8) {
+    release(routine, lock);
+    irql::set(old);
+}
+
 fn acquire(routine: Routine, lock: *mut u64) {
+    mm::check_placement("spin lock", lock as usize);
     mm::check_resident(routine, lock as usize, true);
     let token = owner_token();
     let word = spin_word(lock);
