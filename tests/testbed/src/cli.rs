@@ -131,6 +131,9 @@ enum Command {
         /// and left pending: that handle is closed with the requests still in the driver.
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         pend: Vec<IoctlSpec>,
+        /// Cancel each --pend request right after sending it, as `CancelIoEx` does.
+        #[arg(long, requires = "pend")]
+        cancel: bool,
         #[command(flatten)]
         concurrency: ConcurrencyArgs,
         #[command(flatten)]
@@ -321,11 +324,14 @@ fn exec_schedules(
     driver: &std::path::Path,
     device: &str,
     open: usize,
-    requests: [&[IoctlSpec]; 2],
+    requests: session::Requests<'_>,
     concurrency: &ConcurrencyArgs,
     common: &Common,
 ) -> anyhow::Result<Outcome<Report>> {
     let mut last = None;
+    // Per race: schedules that reached it, and times in all.
+    let mut races: std::collections::BTreeMap<String, (u64, u64)> =
+        std::collections::BTreeMap::new();
     let bar = if concurrency.schedules > 1 {
         pagelock_testbed::report::progress(concurrency.schedules, "{bar:40} {pos}/{len} schedules")
     } else {
@@ -349,6 +355,17 @@ fn exec_schedules(
             isolate::DEFAULT_TIMEOUT,
         );
         let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
+        let report = match &outcome {
+            Ok(Outcome::Finished(report)) => Some(report),
+            Ok(Outcome::Stopped(report)) => Some(&**report),
+            _ => None,
+        };
+        if let Some(report) = report {
+            for (race, times) in &report.races {
+                let entry = races.entry(race.clone()).or_insert((0u64, 0u64));
+                *entry = (entry.0 + 1, entry.1 + times);
+            }
+        }
         last = Some(outcome);
         if failed {
             bar.finish_and_clear();
@@ -367,6 +384,11 @@ fn exec_schedules(
         && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
     {
         eprintln!("{} schedules clean", concurrency.schedules);
+    }
+    if concurrency.schedules > 1 {
+        for (race, (schedules, times)) in &races {
+            eprintln!("reached in {schedules} of the schedules run ({times}x in all): {race}");
+        }
     }
     last.expect("at least one schedule")
 }
@@ -391,10 +413,10 @@ pub fn main() -> ExitCode {
         };
     }
     let (outcome, json) = match cli.command {
-        Command::Exec { driver, device, open, ioctl, pend, concurrency, common } => (
-            exec_schedules(&driver, &device, open, [&ioctl, &pend], &concurrency, &common),
-            common.json,
-        ),
+        Command::Exec { driver, device, open, ioctl, pend, cancel, concurrency, common } => {
+            let requests = session::Requests { ioctls: &ioctl, pends: &pend, cancel };
+            (exec_schedules(&driver, &device, open, requests, &concurrency, &common), common.json)
+        }
         Command::Run { driver, common } => (
             isolate::run(
                 || session::run_suite(&driver, common.options()),

@@ -24,6 +24,8 @@ pub struct Record {
     pub steps: Vec<Step>,
     /// What `DriverEntry` returned.
     pub entry_status: Option<i32>,
+    /// How often the run reached each interleaving worth naming (see [`reached`]).
+    pub races: std::collections::BTreeMap<&'static str, u64>,
 }
 
 static RECORD: Mutex<Record> = Mutex::new(Record {
@@ -31,6 +33,7 @@ static RECORD: Mutex<Record> = Mutex::new(Record {
     log: Vec::new(),
     steps: Vec::new(),
     entry_status: None,
+    races: std::collections::BTreeMap::new(),
 });
 
 static STOP: OnceLock<fn(Bugcheck) -> !> = OnceLock::new();
@@ -51,6 +54,12 @@ pub fn violation(rule: Rule, parameters: [u64; 4], detail: String) {
     debug_assert!(!rule.entry().fatal, "fatal rules stop the run");
     crate::trace::record(crate::trace::Kind::Violation, rule.row());
     get().violations.push(Violation::new(rule, None, parameters, detail));
+}
+
+/// Counts one more time the run reached the interleaving `what` (a race the scheduler is there
+/// to explore: a cancel meeting a completion, an unlock during a DPC), for the report.
+pub fn reached(what: &'static str) {
+    *get().races.entry(what).or_insert(0) += 1;
 }
 
 /// Adds a line to the log.

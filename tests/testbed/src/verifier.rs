@@ -102,8 +102,6 @@ pub enum Rule {
     QueuedAfterCleanup,
     /// A pended IRP that nothing left can complete: its requester would wait forever.
     PendingNeverCompleted,
-    /// A pended IRP still outstanding at unload.
-    IrpOutstandingAtUnload,
     /// A timer still set, or a DPC still queued, when the driver unloaded.
     TimerOrDpcAtUnload,
     /// A `KTIMER`, `KDPC`, `IO_CSQ` or spin lock placed in a pageable section: the kernel
@@ -275,9 +273,6 @@ table! {
     PendingNeverCompleted "pending-never-completed" 0xBED0_000C Bed true
         "IRP address, major function, 0, 0"
         "a pended IRP that nothing left can complete: its requester would wait forever";
-    IrpOutstandingAtUnload "irp-outstanding-at-unload" 0xBED0_000D Bed false
-        "IRP address, major function, 0, 0"
-        "a pended IRP still outstanding at unload";
     TimerOrDpcAtUnload "timer-or-dpc-at-unload" 0xCE WindowsCodeBedParameter false
         "0xBED00022, KTIMER or KDPC address, 0, 0"
         "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: a timer set or a DPC queued at unload";

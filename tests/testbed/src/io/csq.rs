@@ -16,7 +16,7 @@ use pagelock_protocol::status;
 use crate::{
     io::irp,
     ke::irql::{self, DISPATCH_LEVEL},
-    mm,
+    mm, record,
     routine::{self, Routine},
 };
 
@@ -260,6 +260,7 @@ fn insert(
         && !irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null()
     {
         // Cancelled before the routine was set, and nobody else took it: ours to finish.
+        record::reached("IoCsqInsertIrp inserted an IRP cancelled meanwhile");
         callbacks.remove(irp);
         *slot(irp) = std::ptr::null_mut();
         callbacks.release(old);
@@ -310,6 +311,7 @@ pub(crate) extern "win64" fn remove_irp(
     if !irp.is_null() {
         if irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null() {
             // Being cancelled: the cancel routine removes and completes it.
+            record::reached("IoCsqRemoveIrp met an IRP being cancelled");
             irp = std::ptr::null_mut();
         } else {
             callbacks.remove(irp);
@@ -338,6 +340,7 @@ pub(crate) extern "win64" fn remove_next_irp(
     while !irp.is_null() {
         if irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null() {
             // Being cancelled: skip it, the cancel routine removes it.
+            record::reached("IoCsqRemoveNextIrp skipped an IRP being cancelled");
             irp = callbacks.peek_next(irp, peek_context);
             continue;
         }

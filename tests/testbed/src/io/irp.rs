@@ -105,6 +105,11 @@ pub fn file_busy(file: usize) -> bool {
 /// completing one whose cancel routine is still set is recorded.
 pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8) {
     routine::enter(Routine::IofCompleteRequest);
+    if crate::ke::dpc::running() > 0
+        && crate::ke::irql::current() >= crate::ke::irql::DISPATCH_LEVEL
+    {
+        record::reached("a DPC completed an IRP");
+    }
     let frame = irp.cast::<Frame>();
     // SAFETY: the bed's IRPs are the first field of a Frame; frames are recycled, never freed
     // while their thread runs, so a pointer the driver got from the bed stays readable; the tag
@@ -231,6 +236,12 @@ pub(crate) fn cancel(irp: *mut ddk::IRP) -> bool {
     unsafe { (*irp).Cancel = 1 };
     let routine = cancel_routine(irp).swap(std::ptr::null_mut(), Ordering::SeqCst);
     if routine.is_null() {
+        if outstanding().iter().any(|o| o.irp == irp as usize) {
+            record::reached(
+                "IoCancelIrp found no cancel routine on an outstanding IRP (not yet queued, or \
+                 being completed)",
+            );
+        }
         crate::ke::spinlock::release_lowering(Routine::IoCancelIrp, CANCEL_LOCK.as_ptr(), old);
         return false;
     }

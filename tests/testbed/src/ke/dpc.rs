@@ -119,6 +119,12 @@ pub(crate) extern "win64" fn remove_queue(dpc: *mut c_void) -> u8 {
     u8::from(removed)
 }
 
+/// DPCs running now, on any CPU.
+#[must_use]
+pub fn running() -> u32 {
+    RUNNING.load(Ordering::Acquire)
+}
+
 /// The DPCs queued now.
 #[must_use]
 pub fn queued() -> Vec<usize> {
