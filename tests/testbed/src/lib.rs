@@ -24,8 +24,9 @@
 //! [`session`], [`fuzz`] and the command line use them; [`report`] is what they return.
 //! `cargo xtask check-layout` keeps the imports between these modules free of cycles.
 //!
-//! Limits, stated: only `METHOD_BUFFERED` control codes are emulated in full; pended IRPs are
-//! not followed after their dispatch returns; a stack overflow in driver code kills the child
+//! Limits, stated: only `METHOD_BUFFERED` control codes are emulated in full; IRPs have one
+//! stack location (no lower drivers, no completion routines); timers run on virtual time, so a
+//! timeout says nothing of wall-clock speed; a stack overflow in driver code kills the child
 //! without a bugcheck report (no alternate signal stack). The scheduler's limits are in
 //! [`sched`].
 //!

@@ -132,6 +132,8 @@ macro_rules! caught {
         )*
         /// The defect features the table expects a rule of.
         const CAUGHT: &[&str] = &[$($feature),*];
+        /// The rules the table shows firing.
+        const CAUGHT_RULES: &[&str] = &[$($rule),*];
     };
 }
 
@@ -170,6 +172,29 @@ caught! {
     unlocking_to_zero_with_waits_queued_is_caught: "unlock-while-queued" ["--open", "0", "--pend", WAIT] => "released-with-irps-outstanding", 0xBED0_0010, false;
     a_dpc_returning_at_another_irql_is_caught: "dpc-lowers-irql" ["--ioctl", WAIT] => "dpc-changed-irql", 0xC8, false;
     flushing_dpcs_at_dispatch_level_is_caught: "flush-at-dispatch" => "irql-too-high", 0xC4, false;
+    freeing_pool_twice_is_caught: "free-twice" => "bad-pool-free", 0xC4, false;
+    freeing_pool_with_another_tag_is_caught: "free-wrong-tag" => "pool-tag-mismatch", 0xC2, false;
+    allocating_zero_bytes_is_caught: "allocate-zero" => "zero-size-allocation", 0xC4, false;
+    acquiring_a_held_spin_lock_again_is_caught: "acquire-twice" => "spin-lock-acquired-twice", 0xC4, true;
+    two_locks_taken_in_either_order_deadlock_on_some_schedule: "lock-order" ["--ioctl", "0x80002400:0000000000:4", "--threads", "2", "--schedules", "40"] => "deadlock", 0xBED0_0009, true;
+    touching_memory_no_driver_owns_is_caught: "invalid-access" => "invalid-access", 0x50, true;
+    an_illegal_instruction_is_caught: "illegal-instruction" => "unsupported-instruction", 0x1E, true;
+}
+
+/// Rules shown firing by tests of their own (outside the table), with the test.
+const FIRED_ELSEWHERE: &[(&str, &str)] = &[
+    ("locked-at-unload", "forgetting_to_unlock_also_leaves_the_section_locked_at_unload"),
+    ("cpu-stuck", "driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung"),
+];
+
+#[test]
+fn every_rule_of_the_table_is_shown_firing() {
+    let silent: Vec<&str> = pagelock_testbed::verifier::TABLE
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| !CAUGHT_RULES.contains(id) && !FIRED_ELSEWHERE.iter().any(|(r, _)| r == id))
+        .collect();
+    assert!(silent.is_empty(), "rules no test shows firing: {silent:?}");
 }
 
 /// The fixture's features that are not defects caught by a rule of the table: the binding
