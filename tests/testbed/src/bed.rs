@@ -428,6 +428,30 @@ impl Bed {
         (completion.status, output)
     }
 
+    /// Cancels every request of `handle` still with the driver, as `CancelIoEx(handle, NULL)`
+    /// does: each is marked cancelled and its cancel routine, if it has one, called (one still
+    /// in its dispatch on another CPU is cancelled when the driver queues it). Returns how many
+    /// cancel routines ran.
+    pub fn cancel_all(&self, handle: &Handle) -> usize {
+        let irps = irp::in_flight(handle.file as usize);
+        let ran = irps.iter().filter(|i| irp::cancel(**i as *mut _)).count();
+        self.step(|| Step {
+            what: format!(
+                "CancelIoEx on handle {}: {} request(s) in flight, {ran} cancel routine(s) ran",
+                handle.number,
+                irps.len()
+            ),
+            ..Step::default()
+        });
+        ran
+    }
+
+    /// Whether `handle` was opened for overlapped I/O.
+    #[must_use]
+    pub const fn overlapped(handle: &Handle) -> bool {
+        !handle.synchronous
+    }
+
     /// Cancels a request, as `CancelIoEx` does (`IoCancelIrp`); false when it has ended already
     /// or the driver set no cancel routine on it.
     pub fn cancel(&self, pending: &Pending) -> bool {

@@ -95,6 +95,13 @@ pub fn pended(file: Option<usize>) -> Vec<(usize, u8)> {
         .collect()
 }
 
+/// Every IRP of the file object `file` still with the driver: pended, or in its dispatch on
+/// some CPU.
+#[must_use]
+pub fn in_flight(file: usize) -> Vec<usize> {
+    outstanding().iter().filter(|o| o.file == file).map(|o| o.irp).collect()
+}
+
 /// Whether IRPs of the file object `file` are still with the driver.
 #[must_use]
 pub fn file_busy(file: usize) -> bool {
