@@ -142,7 +142,15 @@ pub fn clippy_driver() -> Result<()> {
     toolchain::ensure_installed()?;
     let tool = toolchain::find()?;
     let mut command = kernel_cargo(&tool, &tool.clippy, "clippy");
-    command.args(["--package", "pagelock", "--", "-D", "warnings"]);
+    command.args([
+        "--package",
+        "pagelock",
+        "--package",
+        "testbed-fixtures",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     toolchain::run(&mut command)
 }
 

@@ -237,6 +237,12 @@ fn test() -> Result<()> {
     let start = std::time::Instant::now();
     step("prerequisites", prerequisites)?;
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
+    step("the test bed's modules import one another without a cycle (check-layout)", || {
+        let source = cross::root().join("tests/testbed/src");
+        let (report, clean) = layout::check(&source)?;
+        eprint!("{report}");
+        if clean { Ok(()) } else { bail!("import cycles in {}", source.display()) }
+    })?;
     step("clippy (host crates)", || {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     })?;

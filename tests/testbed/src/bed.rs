@@ -5,7 +5,10 @@
 use std::{
     ffi::c_void,
     path::Path,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -13,17 +16,23 @@ use pagelock_ddk as ddk;
 use pagelock_protocol::status;
 
 use crate::{
-    exports::{self, Routine},
-    fault,
-    io::{self, Control, Request, STATUS_OBJECT_NAME_NOT_FOUND, major},
-    irql,
-    kernel::{self, Kernel, KernelOptions, State},
+    ex, exports,
+    io::{
+        self, STATUS_OBJECT_NAME_NOT_FOUND, device,
+        irp::{self, Control, Request, Sent},
+        major,
+    },
+    isolate,
+    ke::{self, irql},
     loader::{self, Image},
-    mm::Mm,
-    pool,
+    mm::{self, Mm},
+    ob, record,
     report::{Bugcheck, Report, SectionReport, Step, hex},
-    security::{self, Caller},
-    verifier::{Rule, Violation},
+    routine::{self, Routine},
+    sched,
+    se::{self, Caller},
+    trace,
+    verifier::{Rule, Violation, bed_number},
 };
 
 /// How a run is set up.
@@ -62,8 +71,9 @@ pub struct Handle {
     /// the driver at a time (`FO_SYNCHRONOUS_IO`). Opened for overlapped I/O
     /// (`FILE_FLAG_OVERLAPPED`), several requests may be in the driver at once.
     synchronous: bool,
-    /// A request of this synchronous file object is in the driver.
-    busy: AtomicBool,
+    /// A request of this synchronous file object is in the driver (shared with that request's
+    /// [`Pending`], which releases it).
+    busy: std::sync::Arc<AtomicBool>,
 }
 
 // SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
@@ -115,27 +125,14 @@ impl Bed {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let image = loader::map(&data, exports::resolve)
             .with_context(|| format!("loading {}", path.display()))?;
-        crate::sched::on_stuck(|cpu| {
-            crate::isolate::stop(
-                Rule::CpuStuck,
-                None,
-                [u64::from(cpu), crate::sched::STUCK_AFTER.as_secs(), 0, 0],
-                format!(
-                    "CPU {cpu} reached no switch point for {} s: driver code waiting on memory that only another CPU could change",
-                    crate::sched::STUCK_AFTER.as_secs()
-                ),
-            )
-        });
-        let k = kernel::install(
-            Mm::new(&image),
-            KernelOptions {
-                driver: path.display().to_string(),
-                force_irql: options.force_irql,
-                trace: options.trace,
-                fail_call: options.fail_call,
-            },
-        )?;
-        fault::install()?;
+        RUN.set(Run { driver: path.display().to_string(), force_irql: options.force_irql })
+            .map_err(|_| anyhow::anyhow!("one driver per process: a driver is already loaded"))?;
+        install_hooks(options.force_irql);
+        let mm = mm::install(Mm::new(&image))?;
+        if let Some((routine, nth)) = options.fail_call {
+            routine::fail_call(routine, nth)?;
+        }
+        ke::trap::install()?;
         let stem = path.file_stem().map_or_else(|| "driver".into(), |s| s.to_string_lossy());
         let driver_name: Vec<u16> = format!(r"\Driver\{stem}").encode_utf16().collect();
         let registry: Vec<u16> =
@@ -158,10 +155,9 @@ impl Bed {
         };
         // SAFETY: DriverEntry with the bed's driver object and registry path, as Windows calls it.
         let status = unsafe { entry(driver, &raw const registry_path) };
-        k.state().entry_status = Some(status);
-        k.step(|| Step { what: "DriverEntry".to_owned(), status: Some(status), ..Step::default() });
+        record::get().entry_status = Some(status);
         // The loader frees INIT once DriverEntry returns, whatever it returned.
-        k.mm.discard();
+        mm.discard();
         let bed = Self {
             image,
             driver,
@@ -172,6 +168,11 @@ impl Bed {
             unloaded: AtomicBool::new(false),
             _names: [driver_name, registry],
         };
+        bed.step(|| Step {
+            what: "DriverEntry".to_owned(),
+            status: Some(status),
+            ..Step::default()
+        });
         if !status::is_success(status) {
             // A failed DriverEntry must undo what it did: the image goes away without unload.
             bed.check_left_behind("after the failed DriverEntry");
@@ -179,7 +180,7 @@ impl Bed {
             return Ok(Err((status, bed.report())));
         }
         // Nothing is locked while the driver is idle: the memory manager may page it all out.
-        k.mm.page_out_unlocked();
+        mm.page_out_unlocked();
         Ok(Ok(bed))
     }
 
@@ -189,16 +190,13 @@ impl Bed {
         unsafe { &*self.driver }
     }
 
-    /// The device `name` (a device name or a symbolic link) resolves to.
-    fn device_named(name: &str) -> Option<(usize, Option<Vec<security::Ace>>)> {
-        let state = kernel::kernel().state();
-        let name = io::canonical_name(name);
-        let target = state.links.get(&name).cloned().unwrap_or(name);
-        state
-            .devices
-            .iter()
-            .find(|d| d.name == target && !d.delete_pending)
-            .map(|d| (d.object, d.dacl.clone()))
+    /// Records a step of the run with the lock counts after it (when tracing).
+    fn step(&self, step: impl FnOnce() -> Step) {
+        if self.options.trace {
+            let mut step = step();
+            step.lock_counts = mm::get().counts();
+            record::get().steps.push(step);
+        }
     }
 
     /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`), as
@@ -221,11 +219,10 @@ impl Bed {
     }
 
     fn open_as(&self, name: &str, synchronous: bool) -> std::result::Result<Handle, i32> {
-        let k = kernel::kernel();
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
         let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
-        let Some((device, dacl)) = Self::device_named(name) else {
-            k.step(|| Step {
+        let Some(device) = device::find_device(name) else {
+            self.step(|| Step {
                 what: format!("{what}: no such object"),
                 status: Some(STATUS_OBJECT_NAME_NOT_FOUND),
                 ..Step::default()
@@ -233,8 +230,8 @@ impl Bed {
             return Err(STATUS_OBJECT_NAME_NOT_FOUND);
         };
         let wanted = self.options.access.max(1);
-        if !security::access_granted(dacl.as_deref(), self.options.caller, wanted) {
-            k.step(|| Step {
+        if !se::access_granted(ob::dacl_of(device).as_deref(), self.options.caller, wanted) {
+            self.step(|| Step {
                 what: format!(
                     "{what}: denied by the device's DACL (caller {:?})",
                     self.options.caller
@@ -252,21 +249,17 @@ impl Bed {
             WriteAccess: u8::from(wanted & 2 != 0),
             ..Default::default()
         }));
-        let mut open_handles = crate::sched::lock(&self.open_handles);
-        // The file object references the device from before the create is dispatched, as in
-        // the kernel: a driver that deletes its device during the create cannot free it.
-        if let Some(record) = k.state().devices.iter_mut().find(|d| d.object == device) {
-            record.references += 1;
-        }
+        let mut open_handles = sched::lock(&self.open_handles);
+        device::reference_device(device);
         // SAFETY: the loaded driver's object and one of its devices.
         let completion = unsafe {
-            io::send(
+            irp::send(
                 self.driver,
                 device as *mut _,
                 Request { major: major::CREATE, file, control: None },
             )
         };
-        k.step(|| Step {
+        self.step(|| Step {
             what,
             status: Some(completion.status),
             information: Some(completion.information),
@@ -277,7 +270,7 @@ impl Bed {
             // refers to it any more.
             drop(unsafe { Box::from_raw(file) });
             drop(open_handles);
-            io::dereference_device(device as *mut _);
+            device::dereference_device(device as *mut _);
             return Err(completion.status);
         }
         *open_handles += 1;
@@ -288,12 +281,13 @@ impl Bed {
             access: wanted,
             number,
             synchronous,
-            busy: AtomicBool::new(false),
+            busy: std::sync::Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Sends a control request, as `DeviceIoControl` would: the access check on the code's
-    /// access bits, then the IRP; returns the status and the bytes copied back.
+    /// access bits, then the IRP; returns the status and the bytes copied back once the request
+    /// completes (a pended one is waited for, as a synchronous `DeviceIoControl` waits).
     pub fn control(
         &self,
         handle: &Handle,
@@ -301,23 +295,34 @@ impl Bed {
         input: &[u8],
         output_capacity: usize,
     ) -> (i32, Vec<u8>) {
-        let k = kernel::kernel();
-        let what = || {
-            format!(
-                "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
-                major::name(major::DEVICE_CONTROL),
-                input.len(),
-                handle.number
-            )
-        };
+        self.finish(self.control_overlapped(handle, code, input, output_capacity))
+    }
+
+    /// Sends a control request and returns at once, as `DeviceIoControl` with an `OVERLAPPED`
+    /// does: [`Bed::finish`] waits for its end, [`Bed::cancel`] cancels it. On a synchronous
+    /// handle the I/O manager lets one request of the file object in at a time, and this one
+    /// holds it until it is finished.
+    pub fn control_overlapped(
+        &self,
+        handle: &Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Pending {
+        let what = format!(
+            "{} {code:#010x} (in {}, out {output_capacity}) on handle {}",
+            major::name(major::DEVICE_CONTROL),
+            input.len(),
+            handle.number
+        );
         let required = pagelock_protocol::required_access(code);
         if required & handle.access != required {
-            k.step(|| Step {
-                what: format!("{}: access denied by the I/O manager", what()),
+            self.step(|| Step {
+                what: format!("{what}: access denied by the I/O manager"),
                 status: Some(status::ACCESS_DENIED),
                 ..Step::default()
             });
-            return (status::ACCESS_DENIED, Vec::new());
+            return Pending::refused(what, status::ACCESS_DENIED);
         }
         // Buffered: one system buffer, the input copied in and the rest poisoned so that output
         // the driver did not write shows. Direct: the input in the system buffer, the output
@@ -364,39 +369,57 @@ impl Bed {
         };
         // The I/O manager's file object lock: one request at a time on a synchronous handle.
         while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
-            if !crate::sched::wait_on_other_cpu() {
-                crate::isolate::stop(
+            if !sched::wait_on_other_cpu() {
+                record::stop(
                     Rule::Deadlock,
                     None,
                     [handle.file as u64, 0, 0, 0],
-                    format!("{}: the file object's request never finishes", what()),
+                    format!("{what}: the file object's request never finishes"),
                 );
             }
         }
-        // SAFETY: the loaded driver's object and the handle's device; the buffers outlive the call.
-        let completion = unsafe {
-            io::send(
+        // SAFETY: the loaded driver's object and the handle's device; the buffers are the
+        // Pending's, which waits for the IRP's end before it lets them go.
+        let sent = unsafe {
+            irp::start(
                 self.driver,
                 handle.device as *mut _,
                 Request { major: major::DEVICE_CONTROL, file: handle.file, control: Some(control) },
             )
         };
-        if handle.synchronous {
-            handle.busy.store(false, Ordering::Release);
+        Pending {
+            sent: Some(sent),
+            buffers: [system, caller_input, caller_output],
+            buffered,
+            output_capacity,
+            busy: handle.synchronous.then(|| handle.busy.clone()),
+            what,
+            refused: None,
         }
-        let mut buffer = if buffered { system } else { caller_output };
+    }
+
+    /// Waits for a request's end, as `GetOverlappedResult` with `bWait` does; returns its status
+    /// and the bytes copied back.
+    pub fn finish(&self, mut pending: Pending) -> (i32, Vec<u8>) {
+        if let Some(status) = pending.refused {
+            return (status, Vec::new());
+        }
+        let completion = pending.complete();
+        let [system, _, caller_output] = std::mem::take(&mut pending.buffers);
+        let mut buffer = if pending.buffered { system } else { caller_output };
         // Windows copies Information bytes back unless the status is an error.
         let error = completion.status.cast_unsigned() >> 30 == 3;
         let output = if error {
             Vec::new()
         } else {
-            let n =
-                usize::try_from(completion.information).unwrap_or(usize::MAX).min(output_capacity);
+            let n = usize::try_from(completion.information)
+                .unwrap_or(usize::MAX)
+                .min(pending.output_capacity);
             buffer.truncate(n);
             buffer
         };
-        k.step(|| Step {
-            what: what(),
+        self.step(|| Step {
+            what: pending.what.clone(),
             status: Some(completion.status),
             information: Some(completion.information),
             output: Some(hex(&output)),
@@ -405,13 +428,81 @@ impl Bed {
         (completion.status, output)
     }
 
+    /// Cancels every request of `handle` still with the driver, as `CancelIoEx(handle, NULL)`
+    /// does: each is marked cancelled and its cancel routine, if it has one, called (one still
+    /// in its dispatch on another CPU is cancelled when the driver queues it). Returns how many
+    /// cancel routines ran.
+    pub fn cancel_all(&self, handle: &Handle) -> usize {
+        let irps = irp::in_flight(handle.file as usize);
+        let ran = irps.iter().filter(|i| irp::cancel(**i as *mut _)).count();
+        self.step(|| Step {
+            what: format!(
+                "CancelIoEx on handle {}: {} request(s) in flight, {ran} cancel routine(s) ran",
+                handle.number,
+                irps.len()
+            ),
+            ..Step::default()
+        });
+        ran
+    }
+
+    /// Whether `handle` was opened for overlapped I/O.
+    #[must_use]
+    pub const fn overlapped(handle: &Handle) -> bool {
+        !handle.synchronous
+    }
+
+    /// Cancels a request, as `CancelIoEx` does (`IoCancelIrp`); false when it has ended already
+    /// or the driver set no cancel routine on it.
+    pub fn cancel(&self, pending: &Pending) -> bool {
+        match &pending.sent {
+            Some(sent) if !sent.completed() => {
+                let cancelled = irp::cancel(sent.irp());
+                self.step(|| Step {
+                    what: format!(
+                        "IoCancelIrp of {}: {}",
+                        pending.what,
+                        if cancelled { "its cancel routine ran" } else { "no cancel routine" }
+                    ),
+                    ..Step::default()
+                });
+                cancelled
+            }
+            _ => false,
+        }
+    }
+
     /// Closes a handle: cleanup, then close, as the I/O manager sends them. `IRP_MJ_CLEANUP`
     /// comes in the closing thread; `IRP_MJ_CLOSE` when the last reference to the file object
     /// goes, which in a scheduled run with a system worker (see [`Bed::close_worker`]) is later,
     /// on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as Windows may deliver it.
+    ///
+    /// Cleanup must leave none of the file object's IRPs queued in the driver (each one would
+    /// hold the file object, and its close, forever); the bed cancels what is left, as the
+    /// I/O manager cancels a thread's requests when it exits, and sends the close once the last
+    /// of them has completed.
     pub fn close(&self, handle: Handle) {
+        if ke::dpc::running() > 0 {
+            record::reached("IRP_MJ_CLEANUP sent while a DPC runs on another CPU");
+        }
         self.send_close_major(&handle, major::CLEANUP, "");
-        let mut deferred = crate::sched::lock(&self.deferred);
+        // What the driver left queued: an IRP of the file object that still has a cancel
+        // routine. (One without is being completed on another CPU, which is legal: close waits
+        // for it.) The bed cancels each, as the I/O manager cancels a thread's requests.
+        for (irp, m) in irp::pended(Some(handle.file as usize)) {
+            if irp::cancel(irp as *mut _) {
+                record::violation(
+                    Rule::QueuedAfterCleanup,
+                    [irp as u64, handle.file as u64, 0, 0],
+                    format!(
+                        "{} of handle {} still queued (cancellable) when IRP_MJ_CLEANUP returned",
+                        major::name(m),
+                        handle.number
+                    ),
+                );
+            }
+        }
+        let mut deferred = sched::lock(&self.deferred);
         if let Some(queue) = deferred.as_mut() {
             queue.push(handle);
             return;
@@ -423,13 +514,13 @@ impl Bed {
     fn send_close_major(&self, handle: &Handle, m: u8, how: &str) {
         // SAFETY: the loaded driver's object and the handle's device.
         let completion = unsafe {
-            io::send(
+            irp::send(
                 self.driver,
                 handle.device as *mut _,
                 Request { major: m, file: handle.file, control: None },
             )
         };
-        kernel::kernel().step(|| Step {
+        self.step(|| Step {
             what: format!("{} (handle {}){how}", major::name(m), handle.number),
             status: Some(completion.status),
             ..Step::default()
@@ -442,9 +533,14 @@ impl Bed {
         reason = "closing takes the handle: it cannot be used again"
     )]
     fn finish_close(&self, handle: Handle) {
-        let irql = crate::irql::current();
-        let how = if crate::sched::active() {
-            format!(", on CPU {} at IRQL {irql}", crate::sched::current_cpu().unwrap_or(0))
+        // Each request holds a reference to the file object: close comes after the last.
+        let file = handle.file as usize;
+        irp::wait_for(&|| !irp::file_busy(file), &|| {
+            format!("IRP_MJ_CLOSE of handle {} waits for its requests", handle.number)
+        });
+        let irql = irql::current();
+        let how = if sched::active() {
+            format!(", on CPU {} at IRQL {irql}", sched::current_cpu().unwrap_or(0))
         } else {
             String::new()
         };
@@ -452,32 +548,36 @@ impl Bed {
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
         // longer refer to it.
         drop(unsafe { Box::from_raw(handle.file) });
-        io::dereference_device(handle.device as *mut _);
-        let mut open_handles = crate::sched::lock(&self.open_handles);
+        device::dereference_device(handle.device as *mut _);
+        let mut open_handles = sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {
             report_locked_sections(Rule::LockedAfterLastClose, "after the last handle closed");
         }
         drop(open_handles);
-        kernel::kernel().mm.page_out_unlocked();
+        mm::get().page_out_unlocked();
     }
 
     /// The system worker of a scheduled run: from here on, closes are deferred to it, and it
     /// sends them, each at `PASSIVE_LEVEL` or `APC_LEVEL` as the schedule draws, whenever the
-    /// scheduler runs its CPU; it returns once `others_done()` and nothing is left to close.
+    /// scheduler runs its CPU; between them it lets timers fire and runs DPCs, as the schedule
+    /// draws. It returns once `others_done()` and nothing is left to close.
     pub fn close_worker(&self, others_done: &dyn Fn() -> bool) {
         loop {
-            let next = crate::sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
+            let next = sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
             if let Some(handle) = next {
-                let apc = crate::sched::choose_below(2) == 1;
+                let apc = sched::choose_below(2) == 1;
                 if apc {
-                    crate::irql::set(crate::irql::APC_LEVEL);
+                    irql::set(irql::APC_LEVEL);
                 }
                 self.finish_close(handle);
                 if apc {
-                    crate::irql::set(crate::irql::PASSIVE_LEVEL);
+                    irql::set(irql::PASSIVE_LEVEL);
                 }
-            } else if others_done() || !crate::sched::wait_on_other_cpu() {
+            } else if sched::choose_below(2) == 0 && ke::idle() {
+                // Nothing to close: as the schedule draws, this CPU lets timers fire and runs
+                // DPCs, so that they meet the other CPUs' requests at any point.
+            } else if others_done() || !sched::wait_on_other_cpu() {
                 break;
             }
         }
@@ -486,12 +586,12 @@ impl Bed {
     /// Defers closes to a system worker ([`Bed::close_worker`]) from now until
     /// [`Bed::close_now`].
     pub fn defer_closes(&self) {
-        *crate::sched::lock(&self.deferred) = Some(Vec::new());
+        *sched::lock(&self.deferred) = Some(Vec::new());
     }
 
     /// Closes at once again, sending the closes still deferred.
     pub fn close_now(&self) {
-        let left = crate::sched::lock(&self.deferred).take().unwrap_or_default();
+        let left = sched::lock(&self.deferred).take().unwrap_or_default();
         for handle in left {
             self.finish_close(handle);
         }
@@ -500,13 +600,13 @@ impl Bed {
     /// Lock counts of the pageable sections, as the memory manager keeps them.
     #[must_use]
     pub fn lock_counts(&self) -> Vec<(String, i64)> {
-        kernel::kernel().mm.counts()
+        mm::get().counts()
     }
 
     /// The rules that fired so far.
     #[must_use]
     pub fn violations(&self) -> Vec<Violation> {
-        kernel::kernel().state().violations.clone()
+        record::get().violations.clone()
     }
 
     /// Runs `DriverUnload` (once) and checks that nothing is left behind.
@@ -514,11 +614,8 @@ impl Bed {
         if self.unloaded.swap(true, Ordering::SeqCst) {
             return;
         }
-        let k = kernel::kernel();
         let Some(unload) = self.driver().DriverUnload else {
-            k.state()
-                .log
-                .push("bed: no DriverUnload: Windows cannot unload this driver".to_owned());
+            record::note("bed: no DriverUnload: Windows cannot unload this driver".to_owned());
             return;
         };
         // SAFETY: the bindings are compiled for this host, so the pointer says "C"; it is the
@@ -528,33 +625,42 @@ impl Bed {
         };
         // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
         unsafe { unload(self.driver) };
-        k.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
+        self.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
         self.check_left_behind("at unload");
     }
 
     fn check_left_behind(&self, when: &str) {
-        let k = kernel::kernel();
         if irql::current() != irql::PASSIVE_LEVEL {
             irql::set(irql::PASSIVE_LEVEL);
         }
         report_locked_sections(Rule::LockedAtUnload, when);
-        pool::check_at_unload();
-        let (devices, links): (Vec<(usize, String)>, Vec<String>) = {
-            let state = k.state();
-            (
-                state.devices.iter().map(|d| (d.object, d.name.clone())).collect(),
-                state.links.keys().cloned().collect(),
-            )
-        };
+        // No IRP can be outstanding here: each handle's close waited for its requests.
+        let mm = mm::get();
+        for (timer, _) in ke::timer::set_timers() {
+            record::violation(
+                Rule::TimerOrDpcAtUnload,
+                [bed_number(0x22), timer as u64, 0, 0],
+                format!("the KTIMER at {} still set {when}", mm.describe(timer)),
+            );
+        }
+        for dpc in ke::dpc::queued() {
+            record::violation(
+                Rule::TimerOrDpcAtUnload,
+                [bed_number(0x22), dpc as u64, 0, 0],
+                format!("the KDPC at {} still queued {when}", mm.describe(dpc)),
+            );
+        }
+        ex::check_at_unload();
+        let (devices, links) = device::left_behind();
         for (object, name) in devices {
-            k.violation(
+            record::violation(
                 Rule::DeviceLeftAtUnload,
                 [object as u64, 0, 0, 0],
                 format!("device {name} left {when}"),
             );
         }
         for link in links {
-            k.violation(
+            record::violation(
                 Rule::LinkLeftAtUnload,
                 [0; 4],
                 format!("symbolic link {link} left {when}"),
@@ -566,18 +672,16 @@ impl Bed {
     /// The report so far.
     #[must_use]
     pub fn report(&self) -> Report {
-        let k = kernel::kernel();
-        kernel_report(k, Some(&k.state()), None)
+        report_now(None, true)
     }
 }
 
 /// Reports `rule` for every pageable section whose lock count is not zero `when`.
 fn report_locked_sections(rule: Rule, when: &str) {
-    let k = kernel::kernel();
-    for (index, s) in k.mm.sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
+    for (index, s) in mm::get().sections.iter().enumerate().filter(|(_, s)| s.pageable()) {
         let count = s.count.load(Ordering::SeqCst);
         if count != 0 {
-            k.violation(
+            record::violation(
                 rule,
                 [Mm::handle(index) as u64, count.cast_unsigned(), 0, 0],
                 format!("{} has lock count {count} {when}", s.name),
@@ -586,12 +690,99 @@ fn report_locked_sections(rule: Rule, when: &str) {
     }
 }
 
-/// The report from the kernel's records (also what a bugcheck sends, when its lock is free).
+/// What the report says of the run besides the kernel's records.
+struct Run {
+    driver: String,
+    force_irql: bool,
+}
+
+static RUN: OnceLock<Run> = OnceLock::new();
+
+/// Installs the hooks through which the components below reach this layer and each other:
+/// the bugcheck's report, the scheduler's watchdog, and Force IRQL checking (a raise to
+/// `DISPATCH_LEVEL`, and a switch to a CPU at it, page out every unlocked section).
+fn install_hooks(force_irql: bool) {
+    record::on_stop(stopped);
+    sched::on_stuck(|cpu| {
+        record::stop(
+            Rule::CpuStuck,
+            None,
+            [u64::from(cpu), sched::STUCK_AFTER.as_secs(), 0, 0],
+            format!(
+                "CPU {cpu} reached no switch point for {} s: driver code waiting on memory that \
+                 only another CPU could change",
+                sched::STUCK_AFTER.as_secs()
+            ),
+        )
+    });
+    mm::on_released(|handle, section| {
+        if ke::dpc::running() > 0 {
+            record::reached("a section unlocked to zero while a DPC runs on another CPU");
+        }
+        let pended = irp::pended(None);
+        if !pended.is_empty() {
+            record::violation(
+                Rule::ReleasedWithIrpsOutstanding,
+                [handle as u64, pended.len() as u64, 0, 0],
+                format!(
+                    "{} unlocked to a lock count of 0 with {} IRP(s) pended",
+                    section.name,
+                    pended.len()
+                ),
+            );
+        }
+    });
+    if force_irql {
+        irql::on_raise_to_dispatch(|| {
+            if let Some(mm) = mm::try_get() {
+                mm.page_out_unlocked();
+            }
+        });
+        sched::on_switched_in(irql::switched_in);
+    }
+}
+
+/// The bugcheck hook: the picture and the report up to this point, then the end of the run.
+fn stopped(bugcheck: Bugcheck) -> ! {
+    write_trace(Some(&format!("{}: {}", bugcheck.rule, bugcheck.detail)));
+    let report = report_now(Some(bugcheck), false);
+    isolate::stopped(report)
+}
+
+/// Starts drawing the run into `file` (see [`crate::trace`]); call before [`Bed::load`].
+pub fn trace_to(file: std::path::PathBuf) {
+    trace::start(file, || {
+        let mut counts = [0u16; 4];
+        if let Some(mm) = mm::try_get() {
+            for (slot, s) in counts.iter_mut().zip(mm.pageable()) {
+                *slot = u16::try_from(s.count.load(Ordering::Relaxed).clamp(0, 0xFFFF))
+                    .unwrap_or(u16::MAX);
+            }
+        }
+        counts
+    });
+}
+
+/// Writes the picture of the run, if one was asked for; `why` names what ended it.
+pub fn write_trace(why: Option<&str>) {
+    let sections: Vec<String> = mm::try_get()
+        .map(|mm| mm.pageable().take(4).map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let routine = |index: u16| {
+        Routine::ALL
+            .get(usize::from(index))
+            .map_or_else(|| format!("routine {index}"), |r| r.name().to_owned())
+    };
+    trace::write(&sections, &routine, why);
+}
+
+/// The report from the components' records. With `wait` false (the bugcheck path, which must
+/// not wait) a record whose lock is held is left out, and the report says so.
 #[must_use]
-pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bugcheck>) -> Report {
-    let sections = kernel
-        .mm
-        .pageable()
+pub fn report_now(bugcheck: Option<Bugcheck>, wait: bool) -> Report {
+    let sections = mm::try_get()
+        .into_iter()
+        .flat_map(Mm::pageable)
         .map(|s| SectionReport {
             name: s.name.clone(),
             lock_count: s.count.load(Ordering::SeqCst),
@@ -599,31 +790,92 @@ pub fn kernel_report(kernel: &Kernel, state: Option<&State>, bugcheck: Option<Bu
             page_ins: s.page_ins.load(Ordering::Relaxed),
         })
         .collect();
+    let run = RUN.get();
     let mut report = Report {
-        driver: kernel.options.driver.clone(),
+        driver: run.map(|r| r.driver.clone()).unwrap_or_default(),
         sections,
-        calls: kernel.calls(),
+        calls: routine::calls(),
         bugcheck,
         ..Report::default()
     };
-    if let Some(state) = state {
-        report.entry_status = state.entry_status;
-        report.steps.clone_from(&state.steps);
-        report.log.clone_from(&state.log);
-        report.violations.clone_from(&state.violations);
-        report.injected_failures.clone_from(&state.injected);
-        report.injected = state.injected.len() as u64;
-        report.failable_calls = state.failable_calls.iter().map(|c| (*c).to_owned()).collect();
-        report.pool_outstanding = state.pool.len();
+    if let Some(record) = if wait { Some(record::get()) } else { record::try_get() } {
+        report.entry_status = record.entry_status;
+        report.steps.clone_from(&record.steps);
+        report.log.clone_from(&record.log);
+        report.violations.clone_from(&record.violations);
+        report.races = record.races.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        drop(record);
     } else {
         report.notes.push(
-            "the kernel's records were locked when the run stopped: steps and log are missing"
+            "the run's record was locked when the run stopped: steps and log are missing"
                 .to_owned(),
         );
     }
-    if !kernel.options.force_irql {
+    if let Some(injection) = routine::injection(wait) {
+        report.injected = injection.injected.len() as u64;
+        report.injected_failures = injection.injected;
+        report.failable_calls = injection.failable_calls.iter().map(|c| (*c).to_owned()).collect();
+    }
+    report.pool_outstanding = ex::outstanding(wait).unwrap_or(0);
+    if run.is_some_and(|r| !r.force_irql) {
         report.notes.push("Force IRQL checking was off".to_owned());
     }
-    report.schedule = crate::sched::ran().then(crate::sched::summary);
+    report.schedule = sched::ran().then(sched::summary);
     report
+}
+
+/// A control request sent with [`Bed::control_overlapped`].
+///
+/// It holds its IRP and the buffers the driver may still write. Dropped unfinished, it waits for the IRP's end first, so that no buffer
+/// goes away under the driver.
+#[must_use = "a request is finished with `Bed::finish`"]
+pub struct Pending {
+    sent: Option<Sent>,
+    /// The system buffer, the caller's input and the caller's output.
+    buffers: [Vec<u8>; 3],
+    buffered: bool,
+    output_capacity: usize,
+    /// The synchronous file object's busy flag, released when the request ends.
+    busy: Option<std::sync::Arc<AtomicBool>>,
+    what: String,
+    /// The I/O manager refused the request with this status before it reached the driver.
+    refused: Option<i32>,
+}
+
+// SAFETY: the IRP and the buffers are the bed's; the driver reaches them through the IRP from
+// whichever CPU it runs on, as on Windows, and the requester only reads them once it ended.
+unsafe impl Send for Pending {}
+
+impl Pending {
+    const fn refused(what: String, status: i32) -> Self {
+        Self {
+            sent: None,
+            buffers: [Vec::new(), Vec::new(), Vec::new()],
+            buffered: true,
+            output_capacity: 0,
+            busy: None,
+            what,
+            refused: Some(status),
+        }
+    }
+
+    /// Waits for the IRP's end (once) and releases the file object to the next request.
+    fn complete(&mut self) -> irp::Completion {
+        let completion = self
+            .sent
+            .take()
+            .map_or(irp::Completion { status: status::UNSUCCESSFUL, information: 0 }, Sent::wait);
+        if let Some(busy) = self.busy.take() {
+            busy.store(false, Ordering::Release);
+        }
+        completion
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.sent.is_some() {
+            let _ = self.complete();
+        }
+    }
 }

@@ -8,10 +8,10 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use pagelock_testbed::{
     bed::Options,
-    exports::Routine,
     isolate::{self, Outcome},
     report::Report,
-    security::Caller,
+    routine::Routine,
+    se::Caller,
     session::{self, IoctlSpec},
     verifier,
 };
@@ -127,6 +127,13 @@ enum Command {
         /// CODE[:INHEX[:OUTLEN]], sent in order on the first handle (CODE hex with 0x, or decimal).
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         ioctl: Vec<IoctlSpec>,
+        /// CODE[:INHEX[:OUTLEN]], sent overlapped on a handle of its own after the --ioctl list,
+        /// and left pending: that handle is closed with the requests still in the driver.
+        #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
+        pend: Vec<IoctlSpec>,
+        /// Cancel each --pend request right after sending it, as `CancelIoEx` does.
+        #[arg(long, requires = "pend")]
+        cancel: bool,
         #[command(flatten)]
         concurrency: ConcurrencyArgs,
         #[command(flatten)]
@@ -317,11 +324,14 @@ fn exec_schedules(
     driver: &std::path::Path,
     device: &str,
     open: usize,
-    ioctl: &[IoctlSpec],
+    requests: session::Requests<'_>,
     concurrency: &ConcurrencyArgs,
     common: &Common,
 ) -> anyhow::Result<Outcome<Report>> {
     let mut last = None;
+    // Per race: schedules that reached it, and times in all.
+    let mut races: std::collections::BTreeMap<String, (u64, u64)> =
+        std::collections::BTreeMap::new();
     let bar = if concurrency.schedules > 1 {
         pagelock_testbed::report::progress(concurrency.schedules, "{bar:40} {pos}/{len} schedules")
     } else {
@@ -333,18 +343,29 @@ fn exec_schedules(
         let outcome = isolate::run(
             || {
                 if let Some(file) = &concurrency.trace_svg {
-                    pagelock_testbed::trace::start(file.clone());
+                    pagelock_testbed::bed::trace_to(file.clone());
                 }
                 let c = concurrency.concurrency(seed);
-                let report = session::exec(driver, device, open, ioctl, common.options(), c);
+                let report = session::exec(driver, device, open, requests, common.options(), c);
                 let why = report.as_ref().ok().and_then(|r| r.violations.first());
                 let why = why.map(|v| format!("{}: {}", v.rule, v.detail));
-                pagelock_testbed::trace::write_if_asked(why.as_deref());
+                pagelock_testbed::bed::write_trace(why.as_deref());
                 report
             },
             isolate::DEFAULT_TIMEOUT,
         );
         let failed = !matches!(&outcome, Ok(Outcome::Finished(r)) if r.clean());
+        let report = match &outcome {
+            Ok(Outcome::Finished(report)) => Some(report),
+            Ok(Outcome::Stopped(report)) => Some(&**report),
+            _ => None,
+        };
+        if let Some(report) = report {
+            for (race, times) in &report.races {
+                let entry = races.entry(race.clone()).or_insert((0u64, 0u64));
+                *entry = (entry.0 + 1, entry.1 + times);
+            }
+        }
         last = Some(outcome);
         if failed {
             bar.finish_and_clear();
@@ -363,6 +384,11 @@ fn exec_schedules(
         && last.as_ref().is_some_and(|o| matches!(o, Ok(Outcome::Finished(r)) if r.clean()))
     {
         eprintln!("{} schedules clean", concurrency.schedules);
+    }
+    if concurrency.schedules > 1 {
+        for (race, (schedules, times)) in &races {
+            eprintln!("reached in {schedules} of the schedules run ({times}x in all): {race}");
+        }
     }
     last.expect("at least one schedule")
 }
@@ -387,8 +413,9 @@ pub fn main() -> ExitCode {
         };
     }
     let (outcome, json) = match cli.command {
-        Command::Exec { driver, device, open, ioctl, concurrency, common } => {
-            (exec_schedules(&driver, &device, open, &ioctl, &concurrency, &common), common.json)
+        Command::Exec { driver, device, open, ioctl, pend, cancel, concurrency, common } => {
+            let requests = session::Requests { ioctls: &ioctl, pends: &pend, cancel };
+            (exec_schedules(&driver, &device, open, requests, &concurrency, &common), common.json)
         }
         Command::Run { driver, common } => (
             isolate::run(

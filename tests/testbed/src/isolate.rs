@@ -15,11 +15,7 @@ use std::{
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{
-    bed,
-    report::{Bugcheck, Report},
-    verifier::{Rule, Violation},
-};
+use crate::report::Report;
 
 /// Where this child writes its message, or -1 when the process is not an isolated child.
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
@@ -166,25 +162,9 @@ fn send<T: Serialize>(message: &Message<T>) {
     }
 }
 
-/// Stops the run with a bugcheck of `rule`.
-///
-/// `code` overrides the table's, for the driver's own `KeBugCheckEx`. Records the violation,
-/// sends the report to the parent and ends the child. Outside an isolated child it prints the
-/// report and ends the process with status 1.
-pub fn stop(rule: Rule, code: Option<u32>, parameters: [u64; 4], detail: String) -> ! {
-    crate::trace::record(crate::trace::Kind::Violation, rule.row());
-    crate::trace::write_if_asked(Some(&format!("{}: {detail}", rule.entry().id)));
-    let violation = Violation::new(rule, code, parameters, detail.clone());
-    let bugcheck =
-        Bugcheck { code: violation.code, parameters, rule: violation.rule.clone(), detail };
-    let report = crate::kernel::try_kernel().map_or_else(Report::default, |kernel| {
-        let mut state = kernel.try_state();
-        if let Some(state) = state.as_mut() {
-            state.violations.push(violation);
-        }
-        bed::kernel_report(kernel, state.as_deref(), Some(bugcheck.clone()))
-    });
-    let report = Report { bugcheck: Some(bugcheck), ..report };
+/// Ends the run that a bugcheck stopped, with its `report`: sends it to the parent and ends the
+/// child. Outside an isolated child it prints the report and ends the process with status 1.
+pub fn stopped(report: Report) -> ! {
     if CHANNEL.load(Ordering::SeqCst) >= 0 {
         send(&Message::<()>::Stopped(Box::new(report)));
     } else {

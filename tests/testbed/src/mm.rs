@@ -9,13 +9,26 @@
 //! of other handles). Counts and presence are atomics, and every change of presence happens
 //! under one spin lock, so that a page-out racing a lock never leaves a locked section out.
 //! All of it is async-signal-safe: the fault handler pages sections in.
+//!
+//! It owns the `Mm` routines a driver imports (`MmLockPagableDataSection`,
+//! `MmLockPagableSectionByHandle`, `MmUnlockPagableImageSection`) and the probe every kernel
+//! routine makes of memory it is handed at `DISPATCH_LEVEL` ([`check_resident`]).
 
 use std::{
     ffi::c_void,
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
 };
 
-use crate::loader::{Image, Residency};
+use crate::{
+    ke::irql::{self, APC_LEVEL, DISPATCH_LEVEL},
+    loader::{Image, Residency},
+    record,
+    routine::{self, Routine},
+    verifier::{Rule, bed_number},
+};
 
 /// Section handles are fake kernel addresses, never dereferenced.
 const HANDLE_BASE: usize = 0xFFFF_F800_5EC7_0000;
@@ -244,5 +257,184 @@ impl Mm {
     /// The pageable sections.
     pub fn pageable(&self) -> impl Iterator<Item = &Section> {
         self.sections.iter().filter(|s| s.pageable())
+    }
+}
+
+static MM: OnceLock<Mm> = OnceLock::new();
+static RELEASED: OnceLock<fn(usize, &Section)> = OnceLock::new();
+
+/// Installs what happens when an unlock takes a section's lock count to zero.
+///
+/// The layer above checks the reference page's rule: nothing outstanding may need the section
+/// then. The hook
+/// gets the section's handle and the section.
+pub fn on_released(hook: fn(usize, &Section)) {
+    let _ = RELEASED.set(hook);
+}
+
+/// Installs the memory manager of the loaded image: one image per process (each run is its own
+/// child process).
+///
+/// # Errors
+/// When one is already installed.
+pub fn install(mm: Mm) -> anyhow::Result<&'static Mm> {
+    MM.set(mm)
+        .map_err(|_| anyhow::anyhow!("one driver per process: an image is already loaded"))?;
+    Ok(get())
+}
+
+/// The memory manager, if an image is loaded (the fault handler's view: an atomic load).
+#[must_use]
+pub fn try_get() -> Option<&'static Mm> {
+    MM.get()
+}
+
+/// The memory manager of the loaded image.
+///
+/// # Panics
+/// Before [`install`]: routines only run once a driver is loaded.
+#[must_use]
+pub fn get() -> &'static Mm {
+    MM.get().expect("the image is loaded before the driver runs")
+}
+
+/// Stops the run when `routine` is handed unlocked pageable memory at `DISPATCH_LEVEL` or above.
+///
+/// Windows may have paged it out, whatever the bed's pages look like right now. The
+/// instruction that would fault is the kernel's, so the code is 0xD3.
+pub fn check_resident(routine: Routine, address: usize, write: bool) {
+    let irql = irql::current();
+    if irql < DISPATCH_LEVEL {
+        return;
+    }
+    let mm = get();
+    if let Some(section) = mm.unlocked_pageable(address) {
+        record::stop(
+            Rule::PageableMemoryAtDispatch,
+            None,
+            [address as u64, u64::from(irql), u64::from(write), routine.address() as u64],
+            format!(
+                "{} was handed {} (section {} unlocked) at IRQL {irql}",
+                routine.name(),
+                mm.describe(address),
+                section.name
+            ),
+        );
+    }
+}
+
+/// Records an object the kernel touches at `DISPATCH_LEVEL` (`what`: a `KTIMER`, `KDPC`,
+/// `IO_CSQ` or spin lock) placed in a pageable section: locked or not, it does not belong there.
+/// Once per object.
+pub fn check_placement(what: &str, address: usize) {
+    static REPORTED: std::sync::Mutex<std::collections::BTreeSet<usize>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mm = get();
+    if let Some((_, section)) = mm.section_of(address)
+        && section.pageable()
+        && crate::sched::lock(&REPORTED).insert(address)
+    {
+        record::violation(
+            Rule::ObjectInPageableSection,
+            [address as u64, 0, 0, 0],
+            format!("{what} at {}, in pageable section {}", mm.describe(address), section.name),
+        );
+    }
+}
+
+/// The Mm routines' IRQL rule (DDI rule `IrqlMmApcLte`).
+fn mm_irql(routine: Routine) {
+    let irql = irql::current();
+    if irql > APC_LEVEL {
+        record::violation(
+            Rule::MmAboveApcLevel,
+            [bed_number(0x11), u64::from(irql), routine.address() as u64, 0],
+            format!("{} at IRQL {irql}", routine.name()),
+        );
+    }
+}
+
+/// `MmLockPagableDataSection` (and `MmLockPagableCodeSection`, the same routine on x64).
+pub(crate) extern "win64" fn lock_pagable_data_section(address: *mut c_void) -> *mut c_void {
+    routine::enter(Routine::MmLockPagableDataSection);
+    mm_irql(Routine::MmLockPagableDataSection);
+    let mm = get();
+    // As the kernel: the section that holds the address is locked, whatever its name; the
+    // routine never returns NULL.
+    let described = || format!("MmLockPagableDataSection({})", mm.describe(address as usize));
+    match mm.section_of(address as usize) {
+        Some((index, section)) => {
+            if !section.pageable() {
+                record::violation(
+                    Rule::LockOutsidePageableSection,
+                    [address as u64, 0, 0, 0],
+                    described(),
+                );
+            }
+            mm.lock(section);
+            Mm::handle(index) as *mut c_void
+        }
+        None if mm.in_image(address as usize) => record::stop(
+            Rule::LockInNoSection,
+            None,
+            [0x1234, address as u64, 0, 0],
+            format!("{}: in the image but in no section", described()),
+        ),
+        None => record::stop(
+            Rule::LockOutsideEveryImage,
+            None,
+            [address as u64, 0, 0, 0],
+            format!("{}: in no loaded image", described()),
+        ),
+    }
+}
+
+/// `MmLockPagableSectionByHandle`.
+pub(crate) extern "win64" fn lock_pagable_section_by_handle(handle: *mut c_void) {
+    routine::enter(Routine::MmLockPagableSectionByHandle);
+    mm_irql(Routine::MmLockPagableSectionByHandle);
+    let mm = get();
+    match mm.by_handle(handle as usize) {
+        Some(section) => mm.lock(section),
+        None => record::violation(
+            Rule::UnknownSectionHandle,
+            [handle as u64, 0, 0, 0],
+            format!("MmLockPagableSectionByHandle({handle:p})"),
+        ),
+    }
+}
+
+/// `MmUnlockPagableImageSection`: at a count of zero the kernel's count wraps silently and the
+/// next lock locks nothing, so the bed stops the run at once.
+pub(crate) extern "win64" fn unlock_pagable_image_section(handle: *mut c_void) {
+    routine::enter(Routine::MmUnlockPagableImageSection);
+    mm_irql(Routine::MmUnlockPagableImageSection);
+    let mm = get();
+    match mm.by_handle(handle as usize) {
+        Some(section) => {
+            let unlocked = mm.unlock(section);
+            if unlocked
+                && section.count.load(Ordering::SeqCst) == 0
+                && let Some(hook) = RELEASED.get()
+            {
+                hook(handle as usize, section);
+            }
+            if !unlocked {
+                record::stop(
+                    Rule::UnlockAtZero,
+                    None,
+                    [handle as u64, 0, 0, 0],
+                    format!(
+                        "MmUnlockPagableImageSection({}) with its lock count at 0",
+                        section.name
+                    ),
+                );
+            }
+        }
+        None => record::violation(
+            Rule::UnknownSectionHandle,
+            [handle as u64, 0, 0, 0],
+            format!("MmUnlockPagableImageSection({handle:p})"),
+        ),
     }
 }

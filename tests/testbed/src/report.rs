@@ -120,6 +120,9 @@ pub struct Report {
     /// The schedule, when the run had several emulated CPUs.
     #[serde(default)]
     pub schedule: Option<crate::sched::Summary>,
+    /// Interleavings worth naming the run reached, with how often.
+    #[serde(default)]
+    pub races: Vec<(String, u64)>,
 }
 
 impl Report {
@@ -227,6 +230,9 @@ impl Report {
                 "schedule: {} CPUs, seed {}, {:?}: {} switch points, {} switches, trace digest {:016x}",
                 s.cpus, s.seed, s.policy, s.points, s.switches, s.digest
             );
+        }
+        for (race, times) in &self.races {
+            let _ = writeln!(out, "reached: {race} ({times}x)");
         }
         out.push_str(if self.clean() { "verdict: clean\n" } else { "verdict: FAILED\n" });
         out

@@ -176,7 +176,19 @@ fn wait_for_baton(me: u32) {
             futex_wait(word, 0);
         }
     }
-    crate::irql::switched_in();
+    if let Some(hook) = SWITCHED_IN.get() {
+        hook();
+    }
+}
+
+static SWITCHED_IN: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Installs what runs on a CPU each time it is switched in.
+///
+/// It must be async-signal-safe, since switches happen in the fault handler too. Force IRQL checking pages the unlocked sections out again
+/// for a CPU at `DISPATCH_LEVEL`. Installed by the layer above.
+pub fn on_switched_in(hook: fn()) {
+    let _ = SWITCHED_IN.set(hook);
 }
 
 /// Chooses the CPU to run next among those `eligible`, by the policy.
@@ -374,6 +386,7 @@ pub fn run<R: Send>(
                 let (work, ready) = (&work, &ready);
                 scope.spawn(move || {
                     ME.with(|m| m.set(me));
+                    crate::trace::set_lane(u8::try_from(me).unwrap_or(crate::trace::MAIN));
                     ready.fetch_add(1, Ordering::AcqRel);
                     wait_for_baton(me);
                     // Done, normally or by a panic: the baton passes on either way, so the
@@ -436,11 +449,12 @@ impl Drop for Leaving {
             None => RUNNING.store(NONE, Ordering::Release),
         }
         ME.with(|m| m.set(NONE));
+        crate::trace::set_lane(crate::trace::MAIN);
     }
 }
 
-/// A mutex of the bed's own that a CPU may have to wait for while another CPU, switched out,
-/// holds it: waiting yields the baton instead of blocking the only running CPU.
+/// A mutex of the bed's own, even if a panicking thread poisoned it; waiting for it yields the
+/// baton instead of blocking the only running CPU, since another CPU, switched out, may hold it.
 pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     if !active() || current_cpu().is_none() {
         return mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -455,6 +469,19 @@ pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
                 }
             }
         }
+    }
+}
+
+/// A mutex of the bed's own: waiting for it as [`lock`] does when `wait`, otherwise only if
+/// it is free (`None` when it is held: the bugcheck path must not wait).
+pub fn guard<T>(mutex: &std::sync::Mutex<T>, wait: bool) -> Option<std::sync::MutexGuard<'_, T>> {
+    if wait {
+        return Some(lock(mutex));
+    }
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 

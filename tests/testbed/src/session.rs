@@ -66,6 +66,43 @@ fn load(driver: &Path, options: Options) -> Result<Result<Bed, Report>> {
     }
 }
 
+/// What `exec` sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Requests<'a> {
+    /// Sent in order, each waited for.
+    pub ioctls: &'a [IoctlSpec],
+    /// Sent overlapped on a handle of their own and left pending: the handle is closed with
+    /// them in the driver.
+    pub pends: &'a [IoctlSpec],
+    /// Each pending request cancelled (`CancelIoEx`) right after it was sent.
+    pub cancel: bool,
+}
+
+impl Requests<'_> {
+    /// Sends the pending requests on a fresh overlapped handle of `device`, cancels them when
+    /// asked, closes the handle with them pending, then waits for each.
+    fn send_pending(&self, bed: &Bed, device: &str) {
+        if self.pends.is_empty() {
+            return;
+        }
+        let Ok(handle) = bed.open_overlapped(device) else { return };
+        let pending: Vec<_> = self
+            .pends
+            .iter()
+            .map(|spec| bed.control_overlapped(&handle, spec.code, &spec.input, spec.output))
+            .collect();
+        if self.cancel {
+            for request in &pending {
+                bed.cancel(request);
+            }
+        }
+        bed.close(handle);
+        for request in pending {
+            bed.finish(request);
+        }
+    }
+}
+
 /// How `exec` sends its requests from several emulated CPUs.
 #[derive(Clone, Copy, Debug)]
 pub struct Concurrency {
@@ -84,7 +121,9 @@ pub struct Concurrency {
 
 /// `exec`: opens handles, sends the IOCTLs, closes every handle, unloads.
 ///
-/// Opens `open` handles on `device` and sends `ioctls` in order on the first. With `concurrency`, its threads send the list instead, each on its own CPU
+/// Opens `open` handles on `device` and sends `requests.ioctls` in order on the first; then
+/// sends `requests.pends` overlapped on a handle of its own and closes that handle with them
+/// pending. With `concurrency`, each thread does both, on its own CPU. With `concurrency`, its threads send the list instead, each on its own CPU
 /// under the scheduler, on one shared overlapped handle or on their own.
 ///
 /// # Errors
@@ -93,7 +132,7 @@ pub fn exec(
     driver: &Path,
     device: &str,
     open: usize,
-    ioctls: &[IoctlSpec],
+    requests: Requests<'_>,
     options: Options,
     concurrency: Option<Concurrency>,
 ) -> Result<Report> {
@@ -105,7 +144,7 @@ pub fn exec(
     match concurrency {
         None => {
             if let Some(first) = handles.first() {
-                for spec in ioctls {
+                for spec in requests.ioctls {
                     bed.control(first, spec.code, &spec.input, spec.output);
                 }
             }
@@ -126,11 +165,12 @@ pub fn exec(
                 let own = if c.shared { None } else { bed.open(device).ok() };
                 if let Some(handle) = shared.as_ref().or(own.as_ref()) {
                     for _ in 0..c.repeat {
-                        for spec in ioctls {
+                        for spec in requests.ioctls {
                             bed.control(handle, spec.code, &spec.input, spec.output);
                         }
                     }
                 }
+                requests.send_pending(&bed, device);
                 if let Some(handle) = own {
                     bed.close(handle);
                 }
@@ -141,6 +181,9 @@ pub fn exec(
                 bed.close(handle);
             }
         }
+    }
+    if concurrency.is_none() {
+        requests.send_pending(&bed, device);
     }
     for handle in handles {
         bed.close(handle);
@@ -159,7 +202,7 @@ pub fn run_suite(driver: &Path, options: Options) -> Result<Report> {
         Ok(bed) => bed,
         Err(report) => return Ok(report),
     };
-    let mm = &crate::kernel::kernel().mm;
+    let mm = crate::mm::get();
     let device = BedDevice { bed: &bed, name: pagelock_protocol::WIN32_PATH.to_owned() };
     let mut verdicts = Vec::new();
     let mut locks = Vec::new();

@@ -40,6 +40,8 @@ pub enum Kind {
     IrpEnd = 7,
     /// A rule fired (argument: its row in the rule table).
     Violation = 8,
+    /// A DPC routine called.
+    Dpc = 9,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             6 => Self::IrpBegin,
             7 => Self::IrpEnd,
             8 => Self::Violation,
+            9 => Self::Dpc,
             _ => return None,
         })
     }
@@ -80,11 +83,26 @@ static TRACING: AtomicBool = AtomicBool::new(false);
 static LEN: AtomicUsize = AtomicUsize::new(0);
 static WORDS: [AtomicU64; 2 * CAPACITY] = [const { AtomicU64::new(0) }; 2 * CAPACITY];
 static FILE: OnceLock<PathBuf> = OnceLock::new();
+static COUNTS: OnceLock<fn() -> [u16; 4]> = OnceLock::new();
 
-/// Starts recording; the picture goes to `file` when the run ends or stops.
-pub fn start(file: PathBuf) {
+thread_local! {
+    /// The lane this thread's events go to: its CPU in a scheduled run, [`MAIN`] otherwise.
+    static THREAD_LANE: std::cell::Cell<u8> = const { std::cell::Cell::new(MAIN) };
+}
+
+/// Starts recording; the picture goes to `file` when the layer above calls [`write()`].
+///
+/// `counts` reads the lock counts of up to four pageable sections for each event
+/// (async-signal-safe: events are recorded in the fault handler too).
+pub fn start(file: PathBuf, counts: fn() -> [u16; 4]) {
     let _ = FILE.set(file);
+    let _ = COUNTS.set(counts);
     TRACING.store(true, Ordering::Release);
+}
+
+/// Puts this thread's events in `lane` (the scheduler does, for the CPU a thread becomes).
+pub fn set_lane(lane: u8) {
+    THREAD_LANE.with(|l| l.set(lane));
 }
 
 /// Records an event (async-signal-safe; nothing when no trace was asked for).
@@ -92,13 +110,10 @@ pub fn record(kind: Kind, arg: u16) {
     if !TRACING.load(Ordering::Acquire) {
         return;
     }
-    let cpu = crate::sched::current_cpu().and_then(|c| u8::try_from(c).ok()).unwrap_or(MAIN);
-    let counts = crate::kernel::try_kernel().map_or(0, |k| {
-        k.mm.pageable().take(4).enumerate().fold(0u64, |packed, (i, s)| {
-            let count = u64::try_from(s.count.load(Ordering::Relaxed)).unwrap_or(0).min(0xFFFF);
-            packed | count << (16 * i)
-        })
-    });
+    let cpu = THREAD_LANE.with(std::cell::Cell::get);
+    let counts = COUNTS.get().map_or([0; 4], |counts| counts());
+    let counts =
+        counts.iter().enumerate().fold(0u64, |packed, (i, c)| packed | u64::from(*c) << (16 * i));
     let at = LEN.fetch_add(1, Ordering::AcqRel);
     if at >= CAPACITY {
         return;
@@ -129,22 +144,14 @@ pub fn events() -> Vec<Event> {
         .collect()
 }
 
-/// Writes the picture, if one was asked for; `why` names the violation that ended the run.
-pub fn write_if_asked(why: Option<&str>) {
+/// Writes the picture, if one was asked for: `sections` names the lock counts' lines,
+/// `routine` a kernel call's argument, and `why` the violation that ended the run.
+pub fn write(sections: &[String], routine: &dyn Fn(u16) -> String, why: Option<&str>) {
     let Some(file) = FILE.get() else { return };
-    let names: Vec<String> = crate::kernel::try_kernel()
-        .map(|k| k.mm.pageable().take(4).map(|s| s.name.clone()).collect())
-        .unwrap_or_default();
-    let picture = svg(&events(), &names, &routine_name, why);
+    let picture = svg(&events(), sections, routine, why);
     if let Err(error) = std::fs::write(file, picture) {
         eprintln!("pagelock-testbed: writing {}: {error}", file.display());
     }
-}
-
-fn routine_name(index: u16) -> String {
-    crate::exports::Routine::ALL
-        .get(usize::from(index))
-        .map_or_else(|| format!("routine {index}"), |r| r.name().to_owned())
 }
 
 fn escape(text: &str) -> String {
@@ -153,7 +160,7 @@ fn escape(text: &str) -> String {
 
 const STEP: usize = 8;
 const LEFT: usize = 110;
-const LANE: usize = 40;
+const LANE_HEIGHT: usize = 40;
 const GAP: usize = 12;
 const GRAPH: usize = 90;
 
@@ -172,11 +179,11 @@ pub fn svg(
     cpus.dedup();
     let lane_y = |cpu: u8| {
         let index = cpus.iter().position(|c| *c == cpu).unwrap_or(0);
-        30 + index * (LANE + GAP)
+        30 + index * (LANE_HEIGHT + GAP)
     };
     let x = |i: usize| LEFT + i * STEP;
     let width = x(events.len()) + 40;
-    let graph_top = 30 + cpus.len() * (LANE + GAP) + 10;
+    let graph_top = 30 + cpus.len() * (LANE_HEIGHT + GAP) + 10;
     let height = graph_top + GRAPH + 40;
     let mut out = String::new();
     let _ = writeln!(
@@ -196,8 +203,8 @@ pub fn svg(
         let label = if *cpu == MAIN { "main".to_owned() } else { format!("CPU {cpu}") };
         let _ = writeln!(
             out,
-            r##"<g class="lane" data-cpu="{label}"><text x="4" y="{}">{label}</text><rect x="{LEFT}" y="{y}" width="{}" height="{LANE}" fill="#f4f4f4"/></g>"##,
-            y + LANE / 2 + 4,
+            r##"<g class="lane" data-cpu="{label}"><text x="4" y="{}">{label}</text><rect x="{LEFT}" y="{y}" width="{}" height="{LANE_HEIGHT}" fill="#f4f4f4"/></g>"##,
+            y + LANE_HEIGHT / 2 + 4,
             width - LEFT - 40
         );
     }
@@ -215,13 +222,13 @@ pub fn svg(
         };
         let _ = writeln!(
             out,
-            r#"<rect x="{x0}" y="{y}" width="{STEP}" height="{LANE}" fill="{shade}"/>"#
+            r#"<rect x="{x0}" y="{y}" width="{STEP}" height="{LANE_HEIGHT}" fill="{shade}"/>"#
         );
         if held[cpu] > 0 {
             let _ = writeln!(
                 out,
                 r##"<rect class="spin-lock-held" x="{x0}" y="{}" width="{STEP}" height="5" fill="#c0392b"/>"##,
-                y + LANE - 5
+                y + LANE_HEIGHT - 5
             );
         }
         let mid = x0 + STEP / 2;
@@ -265,7 +272,7 @@ pub fn svg(
                 let _ = writeln!(
                     out,
                     r#"<path class="irp" d="M{x0} {} l{STEP} 0 l-{} -7 z" fill="{fill}"><title>IRP major {:#x} {tip}</title></path>"#,
-                    y + LANE - 8,
+                    y + LANE_HEIGHT - 8,
                     STEP / 2,
                     event.arg
                 );
@@ -274,7 +281,7 @@ pub fn svg(
                 let _ = writeln!(
                     out,
                     r##"<line class="switch" x1="{x1}" y1="{y}" x2="{x1}" y2="{}" stroke="#999" stroke-dasharray="2,2"><title>to CPU {}</title></line>"##,
-                    y + LANE,
+                    y + LANE_HEIGHT,
                     event.arg
                 );
             }
@@ -289,6 +296,13 @@ pub fn svg(
                     escape(if marked == 0 { why.unwrap_or("violation") } else { "violation" })
                 );
                 marked += 1;
+            }
+            Kind::Dpc => {
+                let _ = writeln!(
+                    out,
+                    r##"<circle class="dpc" cx="{mid}" cy="{}" r="3" fill="#d35400"><title>DPC routine called</title></circle>"##,
+                    y + 10
+                );
             }
             Kind::Irql => {}
         }

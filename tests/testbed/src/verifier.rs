@@ -90,6 +90,32 @@ pub enum Rule {
     UnsupportedInstruction,
     /// The driver called `KeBugCheckEx`.
     DriverBugcheck,
+    /// A dispatch routine returned `STATUS_PENDING` without marking the IRP pending
+    /// (`IoMarkIrpPending`, `SL_PENDING_RETURNED`).
+    PendingNotMarked,
+    /// A dispatch routine marked its IRP pending and returned another status (legal only with
+    /// `STATUS_PENDING`: the I/O manager then finishes the request in the completion path).
+    MarkedNotPending,
+    /// `IofCompleteRequest` on an IRP whose cancel routine is still set.
+    CompletedWithCancelRoutine,
+    /// An IRP of the file object still queued in the driver when its `IRP_MJ_CLEANUP` returned.
+    QueuedAfterCleanup,
+    /// A pended IRP that nothing left can complete: its requester would wait forever.
+    PendingNeverCompleted,
+    /// A timer still set, or a DPC still queued, when the driver unloaded.
+    TimerOrDpcAtUnload,
+    /// A `KTIMER`, `KDPC`, `IO_CSQ` or spin lock placed in a pageable section: the kernel
+    /// touches them at `DISPATCH_LEVEL` whatever the driver has locked.
+    ObjectInPageableSection,
+    /// A cancel routine returned holding the cancel spin lock.
+    CancelLockNotReleased,
+    /// A pageable section unlocked to a count of zero while IRPs are pended (the rule of the
+    /// reference page of `MmUnlockPagableImageSection`).
+    ReleasedWithIrpsOutstanding,
+    /// A DPC routine returned at an IRQL other than `DISPATCH_LEVEL`.
+    DpcChangedIrql,
+    /// A routine called above the highest IRQL it is documented for.
+    IrqlTooHigh,
 }
 
 /// Where a rule's bugcheck code comes from.
@@ -200,7 +226,7 @@ table! {
         "0xBED0001D, lock address, owner's thread id or 0, 0"
         "spin lock released by a thread that does not hold it (DDI rule SpinLockRelease)";
     SpinLockNeverReleased "spin-lock-never-released" 0xC4 WindowsCodeBedParameter false
-        "0xBED0001E, locks held, major function, 0"
+        "0xBED0001E, locks held, major function (0xFF: a DPC routine), 0"
         "spin lock still held when returning to the I/O manager (DDI rule SpinLock)";
     SpinLockAcquiredTwice "spin-lock-acquired-twice" 0xC4 WindowsCodeBedParameter true
         "0xBED0001F, lock address, 0, 0"
@@ -232,6 +258,39 @@ table! {
     DriverBugcheck "driver-bugcheck" 0 Windows true
         "the driver's four parameters"
         "the driver called KeBugCheckEx (the code is the driver's)";
+    PendingNotMarked "pending-not-marked" 0xC9 WindowsCodeBedParameter false
+        "0xBED00020, IRP address, major function, 0"
+        "STATUS_PENDING returned without IoMarkIrpPending (I/O verification)";
+    MarkedNotPending "marked-not-pending" 0xC9 WindowsCodeBedParameter false
+        "0xBED00021, IRP address, major function, returned status"
+        "IRP marked pending but another status returned (I/O verification)";
+    CompletedWithCancelRoutine "completed-with-cancel-routine" 0xC9 Windows false
+        "0x07, cancel routine, IRP address, 0"
+        "IoCompleteRequest while the IRP's cancel routine is still set (I/O verification)";
+    QueuedAfterCleanup "queued-after-cleanup" 0xBED0_000B Bed false
+        "IRP address, file object, 0, 0"
+        "an IRP of the file object still queued when IRP_MJ_CLEANUP returned";
+    PendingNeverCompleted "pending-never-completed" 0xBED0_000C Bed true
+        "IRP address, major function, 0, 0"
+        "a pended IRP that nothing left can complete: its requester would wait forever";
+    TimerOrDpcAtUnload "timer-or-dpc-at-unload" 0xCE WindowsCodeBedParameter false
+        "0xBED00022, KTIMER or KDPC address, 0, 0"
+        "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: a timer set or a DPC queued at unload";
+    ObjectInPageableSection "object-in-pageable-section" 0xBED0_000E Bed false
+        "object address, 0, 0, 0"
+        "KTIMER, KDPC, IO_CSQ or spin lock in a pageable section (the kernel touches it at DISPATCH_LEVEL)";
+    CancelLockNotReleased "cancel-lock-not-released" 0xBED0_000F Bed false
+        "IRP address, cancel routine, 0, 0"
+        "a cancel routine returned holding the cancel spin lock (the next cancel would deadlock)";
+    ReleasedWithIrpsOutstanding "released-with-irps-outstanding" 0xBED0_0010 Bed false
+        "section handle, pended IRPs, 0, 0"
+        "pageable section unlocked to zero while IRPs are pended (MmUnlockPagableImageSection's rule)";
+    DpcChangedIrql "dpc-changed-irql" 0xC8 WindowsCodeBedParameter false
+        "0xBED00023, DPC routine, IRQL expected, IRQL seen"
+        "IRQL_UNEXPECTED_VALUE: a DPC routine returned at another IRQL than DISPATCH_LEVEL";
+    IrqlTooHigh "irql-too-high" 0xC4 WindowsCodeBedParameter false
+        "0xBED00025, IRQL, highest IRQL documented, 0"
+        "routine called above the IRQL it is documented for (DDI rules Irql*)";
 }
 
 impl Rule {

@@ -101,9 +101,13 @@ fn exec_fixture(feature: Option<&str>, extra: &[&str]) -> (i32, Report) {
     bed_json(&[&["exec", driver, "--device", DEVICE, "--ioctl", WORK], extra].concat())
 }
 
-/// Asserts the report shows `rule` with bugcheck `code`, and exit status 1.
-fn assert_caught(feature: &str, rule: &str, code: u32, fatal: bool) {
-    let (exit, report) = exec_fixture(Some(feature), &[]);
+/// `IOCTL_WAIT` of the fixture: pended until its timer's DPC completes it.
+const WAIT: &str = "0x80002408";
+
+/// Asserts the report of `exec` (with `extra` arguments) shows `rule` with bugcheck `code`, and
+/// exit status 1.
+fn assert_caught_with(feature: &str, extra: &[&str], rule: &str, code: u32, fatal: bool) {
+    let (exit, report) = exec_fixture(Some(feature), extra);
     assert_eq!(exit, 1, "{feature}: exit status\n{}", report.render());
     let violation = report
         .violations
@@ -119,15 +123,17 @@ fn assert_caught(feature: &str, rule: &str, code: u32, fatal: bool) {
 }
 
 macro_rules! caught {
-    ($($test:ident: $feature:literal => $rule:literal, $code:literal, $fatal:literal;)*) => {
+    ($($test:ident: $feature:literal $([$($extra:expr),*])? => $rule:literal, $code:literal, $fatal:literal;)*) => {
         $(
             #[test]
             fn $test() {
-                assert_caught($feature, $rule, $code, $fatal);
+                assert_caught_with($feature, &[$($($extra),*)?], $rule, $code, $fatal);
             }
         )*
         /// The defect features the table expects a rule of.
         const CAUGHT: &[&str] = &[$($feature),*];
+        /// The rules the table shows firing.
+        const CAUGHT_RULES: &[&str] = &[$($rule),*];
     };
 }
 
@@ -154,6 +160,41 @@ caught! {
     a_link_left_at_unload_is_caught: "leave-link" => "link-left-at-unload", 0xBED0_0007, false;
     touching_init_after_driver_entry_is_caught: "touch-init" => "discarded-section-touched", 0x50, true;
     a_driver_bugcheck_is_reported_with_its_code: "bugcheck" => "driver-bugcheck", 0xE2, true;
+    pending_without_marking_the_irp_is_caught: "pend-unmarked" ["--ioctl", WAIT] => "pending-not-marked", 0xC9, false;
+    marking_pending_and_returning_another_status_is_caught: "marked-not-pending" ["--ioctl", WAIT] => "marked-not-pending", 0xC9, false;
+    completing_with_the_cancel_routine_set_is_caught: "complete-with-cancel-routine" ["--ioctl", WAIT] => "completed-with-cancel-routine", 0xC9, false;
+    a_cleanup_that_leaves_its_waits_queued_is_caught: "cleanup-leaves-queued" ["--pend", WAIT] => "queued-after-cleanup", 0xBED0_000B, false;
+    a_wait_nothing_completes_is_caught: "pend-forever" ["--ioctl", WAIT] => "pending-never-completed", 0xBED0_000C, true;
+    a_timer_still_set_at_unload_is_caught: "timer-at-unload" => "timer-or-dpc-at-unload", 0xCE, false;
+    a_timer_in_a_pageable_section_is_caught: "timer-in-pageable" => "object-in-pageable-section", 0xBED0_000E, false;
+    a_cancel_routine_keeping_the_cancel_lock_is_caught: "cancel-keeps-lock" ["--pend", WAIT] => "cancel-lock-not-released", 0xBED0_000F, false;
+    completion_racing_cancellation_is_caught: "complete-racing-cancel" ["--ioctl", WAIT] => "irp-completed-twice", 0x44, true;
+    unlocking_to_zero_with_waits_queued_is_caught: "unlock-while-queued" ["--open", "0", "--pend", WAIT] => "released-with-irps-outstanding", 0xBED0_0010, false;
+    a_dpc_returning_at_another_irql_is_caught: "dpc-lowers-irql" ["--ioctl", WAIT] => "dpc-changed-irql", 0xC8, false;
+    flushing_dpcs_at_dispatch_level_is_caught: "flush-at-dispatch" => "irql-too-high", 0xC4, false;
+    freeing_pool_twice_is_caught: "free-twice" => "bad-pool-free", 0xC4, false;
+    freeing_pool_with_another_tag_is_caught: "free-wrong-tag" => "pool-tag-mismatch", 0xC2, false;
+    allocating_zero_bytes_is_caught: "allocate-zero" => "zero-size-allocation", 0xC4, false;
+    acquiring_a_held_spin_lock_again_is_caught: "acquire-twice" => "spin-lock-acquired-twice", 0xC4, true;
+    two_locks_taken_in_either_order_deadlock_on_some_schedule: "lock-order" ["--ioctl", "0x80002400:0000000000:4", "--threads", "2", "--schedules", "40"] => "deadlock", 0xBED0_0009, true;
+    touching_memory_no_driver_owns_is_caught: "invalid-access" => "invalid-access", 0x50, true;
+    an_illegal_instruction_is_caught: "illegal-instruction" => "unsupported-instruction", 0x1E, true;
+}
+
+/// Rules shown firing by tests of their own (outside the table), with the test.
+const FIRED_ELSEWHERE: &[(&str, &str)] = &[
+    ("locked-at-unload", "forgetting_to_unlock_also_leaves_the_section_locked_at_unload"),
+    ("cpu-stuck", "driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung"),
+];
+
+#[test]
+fn every_rule_of_the_table_is_shown_firing() {
+    let silent: Vec<&str> = pagelock_testbed::verifier::TABLE
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| !CAUGHT_RULES.contains(id) && !FIRED_ELSEWHERE.iter().any(|(r, _)| r == id))
+        .collect();
+    assert!(silent.is_empty(), "rules no test shows firing: {silent:?}");
 }
 
 /// The fixture's features that are not defects caught by a rule of the table: the binding
@@ -221,6 +262,59 @@ fn the_correct_fixture_runs_clean_and_pages_its_code_back_in() {
     assert!(page.page_ins > 0, "PAGE code ran after being paged out at idle");
     assert!(report.sections.iter().all(|s| s.lock_count == 0));
     assert_eq!(report.pool_outstanding, 0);
+}
+
+#[test]
+fn the_correct_fixtures_waits_end_by_its_timer_or_by_cleanup_and_run_clean() {
+    // Synchronous: the wait pends until the idle CPU lets the timer's DPC complete it.
+    let (exit, report) = exec_fixture(None, &["--ioctl", WAIT]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let waits: Vec<_> = report.steps.iter().filter(|s| s.what.contains("0x80002408")).collect();
+    assert_eq!(waits.len(), 1, "{}", report.render());
+    assert_eq!(waits[0].status, Some(0), "expired by the timer");
+    let calls = |name: &str| report.calls.iter().find(|(n, _)| n == name).map_or(0, |c| c.1);
+    assert!(calls("KeSetTimerEx") >= 1 && calls("IoCsqRemoveNextIrp") >= 1, "{:?}", report.calls);
+    // Overlapped and left pending: the handle's cleanup cancels it before close comes.
+    let (exit, report) = exec_fixture(None, &["--pend", WAIT, "--pend", WAIT]);
+    assert_eq!(exit, 0, "{}", report.render());
+    let cancelled = report
+        .steps
+        .iter()
+        .filter(|s| {
+            s.what.contains("0x80002408") && s.status == Some(0xC000_0120_u32.cast_signed())
+        })
+        .count();
+    assert_eq!(cancelled, 2, "both cancelled by cleanup\n{}", report.render());
+    let cleanup = report.steps.iter().position(|s| s.what.starts_with("IRP_MJ_CLEANUP (handle 2)"));
+    let close = report.steps.iter().position(|s| s.what.starts_with("IRP_MJ_CLOSE (handle 2)"));
+    assert!(cleanup < close, "{}", report.render());
+}
+
+#[test]
+fn waits_on_a_shared_handle_from_several_cpus_run_clean_for_every_seed_tried() {
+    let driver = fixture(None);
+    let driver = driver.to_str().expect("UTF-8 path");
+    let (exit, report) = bed_json(&[
+        "exec",
+        driver,
+        "--device",
+        DEVICE,
+        "--threads",
+        "3",
+        "--shared",
+        "--repeat",
+        "2",
+        "--seed",
+        "1",
+        "--schedules",
+        "8",
+        "--ioctl",
+        WAIT,
+        "--ioctl",
+        WORK,
+    ]);
+    assert_eq!(exit, 0, "{}", report.render());
+    assert!(report.violations.is_empty(), "{}", report.render());
 }
 
 #[test]

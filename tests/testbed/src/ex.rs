@@ -1,12 +1,18 @@
-//! Pool: allocations with their tags, leak tracking at unload, and the checks on frees.
+//! The executive's pool (`Ex`): allocations with their tags, leak tracking at unload, and the
+//! checks on frees.
 //!
 //! Blocks come from the C heap (16-byte aligned on `x86_64`, as pool blocks are); blocks the
 //! driver asked not to have zeroed are filled with a pattern, so reads of uninitialised pool
 //! show.
 
-use std::ffi::c_void;
+use std::{collections::BTreeMap, ffi::c_void, sync::Mutex};
 
-use crate::{exports::Routine, irql, kernel::kernel, verifier::Rule};
+use crate::{
+    ke::irql,
+    record,
+    routine::{self, Routine},
+    verifier::Rule,
+};
 
 /// What the pool remembers of a block.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +21,20 @@ pub struct Block {
     pub size: usize,
     /// The tag.
     pub tag: u32,
+}
+
+/// Pool blocks the driver holds, by address.
+static BLOCKS: Mutex<BTreeMap<usize, Block>> = Mutex::new(BTreeMap::new());
+
+fn blocks() -> std::sync::MutexGuard<'static, BTreeMap<usize, Block>> {
+    crate::sched::lock(&BLOCKS)
+}
+
+/// Blocks the driver holds now; `None` when the pool's lock is held (the bugcheck path must
+/// not wait).
+#[must_use]
+pub fn outstanding(wait: bool) -> Option<usize> {
+    crate::sched::guard(&BLOCKS, wait).map(|b| b.len())
 }
 
 /// The tag as the four characters `!poolused` shows.
@@ -29,12 +49,11 @@ const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
 const UNINITIALISED: u8 = 0xA5;
 
 fn allocate(routine: Routine, size: usize, tag: u32, zeroed: bool, kind: u64) -> *mut c_void {
-    let k = kernel();
-    if k.enter(routine) {
+    if routine::enter(routine) {
         return std::ptr::null_mut();
     }
     if size == 0 {
-        k.violation(
+        record::violation(
             Rule::ZeroSizeAllocation,
             [0, u64::from(irql::current()), kind, 0],
             format!("{}(0 bytes, tag {:?})", routine.name(), tag_text(tag)),
@@ -49,15 +68,17 @@ fn allocate(routine: Routine, size: usize, tag: u32, zeroed: bool, kind: u64) ->
     let fill = if zeroed { 0 } else { UNINITIALISED };
     // SAFETY: `block` holds `size` writable bytes.
     unsafe { std::ptr::write_bytes(block.cast::<u8>(), fill, size) };
-    k.state().pool.insert(block as usize, Block { size, tag });
+    blocks().insert(block as usize, Block { size, tag });
     block
 }
 
-pub(crate) extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
+/// `ExAllocatePool2`.
+pub(crate) extern "win64" fn allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     allocate(Routine::ExAllocatePool2, size, tag, flags & POOL_FLAG_UNINITIALIZED == 0, flags)
 }
 
-pub(crate) extern "win64" fn ex_allocate_pool_with_tag(
+/// `ExAllocatePoolWithTag`.
+pub(crate) extern "win64" fn allocate_pool_with_tag(
     pool_type: u32,
     size: usize,
     tag: u32,
@@ -66,12 +87,11 @@ pub(crate) extern "win64" fn ex_allocate_pool_with_tag(
 }
 
 fn free(routine: Routine, block: *mut c_void, tag: Option<u32>) {
-    let k = kernel();
-    k.enter(routine);
-    let mut state = k.state();
-    let Some(known) = state.pool.get(&(block as usize)).copied() else {
-        drop(state);
-        k.violation(
+    routine::enter(routine);
+    let mut pool = blocks();
+    let Some(known) = pool.get(&(block as usize)).copied() else {
+        drop(pool);
+        record::violation(
             Rule::BadPoolFree,
             [0x10, block as u64, 0, 0],
             format!("{}({block:p}): not a pool block (or freed already)", routine.name()),
@@ -79,8 +99,8 @@ fn free(routine: Routine, block: *mut c_void, tag: Option<u32>) {
         return;
     };
     if let Some(tag) = tag.filter(|t| *t != known.tag) {
-        drop(state);
-        k.violation(
+        drop(pool);
+        record::violation(
             Rule::PoolTagMismatch,
             [0x0A, block as u64, u64::from(tag), u64::from(known.tag)],
             format!(
@@ -92,31 +112,30 @@ fn free(routine: Routine, block: *mut c_void, tag: Option<u32>) {
         );
         return;
     }
-    state.pool.remove(&(block as usize));
-    drop(state);
+    pool.remove(&(block as usize));
+    drop(pool);
     // SAFETY: the block came from malloc above and is freed once (removed from the map).
     unsafe { libc::free(block) };
 }
 
-pub(crate) extern "win64" fn ex_free_pool_with_tag(block: *mut c_void, tag: u32) {
+/// `ExFreePoolWithTag`.
+pub(crate) extern "win64" fn free_pool_with_tag(block: *mut c_void, tag: u32) {
     free(Routine::ExFreePoolWithTag, block, Some(tag));
 }
 
-pub(crate) extern "win64" fn ex_free_pool(block: *mut c_void) {
+/// `ExFreePool`.
+pub(crate) extern "win64" fn free_pool(block: *mut c_void) {
     free(Routine::ExFreePool, block, None);
 }
 
 /// Checks at unload: every block the driver still holds is a leak.
 pub fn check_at_unload() {
-    let k = kernel();
-    let leaks: Vec<String> = k
-        .state()
-        .pool
+    let leaks: Vec<String> = blocks()
         .iter()
         .map(|(address, b)| format!("{address:#x}: {} bytes, tag {:?}", b.size, tag_text(b.tag)))
         .collect();
     if !leaks.is_empty() {
-        k.violation(
+        record::violation(
             Rule::PoolLeakedAtUnload,
             [0x62, 0, 0, leaks.len() as u64],
             format!("{} block(s) left: {}", leaks.len(), leaks.join("; ")),

@@ -1,4 +1,6 @@
-//! `DbgPrint` and `DbgPrintEx`: Win64 variadic calls, captured with their arguments.
+//! The kernel debugger's side of `DbgPrint` and `DbgPrintEx` (`Kd`): what a debugger attached
+//! to the machine would show, kept in the run's log. Win64 variadic calls, captured with their
+//! arguments.
 //!
 //! The first four arguments arrive in registers and the rest on the stack above the 32-byte
 //! shadow space; the host routines declare enough fixed 64-bit parameters to read them all, and
@@ -7,7 +9,11 @@
 
 use std::{ffi::CStr, fmt::Write as _};
 
-use crate::{exports::Routine, io::unicode_text, kernel::kernel};
+use crate::{
+    mm, record,
+    routine::{self, Routine},
+    rtl::unicode_text,
+};
 
 /// A string argument the driver passed: NUL-terminated ANSI or UTF-16, or a `UNICODE_STRING`.
 enum Text {
@@ -20,7 +26,7 @@ fn read_text(pointer: u64, kind: &Text) -> String {
     let Ok(pointer @ 1..) = usize::try_from(pointer) else {
         return "(null)".to_owned();
     };
-    kernel().check_resident(Routine::DbgPrint, pointer, false);
+    mm::check_resident(Routine::DbgPrint, pointer, false);
     match kind {
         // SAFETY: `%s` takes a NUL-terminated string, which the driver passes.
         Text::Ansi => unsafe { CStr::from_ptr(pointer as *const _) }.to_string_lossy().into_owned(),
@@ -159,19 +165,18 @@ fn pad(out: &mut String, body: &str, width: usize, left: bool, zero: bool) {
 }
 
 fn capture(format_pointer: *const u8, args: &[u64]) -> u32 {
-    let k = kernel();
     if format_pointer.is_null() {
         return 0;
     }
-    k.check_resident(Routine::DbgPrint, format_pointer as usize, false);
+    mm::check_resident(Routine::DbgPrint, format_pointer as usize, false);
     // SAFETY: the driver passes a NUL-terminated format string.
     let text = unsafe { CStr::from_ptr(format_pointer.cast()) };
     let line = format(text.to_bytes(), args);
-    k.state().log.push(line.trim_end().to_owned());
+    record::note(line.trim_end().to_owned());
     0
 }
 
-// A variadic routine: as many arguments as a format may use.
+/// `DbgPrint`, a variadic routine: as many arguments as a format may use.
 pub(crate) extern "win64" fn dbg_print(
     format: *const u8,
     a1: u64,
@@ -184,11 +189,11 @@ pub(crate) extern "win64" fn dbg_print(
     a8: u64,
     a9: u64,
 ) -> u32 {
-    kernel().enter(Routine::DbgPrint);
+    routine::enter(Routine::DbgPrint);
     capture(format, &[a1, a2, a3, a4, a5, a6, a7, a8, a9])
 }
 
-// A variadic routine: as many arguments as a format may use.
+/// `DbgPrintEx`, a variadic routine: as many arguments as a format may use.
 pub(crate) extern "win64" fn dbg_print_ex(
     _component: u32,
     _level: u32,
@@ -202,7 +207,7 @@ pub(crate) extern "win64" fn dbg_print_ex(
     a7: u64,
     a8: u64,
 ) -> u32 {
-    kernel().enter(Routine::DbgPrintEx);
+    routine::enter(Routine::DbgPrintEx);
     capture(format, &[a1, a2, a3, a4, a5, a6, a7, a8])
 }
 

@@ -1,5 +1,8 @@
-//! IRQL, per thread: what `KeGetCurrentIrql` returns and `mov cr8` sets. Raising a thread to
-//! `DISPATCH_LEVEL` pages out every unlocked pageable section when Force IRQL checking is on.
+//! IRQL, per thread (each emulated CPU is a thread), and the spin locks the thread holds.
+//!
+//! The IRQL is what `KeGetCurrentIrql` returns and `mov cr8` sets. A raise to `DISPATCH_LEVEL` runs the
+//! hook Force IRQL checking installs ([`on_raise_to_dispatch`]): the memory manager pages out
+//! every unlocked pageable section, as Driver Verifier does.
 //!
 //! The values live in `const` thread-locals without destructors, which the fault handler may
 //! read and write (no lazy initialisation, no allocation).
@@ -36,19 +39,24 @@ pub fn set(new: u8) {
     crate::sched::point();
 }
 
-/// Pages out every unlocked pageable section when Force IRQL checking is on.
+static RAISED_TO_DISPATCH: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Installs what a raise to `DISPATCH_LEVEL` does: with Force IRQL checking on, the layer
+/// above pages out every unlocked pageable section (async-signal-safe, as [`set`] is).
+pub fn on_raise_to_dispatch(hook: fn()) {
+    let _ = RAISED_TO_DISPATCH.set(hook);
+}
+
 fn force_irql_checking() {
-    if let Some(kernel) = crate::kernel::try_kernel()
-        && kernel.options.force_irql
-    {
-        kernel.mm.page_out_unlocked();
+    if let Some(hook) = RAISED_TO_DISPATCH.get() {
+        hook();
     }
 }
 
-/// This thread's emulated CPU was just switched in.
+/// This thread's emulated CPU was just switched in (the scheduler's hook).
 ///
-/// At or above `DISPATCH_LEVEL`, Force IRQL checking pages the unlocked sections out again, since a CPU at `PASSIVE_LEVEL` may have
-/// faulted them in meanwhile (async-signal-safe).
+/// At or above `DISPATCH_LEVEL`, Force IRQL checking pages the unlocked sections out again,
+/// since a CPU at `PASSIVE_LEVEL` may have faulted them in meanwhile (async-signal-safe).
 pub fn switched_in() {
     if current() >= DISPATCH_LEVEL {
         force_irql_checking();
@@ -71,4 +79,20 @@ pub fn count_spin_lock(acquired: bool) {
 /// Forgets this thread's spin locks (after a violation was reported for them).
 pub fn forget_spin_locks() {
     SPIN_LOCKS_HELD.with(|held| held.set(0));
+}
+
+/// The IRQL rule of a routine documented for `highest` and below (the DDI rules `Irql*`):
+/// records a violation and returns false when this CPU is above it.
+#[must_use]
+pub fn at_most(routine: crate::routine::Routine, highest: u8) -> bool {
+    let irql = current();
+    if irql <= highest {
+        return true;
+    }
+    crate::record::violation(
+        crate::verifier::Rule::IrqlTooHigh,
+        [crate::verifier::bed_number(0x25), u64::from(irql), u64::from(highest), 0],
+        format!("{} at IRQL {irql} (documented for IRQL <= {highest})", routine.name()),
+    );
+    false
 }

@@ -1,17 +1,19 @@
-//! Faults in the driver: page-ins of paged-out sections below `DISPATCH_LEVEL`, the `mov cr8`
-//! emulation, and every other fault turned into a bugcheck.
+//! Traps in the driver, as the kernel's page-fault and general-protection handlers take them.
 //!
-//! The signal handler is async-signal-safe: it reads the kernel through an atomic load, changes
-//! protections with `mprotect`, and touches only atomics and `const` thread-locals. When a fault
-//! is fatal it does not report from inside the handler: it records the fault in thread-locals
-//! and resumes the thread in `report_fault`, on the same stack below the faulting frame,
-//! outside signal context, where formatting and writing the report are safe.
+//! Page-ins of paged-out sections below `DISPATCH_LEVEL`, the `mov cr8` emulation, and every
+//! other fault turned into a bugcheck.
+//!
+//! The signal handler is async-signal-safe: it reads the memory manager through an atomic load,
+//! changes protections with `mprotect`, and touches only atomics and `const` thread-locals. When a
+//! fault is fatal it does not report from inside the handler: it records the fault in thread-locals
+//! and resumes the thread in `report_fault`, on the same stack below the faulting frame, outside
+//! signal context, where formatting and writing the report are safe.
 
 use std::cell::Cell;
 
 use crate::{
-    irql::{self, DISPATCH_LEVEL},
-    kernel::try_kernel,
+    ke::irql::{self, DISPATCH_LEVEL},
+    mm, record,
     verifier::Rule,
 };
 
@@ -133,13 +135,12 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
     let gregs = &mut context.uc_mcontext.gregs;
     let rip = usize::try_from(gregs[greg(libc::REG_RIP)]).unwrap_or(0);
     let error = gregs[greg(libc::REG_ERR)];
-    let Some(kernel) = try_kernel().filter(|_| !REPORTING.with(Cell::get)) else {
+    let Some(mm) = mm::try_get().filter(|_| !REPORTING.with(Cell::get)) else {
         // Not the driver's fault, or a fault while reporting one: die of it.
         // SAFETY: restores the default action; the instruction faults again and ends the process.
         unsafe { libc::signal(signal, libc::SIG_DFL) };
         return;
     };
-    let mm = &kernel.mm;
     // The instruction's bytes, when it is in the image (its code section is readable).
     let mut bytes = [0u8; 16];
     let mut len = 0;
@@ -215,8 +216,7 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
 /// Where a fatal fault resumes: reports the bugcheck and ends the run.
 extern "C" fn report_fault() -> ! {
     let p = PENDING.with(Cell::get);
-    let kernel = crate::kernel::kernel();
-    let mm = &kernel.mm;
+    let mm = mm::get();
     let rule = p.rule.unwrap_or(Rule::InvalidAccess);
     let access = if p.execute {
         "execute"
@@ -268,5 +268,5 @@ extern "C" fn report_fault() -> ! {
             )
         }
     };
-    crate::isolate::stop(rule, None, parameters, detail)
+    record::stop(rule, None, parameters, detail)
 }
