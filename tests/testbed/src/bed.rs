@@ -446,6 +446,12 @@ impl Bed {
         ran
     }
 
+    /// IRPs the driver has pended and not completed.
+    #[must_use]
+    pub fn irps_outstanding(&self) -> usize {
+        irp::pended(None).len()
+    }
+
     /// Whether `handle` was opened for overlapped I/O.
     #[must_use]
     pub const fn overlapped(handle: &Handle) -> bool {
@@ -703,6 +709,14 @@ static RUN: OnceLock<Run> = OnceLock::new();
 /// `DISPATCH_LEVEL`, and a switch to a CPU at it, page out every unlocked section).
 fn install_hooks(force_irql: bool) {
     record::on_stop(stopped);
+    // The clock interrupt, on a CPU of a scheduled run, at one kernel entry in four as the
+    // schedule draws: DPCs then run interrupting whatever that CPU was doing below
+    // DISPATCH_LEVEL, as on Windows, not only where a CPU is idle.
+    routine::on_enter(|| {
+        if sched::active() && sched::current_cpu().is_some() && sched::choose_below(4) == 0 {
+            let _ = ke::idle();
+        }
+    });
     sched::on_stuck(|cpu| {
         record::stop(
             Rule::CpuStuck,

@@ -3,7 +3,7 @@
 
 use pagelock_test::device::{Device, Reply, TransportError};
 
-use crate::bed::{Bed, Handle};
+use crate::bed::{Bed, Handle, Pending};
 
 /// The seed of the schedules the scenario suite's concurrent parts run under.
 const SUITE_SEED: u64 = 0x5CED_0001;
@@ -18,6 +18,7 @@ pub struct BedDevice<'a> {
 
 impl Device for BedDevice<'_> {
     type Handle = Handle;
+    type Pending = Pending;
 
     fn open(&self) -> Result<Result<Handle, i32>, TransportError> {
         Ok(self.bed.open(&self.name))
@@ -41,6 +42,33 @@ impl Device for BedDevice<'_> {
     ) -> Result<Reply, TransportError> {
         let (status, output) = self.bed.control(handle, code, input, output_capacity);
         Ok(Reply { status, output })
+    }
+
+    fn start(
+        &self,
+        handle: &Handle,
+        code: u32,
+        input: &[u8],
+        output_capacity: usize,
+    ) -> Result<Pending, TransportError> {
+        if !Bed::overlapped(handle) {
+            return Err(TransportError(
+                "start needs a handle opened for overlapped I/O: a synchronous handle's request \
+                 would not return before it completes"
+                    .to_owned(),
+            ));
+        }
+        Ok(self.bed.control_overlapped(handle, code, input, output_capacity))
+    }
+
+    fn finish(&self, pending: Pending) -> Result<Reply, TransportError> {
+        let (status, output) = self.bed.finish(pending);
+        Ok(Reply { status, output })
+    }
+
+    fn cancel(&self, handle: &Handle) -> Result<(), TransportError> {
+        self.bed.cancel_all(handle);
+        Ok(())
     }
 
     fn close(&self, handle: Handle) -> Result<(), TransportError> {

@@ -4,9 +4,11 @@
 //! boundary and random buffer sizes, random contents) and closes over several handles, keeps a
 //! model of the locks every open handle should hold, and at every quiescent point (no IRP in
 //! flight) checks that the memory manager's lock counts, the counts the driver reports and the
-//! model agree, that every reply has its documented status, and that no verifier rule fired. A
-//! failure is shrunk to a minimal sequence, replayed from scratch each time; everything follows
-//! from the seed.
+//! model agree, that every reply has its documented status, and that no verifier rule fired.
+//! Waits (`WAIT`) are left pending on their handles and end by `SIGNAL`, by a cancel, by their
+//! handle's close or by their timer; the model keeps, for each, the outcomes it may end with,
+//! and when none is pending the bed must hold no IRP at all. A failure is shrunk to a minimal
+//! sequence, replayed from scratch each time; everything follows from the seed.
 
 use std::{
     path::Path,
@@ -16,13 +18,14 @@ use std::{
 use anyhow::Result;
 use pagelock_protocol::{
     self as protocol, BenchRequest, IOCTL_BENCH, IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED,
-    IOCTL_UNLOCK, MAX_EXTRA_LOCKS, RunRequest, StateReply, status,
+    IOCTL_SIGNAL, IOCTL_UNLOCK, IOCTL_WAIT, MAX_EXTRA_LOCKS, RunRequest, SignalReply,
+    SignalRequest, SignalScope, StateReply, WaitOutcome, WaitReply, WaitRequest, status,
     zerocopy::{FromBytes, IntoBytes},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bed::{Bed, Handle, Options},
+    bed::{Bed, Handle, Options, Pending},
     isolate::isolated,
 };
 
@@ -40,6 +43,8 @@ struct Outcome {
 
 /// Most handles open at once.
 const MAX_HANDLES: usize = 6;
+/// Most waits the fuzzer leaves pending on one handle (far below the driver's cap).
+const MAX_WAITS: usize = 4;
 
 /// One step of a sequence.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +64,26 @@ pub enum Op {
         /// The output capacity.
         output: usize,
     },
+    /// Send a `WAIT` overlapped on a handle and leave it pending.
+    Wait {
+        /// Handle slot (modulo the open ones).
+        handle: usize,
+        /// Its timeout (0 and above the maximum are refused).
+        timeout_ms: u32,
+        /// Its cookie.
+        cookie: u64,
+    },
+    /// Send `SIGNAL` on a handle: every wait, or the handle's own.
+    Signal {
+        /// Handle slot (modulo the open ones).
+        handle: usize,
+        /// All waits (otherwise the handle's).
+        all: bool,
+    },
+    /// Cancel every request of a handle (`CancelIoEx`).
+    Cancel(usize),
+    /// Wait for the oldest pending wait of a handle to end, and check how it ended.
+    Finish(usize),
     /// Send several control requests at once, one per emulated CPU, under the schedule of
     /// `seed` (the handles are opened for overlapped I/O, so several may be on one handle).
     Parallel {
@@ -116,9 +141,17 @@ pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
             .collect();
         return Op::Parallel { seed, requests };
     }
-    match rng.below(10) {
+    match rng.below(16) {
         0 | 1 => Op::Open,
-        2 => Op::Close(rng.below(MAX_HANDLES)),
+        2 | 3 => Op::Close(rng.below(MAX_HANDLES)),
+        4 | 5 => Op::Wait {
+            handle: rng.below(MAX_HANDLES),
+            timeout_ms: rng.pick(&[1, 10, 50, 1000, 0, protocol::MAX_WAIT_MS + 1]),
+            cookie: rng.next(),
+        },
+        6 => Op::Signal { handle: rng.below(MAX_HANDLES), all: rng.below(2) == 0 },
+        7 => Op::Cancel(rng.below(MAX_HANDLES)),
+        8 => Op::Finish(rng.below(MAX_HANDLES)),
         _ => random_control(rng),
     }
 }
@@ -171,6 +204,89 @@ fn random_control(rng: &mut Rng) -> Op {
 struct Model {
     handle: Handle,
     extra: u32,
+    /// Its pending waits, oldest first.
+    waits: Vec<WaitModel>,
+}
+
+/// Outcomes a pending wait may end with (a set of bits).
+const EXPIRED: u8 = 1;
+const SIGNALLED: u8 = 2;
+const CANCELLED: u8 = 4;
+
+/// A wait the fuzzer left pending, and what it may have become.
+struct WaitModel {
+    pending: Pending,
+    cookie: u64,
+    /// Outcomes it may have ended with so far.
+    possible: u8,
+    /// Surely still queued: nothing that could end it has happened since it was sent.
+    queued: bool,
+    /// Surely ended (signalled, cancelled or closed while it could still be queued).
+    ended: bool,
+}
+
+impl WaitModel {
+    /// Something may have let time run (a batch on the bed's CPUs): it may have expired.
+    const fn may_expire(&mut self) {
+        if !self.ended {
+            self.queued = false;
+            self.possible |= EXPIRED;
+        }
+    }
+
+    /// Something ended it if it was still queued, with `outcome`.
+    const fn end_with(&mut self, outcome: u8) {
+        if !self.ended {
+            self.possible |= outcome;
+            self.ended = true;
+            self.queued = false;
+        }
+    }
+}
+
+/// Finishes `wait` and checks how it ended against the outcomes it may have.
+fn finish_wait(bed: &Bed, mut wait: WaitModel) -> Result<(), String> {
+    // Finishing waits for it: until it ends, the idle CPU lets its timer fire.
+    wait.may_expire();
+    let (got, reply) = bed.finish(wait.pending);
+    if got == status::CANCELLED {
+        return if wait.possible & CANCELLED != 0 && reply.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a wait ended cancelled ({} bytes), possible {:#b}",
+                reply.len(),
+                wait.possible
+            ))
+        };
+    }
+    if got != status::SUCCESS {
+        return Err(format!("a wait ended with {got:#x}"));
+    }
+    let Ok(reply) = WaitReply::read_from_bytes(&reply) else {
+        return Err(format!("a wait's reply is {} bytes", reply.len()));
+    };
+    let outcome = match WaitOutcome::from_u32(reply.outcome) {
+        Some(WaitOutcome::Expired) => EXPIRED,
+        Some(WaitOutcome::Signalled) => SIGNALLED,
+        _ => 0,
+    };
+    if reply.cookie != wait.cookie || outcome & wait.possible == 0 {
+        return Err(format!(
+            "a wait (cookie {:#x}, possible {:#b}) replied {reply:?}",
+            wait.cookie, wait.possible
+        ));
+    }
+    Ok(())
+}
+
+/// Closes a handle with its waits pending (cleanup cancels them) and checks each.
+fn close_with_waits(bed: &Bed, mut model: Model) -> Result<(), String> {
+    for wait in &mut model.waits {
+        wait.end_with(CANCELLED);
+    }
+    bed.close(model.handle);
+    model.waits.into_iter().try_for_each(|wait| finish_wait(bed, wait))
 }
 
 /// Why a sequence failed, at which step.
@@ -240,6 +356,31 @@ fn expected_status(code: u32, input: &[u8], output: usize, extra: u32) -> i32 {
                 }
             }
         }
+        IOCTL_WAIT => {
+            if too_small(size_of::<WaitReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else {
+                match protocol::decode::<WaitRequest>(input) {
+                    Err(protocol::RequestError::BufferTooSmall) => status::BUFFER_TOO_SMALL,
+                    Err(protocol::RequestError::InvalidParameter) => status::INVALID_PARAMETER,
+                    Ok(r) if !r.is_valid() => status::INVALID_PARAMETER,
+                    // Sent synchronously: it ends by its timer, the caller waiting for it.
+                    Ok(_) => status::SUCCESS,
+                }
+            }
+        }
+        IOCTL_SIGNAL => {
+            if too_small(size_of::<SignalReply>()) {
+                status::BUFFER_TOO_SMALL
+            } else {
+                match protocol::decode::<SignalRequest>(input) {
+                    Err(protocol::RequestError::BufferTooSmall) => status::BUFFER_TOO_SMALL,
+                    Err(protocol::RequestError::InvalidParameter) => status::INVALID_PARAMETER,
+                    Ok(r) if r.scope().is_none() => status::INVALID_PARAMETER,
+                    Ok(_) => status::SUCCESS,
+                }
+            }
+        }
         // Every other code; the fuzzer's handles have read and write access, so the I/O
         // manager's access check passes them all to the driver.
         _ => status::INVALID_DEVICE_REQUEST,
@@ -251,6 +392,16 @@ fn expected_status(code: u32, input: &[u8], output: usize, extra: u32) -> i32 {
 fn check_reply(code: u32, input: &[u8], got: i32, reply: &[u8]) -> Result<(), String> {
     if !status::is_success(got) && !reply.is_empty() {
         return Err(format!("code {code:#x} failed but returned {} bytes", reply.len()));
+    }
+    if got == status::SUCCESS && code == IOCTL_WAIT {
+        let request = WaitRequest::read_from_bytes(input).unwrap_or_default();
+        let reply = WaitReply::read_from_bytes(reply).unwrap_or_default();
+        let outcome = WaitOutcome::from_u32(reply.outcome);
+        if reply.cookie != request.cookie
+            || !matches!(outcome, Some(WaitOutcome::Expired | WaitOutcome::Signalled))
+        {
+            return Err(format!("WAIT replied {reply:?} for {request:?}"));
+        }
     }
     if got == status::SUCCESS && code == IOCTL_RUN_LOCKED {
         let request = RunRequest::read_from_bytes(input).unwrap_or_default();
@@ -282,7 +433,7 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                         bed.open(protocol::DEVICE_NAME)
                     };
                     match opened {
-                        Ok(handle) => open.push(Model { handle, extra: 0 }),
+                        Ok(handle) => open.push(Model { handle, extra: 0, waits: Vec::new() }),
                         Err(status) => return fail(format!("open failed with {status:#x}")),
                     }
                 }
@@ -291,7 +442,9 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                 if !open.is_empty() {
                     let model = open.remove(slot % open.len());
                     *irps += 2;
-                    bed.close(model.handle);
+                    if let Err(reason) = close_with_waits(bed, model) {
+                        return fail(reason);
+                    }
                 }
             }
             Op::Control { handle, code, input, output } => {
@@ -314,6 +467,96 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                 open[index].extra = open[index].extra
                     + u32::from(got == status::SUCCESS && *code == IOCTL_LOCK)
                     - u32::from(got == status::SUCCESS && *code == IOCTL_UNLOCK);
+                after_control(&mut open, index, *code, input, got);
+            }
+            Op::Wait { handle, timeout_ms, cookie } => {
+                if open.is_empty() || open[handle % open.len()].waits.len() >= MAX_WAITS {
+                    continue;
+                }
+                let index = handle % open.len();
+                let request = WaitRequest::new(*timeout_ms, *cookie);
+                *irps += 1;
+                let pending = bed.control_overlapped(
+                    &open[index].handle,
+                    IOCTL_WAIT,
+                    request.as_bytes(),
+                    size_of::<WaitReply>(),
+                );
+                if !request.is_valid() {
+                    let (got, reply) = bed.finish(pending);
+                    if got != status::INVALID_PARAMETER || !reply.is_empty() {
+                        return fail(format!(
+                            "WAIT of {timeout_ms} ms: {got:#x}, expected a refusal"
+                        ));
+                    }
+                    continue;
+                }
+                open[index].waits.push(WaitModel {
+                    pending,
+                    cookie: *cookie,
+                    possible: 0,
+                    queued: true,
+                    ended: false,
+                });
+            }
+            Op::Signal { handle, all } => {
+                if open.is_empty() {
+                    continue;
+                }
+                let index = handle % open.len();
+                let scope = if *all { SignalScope::All } else { SignalScope::Caller };
+                let input = SignalRequest::new(scope);
+                let in_scope = |i: usize| *all || i == index;
+                let (low, high) = open.iter().enumerate().filter(|(i, _)| in_scope(*i)).fold(
+                    (0, 0),
+                    |(low, high), (_, m)| {
+                        (
+                            low + m.waits.iter().filter(|w| w.queued).count(),
+                            high + m.waits.iter().filter(|w| !w.ended).count(),
+                        )
+                    },
+                );
+                *irps += 1;
+                let (got, reply) = bed.control(
+                    &open[index].handle,
+                    IOCTL_SIGNAL,
+                    input.as_bytes(),
+                    size_of::<SignalReply>(),
+                );
+                let completed = SignalReply::read_from_bytes(&reply)
+                    .map_or(usize::MAX, |r| usize::try_from(r.completed).unwrap_or(usize::MAX));
+                if got != status::SUCCESS || !(low..=high).contains(&completed) {
+                    return fail(format!(
+                        "SIGNAL ({scope:?}): {got:#x}, {completed} completed, expected {low} to {high}"
+                    ));
+                }
+                after_control(&mut open, index, IOCTL_SIGNAL, input.as_bytes(), got);
+            }
+            Op::Cancel(slot) => {
+                if open.is_empty() {
+                    continue;
+                }
+                let index = slot % open.len();
+                bed.cancel_all(&open[index].handle);
+                for wait in &mut open[index].waits {
+                    wait.end_with(CANCELLED);
+                }
+            }
+            Op::Finish(slot) => {
+                if open.is_empty() || open[slot % open.len()].waits.is_empty() {
+                    continue;
+                }
+                let index = slot % open.len();
+                let wait = open[index].waits.remove(0);
+                // Its timer may fire for the others too while this one is waited for.
+                for model in &mut open {
+                    for other in &mut model.waits {
+                        other.may_expire();
+                    }
+                }
+                if let Err(reason) = finish_wait(bed, wait) {
+                    return fail(reason);
+                }
             }
             Op::Parallel { seed, requests } => {
                 if open.is_empty() {
@@ -360,6 +603,16 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                             i64::from(*code == IOCTL_LOCK) - i64::from(*code == IOCTL_UNLOCK);
                     }
                 }
+                // On the bed's CPUs time may run: any wait may have expired, and a SIGNAL in
+                // the batch ended what it reached.
+                for model in &mut open {
+                    for wait in &mut model.waits {
+                        wait.may_expire();
+                    }
+                }
+                for ((index, code, input, _), (got, _)) in targets.iter().zip(&replies) {
+                    after_control(&mut open, *index, *code, input, *got);
+                }
                 for (model, net) in open.iter_mut().zip(net) {
                     let extra = i64::from(model.extra) + net;
                     if !(0..=i64::from(MAX_EXTRA_LOCKS)).contains(&extra) {
@@ -369,7 +622,14 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                 }
             }
         }
-        // Quiescent: nothing in flight. The model, the memory manager and the driver agree.
+        // Quiescent: nothing in flight but the waits left pending. The model, the memory
+        // manager and the driver agree, and with no wait pending the bed holds no IRP.
+        if open.iter().all(|m| m.waits.is_empty()) && bed.irps_outstanding() > 0 {
+            return fail(format!(
+                "{} IRP(s) outstanding with no wait pending",
+                bed.irps_outstanding()
+            ));
+        }
         let expected: i64 = open.iter().map(|m| 1 + i64::from(m.extra)).sum();
         for (name, count) in bed.lock_counts() {
             if (name == "PAGELK" || name == "PAGEDATA") && count != expected {
@@ -406,7 +666,9 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
     }
     for model in open {
         *irps += 2;
-        bed.close(model.handle);
+        if let Err(reason) = close_with_waits(bed, model) {
+            return Some(Failure { step: ops.len(), reason });
+        }
     }
     bed.unload();
     let violations = bed.violations();
@@ -417,6 +679,29 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
         });
     }
     None
+}
+
+/// What a control request sent with `bed.control` did to the pending waits: a `WAIT` waited
+/// for (time ran: any may have expired), a `SIGNAL` that succeeded (it ended what it reached).
+fn after_control(open: &mut [Model], index: usize, code: u32, input: &[u8], got: i32) {
+    if code == IOCTL_WAIT && got == status::SUCCESS {
+        for wait in open.iter_mut().flat_map(|m| m.waits.iter_mut()) {
+            wait.may_expire();
+        }
+    }
+    if code == IOCTL_SIGNAL && got == status::SUCCESS {
+        let all = SignalRequest::read_from_bytes(input)
+            .ok()
+            .and_then(|r| r.scope())
+            .is_some_and(|s| s == SignalScope::All);
+        for (i, model) in open.iter_mut().enumerate() {
+            if all || i == index {
+                for wait in &mut model.waits {
+                    wait.end_with(SIGNALLED);
+                }
+            }
+        }
+    }
 }
 
 /// Replays `ops` on a fresh bed in a child process.

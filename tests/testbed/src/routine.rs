@@ -167,6 +167,17 @@ pub fn fail_call(routine: Routine, nth: u64) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("fault injection is set once per process"))
 }
 
+static ENTERED: OnceLock<fn()> = OnceLock::new();
+
+/// Installs what may happen on the calling CPU as it enters a kernel routine.
+///
+/// It runs after the switch point and before the routine: the layer above delivers the clock interrupt there, as
+/// the schedule draws (a timer expires and its DPC runs, if the CPU is below
+/// `DISPATCH_LEVEL`), as an interrupt may arrive at any instruction on Windows.
+pub fn on_enter(hook: fn()) {
+    let _ = ENTERED.set(hook);
+}
+
 /// Counts a call of `routine`; true when fault injection makes this call fail.
 ///
 /// Every call into the emulated kernel is a switch point of the scheduler, taken here before
@@ -174,6 +185,9 @@ pub fn fail_call(routine: Routine, nth: u64) -> anyhow::Result<()> {
 pub fn enter(routine: Routine) -> bool {
     crate::trace::record(crate::trace::Kind::Call, routine as u16);
     crate::sched::point();
+    if let Some(hook) = ENTERED.get() {
+        hook();
+    }
     let nth = CALLS[routine as usize].fetch_add(1, Ordering::Relaxed) + 1;
     let fail = FAIL_CALL.get() == Some(&(routine, nth));
     if routine.failure().is_some() {

@@ -162,7 +162,11 @@ pub fn exec(
                     bed.close_worker(&others_done);
                     return;
                 }
-                let own = if c.shared { None } else { bed.open(device).ok() };
+                let own = if c.shared || requests.ioctls.is_empty() {
+                    None
+                } else {
+                    bed.open(device).ok()
+                };
                 if let Some(handle) = shared.as_ref().or(own.as_ref()) {
                     for _ in 0..c.repeat {
                         for spec in requests.ioctls {

@@ -154,6 +154,10 @@ pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8
             format!("IRP {irp:p} completed a second time"),
         );
     }
+    // A switch point on the way back too: once completed, the IRP's requester may go on (its
+    // cleanup, close and unlock) on another CPU while this one returns into the driver, whose
+    // next instruction may be code that only the IRP's locks kept resident.
+    crate::sched::point();
 }
 
 /// The IRP's `CancelRoutine`, as the atomic pointer `IoSetCancelRoutine` exchanges.
@@ -327,6 +331,8 @@ pub struct Sent {
 // SAFETY: the frame is the bed's, shared with the driver as the kernel shares an IRP: the
 // requester only reads it once it is completed, whichever CPU completed it.
 unsafe impl Send for Sent {}
+// SAFETY: through `&Sent` only the IRP's address and its completion count (an atomic) are read.
+unsafe impl Sync for Sent {}
 
 impl Sent {
     /// The IRP.
@@ -381,9 +387,13 @@ impl Sent {
 /// stops with `what()`: whoever waits would wait forever.
 pub fn wait_for(done: &dyn Fn() -> bool, what: &dyn Fn() -> String) {
     while !done() {
-        let others = crate::sched::active()
-            && crate::sched::current_cpu().is_some()
-            && crate::sched::wait_on_other_cpu();
+        let scheduled = crate::sched::active() && crate::sched::current_cpu().is_some();
+        // A CPU waiting is idle: as the schedule draws, it lets timers fire and runs DPCs
+        // while the others go on, so that a DPC meets their requests at any point.
+        if scheduled && crate::sched::choose_below(2) == 0 && crate::ke::idle() {
+            continue;
+        }
+        let others = scheduled && crate::sched::wait_on_other_cpu();
         if !others && !crate::ke::idle() && !done() {
             let left = pended(None);
             record::stop(
