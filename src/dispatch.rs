@@ -48,7 +48,16 @@ fn create(mut irp: Irp) -> Status {
 /// (`STATUS_CANCELLED`) before returning, so that none is queued when close releases the
 /// handle's locks, which cover the locked code that completes them.
 #[paged]
-fn cleanup(irp: Irp) -> Status {
+fn cleanup(mut irp: Irp) -> Status {
+    // A deliberately broken variant for the test bed (never in a product build): the handle's
+    // locks go first, so the waits drained below complete through PAGELK code and PAGEDATA that
+    // no lock covers (paged out, when no other handle is open).
+    if cfg!(feature = "defect-unlock-before-drain")
+        && let Some(open) = irp.open()
+    {
+        // MmUnlockPagableImageSection at PASSIVE_LEVEL, too early.
+        open.release_early();
+    }
     let _cancelled = pending::cleanup(kernel::file_of(&irp));
     irp.complete(status::SUCCESS, &[])
 }

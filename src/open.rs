@@ -121,6 +121,19 @@ impl Open {
         Ok(before - 2)
     }
 
+    /// Releases every pair this handle holds, ahead of its close, leaving nothing for the drop
+    /// to release. Only the test-only defect `defect-unlock-before-drain` calls it, from
+    /// cleanup, before the handle's queued waits are drained: the bug the test bed must catch.
+    #[paged]
+    pub fn release_early(&self) {
+        // INVARIANT: uncounted first, then released; `reserved` follows `held` down.
+        let held = self.held.swap(0, Ordering::AcqRel);
+        for before in (1..=held).rev() {
+            Self::release_pair(before);
+        }
+        self.reserved.store(0, Ordering::Release);
+    }
+
     /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
     /// the pair; returns the pairs held counting it. On failure nothing stays changed.
     #[paged]

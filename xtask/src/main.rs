@@ -149,6 +149,9 @@ const IMAGES: &[(&str, &[&str], bool)] = &[
     ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true),
     // Built so that it keeps building; the test bed's scheduler is what will catch it.
     ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false),
+    // Cleanup releases the handle's locks before it drains its waits: the test bed's pending
+    // requests must catch it (PAGELK code run after the last lock covering it went).
+    ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", &["defect-unlock-before-drain"], false),
 ];
 
 /// The test bed's fixture driver: its package, and the feature that is its binding source

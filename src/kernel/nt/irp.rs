@@ -125,6 +125,15 @@ impl Irp {
         (!raw.is_null()).then(|| unsafe { alloc::boxed::Box::from_raw(raw) })
     }
 
+    /// The per-open state, lent shared (`IRP_MJ_CLEANUP`).
+    #[paged]
+    pub fn open(&mut self) -> Option<&Open> {
+        let slot = self.context_slot()?;
+        // SAFETY: as in `control`: a non-null `FsContext` holds the `Box<Open>` stored by
+        // `set_open`, alive until close takes it back, which cannot overlap this request.
+        unsafe { slot.cast::<Open>().as_ref() }
+    }
+
     /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
     ///
     /// The state is only lent shared: other requests of the same handle may be using it on

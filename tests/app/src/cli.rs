@@ -15,6 +15,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The scenario called `name`, for `--skip`.
+fn scenario_named(name: &str) -> Result<crate::scenarios::Scenario, String> {
+    crate::scenarios::Scenario::from_name(name)
+        .ok_or_else(|| format!("no scenario is called `{name}`"))
+}
+
 /// What `wait --then` does while the wait is queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WaitEnd {
@@ -60,6 +66,9 @@ pub enum Command {
         /// Lists every check, not only the failed ones.
         #[arg(long, short)]
         verbose: bool,
+        /// A scenario to leave out (repeatable).
+        #[arg(long, value_name = "NAME", value_parser = scenario_named)]
+        skip: Vec<crate::scenarios::Scenario>,
     },
     /// Opens, locks, runs, unlocks and closes handles from several threads, then checks that
     /// every count is back to what the querying handle holds.
@@ -142,11 +151,15 @@ mod tests {
         assert_eq!(parse(&["query", "--json"]).ok(), Some(Command::Query { json: true }));
         assert_eq!(
             parse(&["run"]).ok(),
-            Some(Command::Run { scenario: Selection::All, verbose: false })
+            Some(Command::Run { scenario: Selection::All, verbose: false, skip: vec![] })
         );
         assert_eq!(
             parse(&["run", "--scenario", "bad-input", "-v"]).ok(),
-            Some(Command::Run { scenario: Selection::One(Scenario::BadInput), verbose: true })
+            Some(Command::Run {
+                scenario: Selection::One(Scenario::BadInput),
+                verbose: true,
+                skip: vec![]
+            })
         );
         assert_eq!(
             parse(&["stress", "--threads", "8", "--iterations", "10000"]).ok(),

@@ -83,6 +83,10 @@ pub trait Device: Sync {
     /// [`Device::finish`] waits for its reply. Meant for `WAIT`, which the driver queues; a
     /// request the driver completes at once is simply finished already.
     ///
+    /// On Windows a request belongs to the thread that sent it, and is cancelled when that
+    /// thread exits (the I/O manager cancels a thread's IRPs as it ends): send it from a thread
+    /// that lives until the request is finished.
+    ///
     /// The request does not borrow the handle: the handle may be cancelled ([`Device::cancel`])
     /// or closed ([`Device::close`]) while the request is pending, and the request then finishes
     /// with the status the driver completed it with (`STATUS_CANCELLED` for a queued `WAIT`).
