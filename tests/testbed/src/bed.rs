@@ -713,7 +713,11 @@ fn install_hooks(force_irql: bool) {
     // schedule draws: DPCs then run interrupting whatever that CPU was doing below
     // DISPATCH_LEVEL, as on Windows, not only where a CPU is idle.
     routine::on_enter(|| {
-        if sched::active() && sched::current_cpu().is_some() && sched::choose_below(4) == 0 {
+        if sched::active()
+            && sched::current_cpu().is_some()
+            && ke::interrupt_pending()
+            && sched::choose_below(4) == 0
+        {
             let _ = ke::idle();
         }
     });

@@ -416,11 +416,13 @@ fn check_reply(code: u32, input: &[u8], got: i32, reply: &[u8]) -> Result<(), St
 }
 
 /// Runs `ops` on a loaded bed, checking after every step. Returns the first failure. A
-/// sequence with [`Op::Parallel`] steps opens its handles for overlapped I/O.
+/// sequence with [`Op::Parallel`] or [`Op::Wait`] steps opens its handles for overlapped I/O.
 #[expect(clippy::too_many_lines, reason = "one walk over the steps, with the model beside it")]
 pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> {
     let mut open: Vec<Model> = Vec::new();
-    let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. }));
+    // Waits left pending and concurrent batches need overlapped handles: a synchronous
+    // handle lets one request in at a time, and a pending wait would hold it.
+    let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. } | Op::Wait { .. }));
     for (step, op) in ops.iter().enumerate() {
         let fail = |reason: String| Some(Failure { step, reason });
         match op {
@@ -726,26 +728,62 @@ pub fn replay(driver: &Path, ops: &[Op]) -> Result<Option<Failure>> {
     Ok(report.scenarios.and_then(|f| serde_json::from_str(&f).ok()))
 }
 
-/// Shrinks a failing sequence: drops chunks, then single steps, while it still fails.
+/// Shrinks a failing sequence while it still fails: drops chunks of steps, then single
+/// steps, then points every step at the first handle; again until nothing changes.
 ///
 /// # Errors
 /// When a replay cannot run.
 pub fn shrink(driver: &Path, mut ops: Vec<Op>) -> Result<Vec<Op>> {
-    let mut chunk = ops.len() / 2;
-    while chunk >= 1 {
-        let mut start = 0;
-        while start < ops.len() {
-            let mut candidate = ops.clone();
-            candidate.drain(start..(start + chunk).min(ops.len()));
-            if replay(driver, &candidate)?.is_some() {
-                ops = candidate;
-            } else {
-                start += chunk;
+    loop {
+        let before = ops.clone();
+        let mut chunk = ops.len() / 2;
+        while chunk >= 1 {
+            let mut start = 0;
+            while start < ops.len() {
+                let mut candidate = ops.clone();
+                candidate.drain(start..(start + chunk).min(ops.len()));
+                if replay(driver, &candidate)?.is_some() {
+                    ops = candidate;
+                } else {
+                    start += chunk;
+                }
+            }
+            chunk /= 2;
+        }
+        // Handle slots are taken modulo the open handles, so a dropped open moves the steps
+        // after it to other handles; on the first handle they stay where they are. All at
+        // once first (steps on one handle move together), then one by one.
+        let all: Vec<Op> =
+            ops.iter().map(|op| on_first_handle(op).unwrap_or_else(|| op.clone())).collect();
+        if all != ops && replay(driver, &all)?.is_some() {
+            ops = all;
+        }
+        for i in 0..ops.len() {
+            if let Some(simpler) = on_first_handle(&ops[i]) {
+                let mut candidate = ops.clone();
+                candidate[i] = simpler;
+                if replay(driver, &candidate)?.is_some() {
+                    ops = candidate;
+                }
             }
         }
-        chunk /= 2;
+        if ops == before {
+            return Ok(ops);
+        }
     }
-    Ok(ops)
+}
+
+/// `op` sent on the first handle instead, when it names another.
+fn on_first_handle(op: &Op) -> Option<Op> {
+    let mut simpler = op.clone();
+    match &mut simpler {
+        Op::Close(slot) | Op::Cancel(slot) | Op::Finish(slot) => *slot = 0,
+        Op::Control { handle, .. } | Op::Wait { handle, .. } | Op::Signal { handle, .. } => {
+            *handle = 0;
+        }
+        Op::Open | Op::Parallel { .. } => return None,
+    }
+    (simpler != *op).then_some(simpler)
 }
 
 const fn one() -> usize {

@@ -343,7 +343,7 @@ fn lock_unlock_from_two_cpus(
 }
 
 fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
-    lock_unlock_from_two_cpus(sys, true, 20, seed, schedules)
+    lock_unlock_from_two_cpus(sys, true, 40, seed, schedules)
 }
 
 #[test]
@@ -458,4 +458,67 @@ fn the_stress_run_keeps_force_irql_checking_on_and_catches_an_unlocked_run() {
         }),
         "{stats:#}"
     );
+}
+
+/// Two CPUs each send a long `WAIT` on an overlapped handle of their own and close that handle
+/// with the wait still queued, under the schedule of `seed`.
+fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Value) {
+    let wait = pagelock_protocol::WaitRequest::new(30_000, 0x5EED);
+    let wait = format!(
+        "{}:{}:{}",
+        code(pagelock_protocol::IOCTL_WAIT),
+        hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(&wait)),
+        size_of::<pagelock_protocol::WaitReply>()
+    );
+    let seed = seed.to_string();
+    let sys = sys.to_str().unwrap();
+    let output = bed(&[
+        "exec",
+        sys,
+        "--device",
+        DEVICE,
+        "--open",
+        "0",
+        "--threads",
+        "2",
+        "--seed",
+        &seed,
+        "--pend",
+        &wait,
+        "--json",
+    ]);
+    let report = json(&output);
+    (output, report)
+}
+
+#[test]
+fn releasing_the_locks_in_cleanup_before_draining_the_waits_is_caught_for_every_seed_tried() {
+    let sys =
+        image("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", &["defect-unlock-before-drain"], false);
+    for seed in 1..=10 {
+        let (output, report) = waits_closed_pending_from_two_cpus(&sys, seed);
+        assert_eq!(output.status.code(), Some(1), "seed {seed}: {report:#}");
+        let fired = rules(&report);
+        assert!(
+            fired.iter().any(|r| r == "released-with-irps-outstanding"),
+            "seed {seed}: {fired:?}"
+        );
+    }
+}
+
+#[test]
+fn the_real_driver_drains_its_waits_before_the_last_lock_goes_for_every_seed_tried() {
+    for seed in 1..=10 {
+        let (output, report) = waits_closed_pending_from_two_cpus(&release(), seed);
+        assert!(output.status.success(), "seed {seed}: {report:#}");
+        let cancelled = report["steps"].as_array().map_or(0, |steps| {
+            steps
+                .iter()
+                .filter(|s| {
+                    s["status"].as_i64() == Some(i64::from(pagelock_protocol::status::CANCELLED))
+                })
+                .count()
+        });
+        assert_eq!(cancelled, 2, "seed {seed}: both waits cancelled by their handle's cleanup");
+    }
 }

@@ -42,6 +42,12 @@ pub fn idle() -> bool {
     false
 }
 
+/// Whether a clock interrupt would have work: a DPC queued or a timer set.
+#[must_use]
+pub fn interrupt_pending() -> bool {
+    !dpc::queued().is_empty() || !timer::set_timers().is_empty()
+}
+
 /// `KeGetCurrentIrql`.
 pub(crate) extern "win64" fn get_current_irql() -> u8 {
     irql::current()
