@@ -13,11 +13,11 @@
 //!   sections may be paged out; and the code that returns from an `IoCompleteRequest` may be
 //!   running after the last lock is gone. The `KTIMER`, `KDPC`, `IO_CSQ`, the list head and the
 //!   queue's spin lock are resident too (`kernel`), and so are this module's counts.
-//! - **`PAGELK`, covered by the handle a `WAIT` came on**: [`reserve`] (and `timer_start`, and
+//! - **`PAGELK`, covered by the handle a `WAIT` came on**: `reserve` (and `timer_start`, and
 //!   the queue's insert callback) run in that `WAIT`'s dispatch routine; its IRP keeps the file
 //!   object referenced, so the pair of locks the handle took in `IRP_MJ_CREATE`, released only in
 //!   `IRP_MJ_CLOSE`, is held.
-//! - **`PAGELK`, covered by the queued IRP being handled**: [`settle`] (counting in `PAGEDATA`
+//! - **`PAGELK`, covered by the queued IRP being handled**: `settle` (counting in `PAGEDATA`
 //!   through [`crate::work::record_wait_completion`] under the driver's spin lock, and writing
 //!   the reply into the IRP) runs only for a wait taken off the queue and not yet completed: it
 //!   still holds its file object, so `IRP_MJ_CLOSE` of its handle cannot have come. A lock per
@@ -212,7 +212,7 @@ pub fn on_cancelled(wait: QueuedWait) {
 /// it. Resident, as [`on_tick`].
 ///
 /// `wait` is not completed yet, so its file object is referenced and its handle's lock pair,
-/// released only in `IRP_MJ_CLOSE`, covers [`settle`]. Once `complete` has run, that pair
+/// released only in `IRP_MJ_CLOSE`, covers `settle`. Once `complete` has run, that pair
 /// may be gone: nothing of `PAGELK` runs after it, only this resident code's return.
 #[inline(never)]
 pub fn finish(mut wait: QueuedWait, outcome: WaitOutcome) {

@@ -159,13 +159,15 @@ pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
 /// A random control request.
 fn random_control(rng: &mut Rng) -> Op {
     let handle = rng.below(MAX_HANDLES);
-    let code = match rng.below(8) {
+    let code = match rng.below(10) {
         0 => IOCTL_QUERY_STATE,
         1 | 2 => IOCTL_RUN_LOCKED,
         3 => IOCTL_LOCK,
         4 => IOCTL_UNLOCK,
         5 => IOCTL_BENCH,
-        6 => protocol::ctl_code(
+        6 => IOCTL_WAIT,
+        7 => IOCTL_SIGNAL,
+        8 => protocol::ctl_code(
             protocol::DEVICE_TYPE,
             0x800 + u32::try_from(rng.below(16)).unwrap_or(0),
             rng.pick(&[0, 1, 2, 3]),
@@ -189,6 +191,14 @@ fn random_control(rng: &mut Rng) -> Op {
             BenchRequest::new(rng.pick(&[0, 1, 10, protocol::MAX_BENCH_ITERATIONS + 1]))
                 .as_bytes()
                 .to_vec()
+        }
+        (IOCTL_WAIT, 0..=2) => {
+            // Sent and waited for: short timeouts, so that the timer ends them soon.
+            WaitRequest::new(rng.pick(&[1, 5, 20, 0]), rng.next()).as_bytes().to_vec()
+        }
+        (IOCTL_SIGNAL, 0..=2) => {
+            let scope = if rng.below(2) == 0 { SignalScope::All } else { SignalScope::Caller };
+            SignalRequest::new(scope).as_bytes().to_vec()
         }
         (IOCTL_QUERY_STATE | IOCTL_LOCK | IOCTL_UNLOCK, 0..=2) => Vec::new(),
         _ => {
