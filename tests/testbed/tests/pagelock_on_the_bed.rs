@@ -522,3 +522,83 @@ fn the_real_driver_drains_its_waits_before_the_last_lock_goes_for_every_seed_tri
         assert_eq!(cancelled, 2, "seed {seed}: both waits cancelled by their handle's cleanup");
     }
 }
+
+/// Runs `exec` over `schedules` seeds and returns, per race the bed names, the schedules that
+/// reached it (from the summary `--schedules` prints).
+fn races_reached(args: &[&str]) -> Vec<(String, u64)> {
+    let output = bed(args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("reached in ")?;
+            let (schedules, race) = rest.split_once(" of the schedules run ")?;
+            let race = race.split_once("): ").map_or(race, |(_, r)| r);
+            Some((race.to_owned(), schedules.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean() {
+    let sys = release();
+    let short = pagelock_protocol::WaitRequest::new(1, 1);
+    let long = pagelock_protocol::WaitRequest::new(30_000, 2);
+    let spec = |request: &pagelock_protocol::WaitRequest| {
+        format!(
+            "{}:{}:{}",
+            code(pagelock_protocol::IOCTL_WAIT),
+            hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(request)),
+            size_of::<pagelock_protocol::WaitReply>()
+        )
+    };
+    let (short, long) = (spec(&short), spec(&long));
+    let sys = sys.to_str().unwrap();
+    let mut reached = races_reached(&[
+        "exec",
+        sys,
+        "--device",
+        DEVICE,
+        "--open",
+        "0",
+        "--threads",
+        "2",
+        "--seed",
+        "1",
+        "--schedules",
+        "100",
+        "--pend",
+        &short,
+    ]);
+    reached.extend(races_reached(&[
+        "exec",
+        sys,
+        "--device",
+        DEVICE,
+        "--open",
+        "0",
+        "--threads",
+        "3",
+        "--seed",
+        "1",
+        "--schedules",
+        "100",
+        "--pend",
+        &short,
+        "--pend",
+        &long,
+        "--cancel",
+    ]));
+    for race in [
+        "a DPC completed an IRP",
+        "IRP_MJ_CLEANUP sent while a DPC runs on another CPU",
+        "a section unlocked to zero while a DPC runs on another CPU",
+        "IoCsqRemoveNextIrp skipped an IRP being cancelled",
+        "IoCancelIrp found no cancel routine on an outstanding IRP (not yet queued, or being completed)",
+    ] {
+        assert!(
+            reached.iter().any(|(r, n)| r == race && *n > 0),
+            "no schedule reached {race:?}: {reached:?}"
+        );
+    }
+}
