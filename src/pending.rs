@@ -46,7 +46,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use pagelock_macros::{locked, paged};
+use pagelock_macros::{locked, paged, resident};
 use pagelock_protocol::{
     self as protocol, MAX_PENDING, PROTOCOL_VERSION, SignalReply, SignalRequest, SignalScope,
     WAIT_TICK_MS, WaitOutcome, WaitReply, WaitRequest, zerocopy::IntoBytes,
@@ -174,10 +174,10 @@ fn drain(filter: Filter, outcome: WaitOutcome) -> u32 {
 /// The timer's DPC, at `DISPATCH_LEVEL`: completes the waits whose deadline has passed, and
 /// cancels the timer once nothing is pending.
 ///
-/// Resident (no placement attribute: `.text`), as the DPC routine that calls it: it runs whether
+/// Resident (`#[resident]`: `.text`), as the DPC routine that calls it: it runs whether
 /// or not a handle holds the sections locked, and looks at the resident count before calling
 /// any locked code; it reaches `PAGELK` only through [`finish`], for a wait it holds.
-#[inline(never)]
+#[resident]
 pub fn on_tick() {
     let guard = TIMER_LOCK.acquire();
     let idle = PENDING.load(Ordering::SeqCst) == 0;
@@ -214,7 +214,7 @@ pub fn on_cancelled(wait: QueuedWait) {
 /// `wait` is not completed yet, so its file object is referenced and its handle's lock pair,
 /// released only in `IRP_MJ_CLOSE`, covers `settle`. Once `complete` has run, that pair
 /// may be gone: nothing of `PAGELK` runs after it, only this resident code's return.
-#[inline(never)]
+#[resident]
 pub fn finish(mut wait: QueuedWait, outcome: WaitOutcome) {
     settle(&mut wait, outcome);
     PENDING.fetch_sub(1, Ordering::SeqCst);

@@ -33,6 +33,20 @@ pub fn assert_pageable_irql() {
     assert!(kernel::current_irql() <= kernel::APC_LEVEL, "pageable code above APC_LEVEL");
 }
 
+/// Resident driver code runs at `DISPATCH_LEVEL` or below: the driver has no interrupt service
+/// routine. `#[resident]` calls it on entry in debug builds (as
+/// `crate::placement::assert_resident_irql`).
+///
+/// # Panics
+/// Above `DISPATCH_LEVEL`.
+#[inline]
+pub fn assert_resident_irql() {
+    assert!(
+        kernel::current_irql() <= kernel::DISPATCH_LEVEL,
+        "resident driver code above DISPATCH_LEVEL"
+    );
+}
+
 /// Lockable code must only run while its section is locked. `#[locked(SECTION)]` calls it on
 /// entry in debug builds (as `crate::placement::assert_locked`).
 ///

@@ -6,6 +6,7 @@
 //! | `#[init]`              | `INITX`  | none: it runs once, from `DriverEntry`               |
 //! | `#[paged]`             | `PAGE`   | `crate::placement::assert_pageable_irql()`           |
 //! | `#[locked(SECTION)]`   | `PAGELK` | `crate::placement::assert_locked(&SECTION)`          |
+//! | `#[resident]`          | `.text`  | `crate::placement::assert_resident_irql()`           |
 //!
 //! Each goes on an ordinary function: free or a method (in an inherent or a trait impl, `Drop`
 //! included), generic or not, with a where clause, `unsafe`, `extern "C"`. It emits the item
@@ -14,13 +15,21 @@
 //! code into this one), and the entry check as the body's first statement, under
 //! `cfg!(debug_assertions)`, so that a release build carries no trace of it.
 //!
+//! `#[resident]` marks code that must stay in the resident `.text`, because it can run when no
+//! lock covers any pageable section (a DPC routine, a cancel-safe queue's callbacks, what runs
+//! after the `IoCompleteRequest` that may release the last lock): no `link_section`, never
+//! inlined (inlined into a pageable caller it would be paged with it), and an entry check that
+//! it runs at an IRQL resident driver code may run at (at most `DISPATCH_LEVEL`: the driver has
+//! no interrupt service routine).
+//!
 //! # What the driver provides
 //! The checks are the driver's, since only it knows how to read the IRQL and how it counts
 //! the locks on a section. The expansion calls them at a fixed path, a module `placement` at
 //! the root of the crate that uses the attributes:
 //! - `fn assert_pageable_irql()`, which panics above `APC_LEVEL`;
 //! - `fn assert_locked(section: &S)`, for whatever `S` the driver names in `#[locked(...)]`,
-//!   which panics unless the section is locked at that moment.
+//!   which panics unless the section is locked at that moment;
+//! - `fn assert_resident_irql()`, which panics above `DISPATCH_LEVEL`.
 //!
 //! `#[init]` places code in `INITX`, not `INIT`: the driver declares `INIT` discardable once,
 //! in module-level assembly (an attribute on a method cannot emit that), and links with
@@ -35,7 +44,7 @@
 //!
 //! # Example
 //! ```
-//! use pagelock_macros::{init, locked, paged};
+//! use pagelock_macros::{init, locked, paged, resident};
 //!
 //! /// A lockable section and its lock count.
 //! pub struct Section(core::sync::atomic::AtomicU32);
@@ -44,6 +53,7 @@
 //!
 //! mod placement {
 //!     pub fn assert_pageable_irql() {}
+//!     pub fn assert_resident_irql() {}
 //!     pub fn assert_locked(section: &super::Section) {
 //!         assert!(section.0.load(core::sync::atomic::Ordering::SeqCst) > 0);
 //!     }
@@ -61,7 +71,12 @@
 //!
 //! #[locked(LOCKED_CODE)]
 //! fn work() -> u32 {
-//!     2
+//!     2 + tick()
+//! }
+//!
+//! #[resident]
+//! fn tick() -> u32 {
+//!     0
 //! }
 //!
 //! fn main() {
@@ -101,6 +116,16 @@ pub fn locked(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_or_error(locked_arguments(args.into()), item.into()).into()
 }
 
+/// Keeps a function in the resident `.text`: never inlined, and in debug builds it calls
+/// `crate::placement::assert_resident_irql()` on entry. Takes no arguments.
+///
+/// For code that may run while no lock covers any pageable section: a DPC routine, the
+/// callbacks of a cancel-safe queue, the code that completes an IRP and returns.
+#[proc_macro_attribute]
+pub fn resident(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand_or_error(no_arguments(Placement::Resident, args.into()), item.into()).into()
+}
+
 /// Where a function goes, and what it checks on entry.
 enum Placement {
     /// `INITX`, merged into `INIT`.
@@ -109,6 +134,8 @@ enum Placement {
     Paged,
     /// `PAGELK`, with the value that counts its locks.
     Locked(Path),
+    /// The resident `.text`: no section of its own.
+    Resident,
 }
 
 impl Placement {
@@ -118,15 +145,17 @@ impl Placement {
             Self::Init => "#[init]",
             Self::Paged => "#[paged]",
             Self::Locked(_) => "#[locked]",
+            Self::Resident => "#[resident]",
         }
     }
 
-    /// The name of the section.
-    const fn section(&self) -> &'static str {
+    /// The name of the section; `None` for the resident `.text`.
+    const fn section(&self) -> Option<&'static str> {
         match self {
-            Self::Init => "INITX",
-            Self::Paged => "PAGE",
-            Self::Locked(_) => "PAGELK",
+            Self::Init => Some("INITX"),
+            Self::Paged => Some("PAGE"),
+            Self::Locked(_) => Some("PAGELK"),
+            Self::Resident => None,
         }
     }
 
@@ -142,6 +171,11 @@ impl Placement {
             Self::Locked(section) => Some(syn::parse_quote! {
                 if ::core::cfg!(debug_assertions) {
                     crate::placement::assert_locked(&#section);
+                }
+            }),
+            Self::Resident => Some(syn::parse_quote! {
+                if ::core::cfg!(debug_assertions) {
+                    crate::placement::assert_resident_irql();
                 }
             }),
         }
@@ -218,7 +252,13 @@ fn expand(placement: &Placement, item: TokenStream2) -> Result<TokenStream2> {
     if let Some(check) = placement.entry_check() {
         function.block.stmts.insert(0, check);
     }
-    let section = placement.section();
+    let Some(section) = placement.section() else {
+        // Resident: the compiler's own `.text`, which the loader never pages.
+        return Ok(quote! {
+            #[inline(never)]
+            #function
+        });
+    };
     // SAFETY (of the `unsafe(link_section)` this emits): the section is one of the three code
     // sections the driver declares for its own code, none with a meaning of its own to the
     // linker or loader beyond being pageable (`PAGE`, `PAGELK`) or discarded after load

@@ -8,7 +8,7 @@ use core::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use pagelock_macros::{init, locked, paged};
+use pagelock_macros::{init, locked, paged, resident};
 
 /// A stand-in lockable section: its lock count.
 pub struct Section(AtomicU32);
@@ -22,13 +22,15 @@ std::thread_local! {
     static PAGEABLE_CHECKS: Cell<u32> = const { Cell::new(0) };
     /// Whether this thread is "above `APC_LEVEL`", which makes the check fail.
     static RAISED: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread is "above `DISPATCH_LEVEL`", which makes the resident check fail.
+    static INTERRUPT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What the attributes call.
 mod placement {
     use core::cell::Cell;
 
-    use super::{Ordering, PAGEABLE_CHECKS, RAISED, Section};
+    use super::{INTERRUPT, Ordering, PAGEABLE_CHECKS, RAISED, Section};
 
     pub fn assert_pageable_irql() {
         PAGEABLE_CHECKS.with(|checks| checks.set(checks.get() + 1));
@@ -38,6 +40,16 @@ mod placement {
     pub fn assert_locked(section: &Section) {
         assert!(section.0.load(Ordering::SeqCst) > 0, "lockable code ran unlocked");
     }
+
+    pub fn assert_resident_irql() {
+        assert!(!INTERRUPT.with(Cell::get), "resident driver code above DISPATCH_LEVEL");
+    }
+}
+
+/// A DPC-like routine: resident, never inlined.
+#[resident]
+fn tick(value: u32) -> u32 {
+    value + 1
 }
 
 #[init]
@@ -118,6 +130,19 @@ fn each_function_lies_in_its_section() {
     for (i, (function, (start, stop))) in placed.into_iter().enumerate() {
         assert!(inside(function, start, stop), "function {i} outside its section");
     }
+    let resident = tick as *const c_void;
+    for (start, stop) in [page, pagelk, initx] {
+        assert!(!inside(resident, start, stop), "the resident function in a placed section");
+    }
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "resident driver code above DISPATCH_LEVEL")]
+fn the_resident_check_fires_above_dispatch_level() {
+    assert_eq!(tick(1), 2);
+    INTERRUPT.with(|interrupt| interrupt.set(true));
+    let _ = tick(2);
 }
 
 #[test]

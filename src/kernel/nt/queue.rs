@@ -122,7 +122,7 @@ pub fn timer_start(period_ms: u32) {
 
 /// Cancels the timer (a DPC it already queued may still run). Any IRQL up to `DISPATCH_LEVEL`.
 /// Resident: the DPC calls it when nothing is pending, so with no lock behind it.
-#[inline(never)]
+#[pagelock_macros::resident]
 pub fn timer_stop() {
     // SAFETY: the timer was initialised at load; cancelling one that is not set does nothing.
     unsafe { ntddk::KeCancelTimer(RESIDENT.timer.get()) };
@@ -159,7 +159,7 @@ pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
 /// Takes the first queued wait that `filter` matches, its cancel routine cleared
 /// (`IoCsqRemoveNextIrp`). Any IRQL up to `DISPATCH_LEVEL`. Resident: the DPC calls it
 /// whether or not anything is queued.
-#[inline(never)]
+#[pagelock_macros::resident]
 #[must_use]
 pub fn dequeue(filter: Filter) -> Option<QueuedWait> {
     let mut filter = filter;
@@ -342,6 +342,7 @@ unsafe extern "C" fn csq_remove(_csq: *mut IO_CSQ, irp: *mut IRP) {
 /// anything is queued. An empty list answers null at once; a list that is not empty holds a
 /// queued IRP, whose handle's pair covers the search ([`first_match`], `PAGELK`) for as long
 /// as the queue's lock is held, which is the whole call.
+#[pagelock_macros::resident]
 unsafe extern "C" fn csq_peek_next(
     _csq: *mut IO_CSQ,
     irp: *mut IRP,
@@ -375,6 +376,7 @@ fn first_match(irp: *mut IRP, context: *mut c_void) -> *mut IRP {
 }
 
 /// `IO_CSQ_ACQUIRE_LOCK`: raises to `DISPATCH_LEVEL` and takes the queue's spin lock.
+#[pagelock_macros::resident]
 unsafe extern "C" fn csq_acquire_lock(_csq: *mut IO_CSQ, irql: *mut KIRQL) {
     // SAFETY: the lock is resident and initialised (zero); the queue routines call this at
     // IRQL <= DISPATCH_LEVEL and never while holding it.
@@ -384,6 +386,7 @@ unsafe extern "C" fn csq_acquire_lock(_csq: *mut IO_CSQ, irql: *mut KIRQL) {
 }
 
 /// `IO_CSQ_RELEASE_LOCK`: releases the queue's spin lock and returns to `irql`.
+#[pagelock_macros::resident]
 unsafe extern "C" fn csq_release_lock(_csq: *mut IO_CSQ, irql: KIRQL) {
     // SAFETY: the queue routines call this on the processor that took the lock, with the IRQL
     // its acquire returned.
@@ -392,6 +395,7 @@ unsafe extern "C" fn csq_release_lock(_csq: *mut IO_CSQ, irql: KIRQL) {
 
 /// `IO_CSQ_COMPLETE_CANCELED_IRP`: a cancelled wait, already off the queue. Any IRQL up to
 /// `DISPATCH_LEVEL`.
+#[pagelock_macros::resident]
 unsafe extern "C" fn csq_complete_canceled(_csq: *mut IO_CSQ, irp: *mut IRP) {
     if let Some(raw) = NonNull::new(irp) {
         // INVARIANT: the queue hands over a cancelled IRP it has removed; it is not completed
@@ -401,6 +405,7 @@ unsafe extern "C" fn csq_complete_canceled(_csq: *mut IO_CSQ, irp: *mut IRP) {
 }
 
 /// The timer's DPC, at `DISPATCH_LEVEL` on whichever processor the timer expired.
+#[pagelock_macros::resident]
 unsafe extern "C" fn dpc_routine(
     _dpc: *mut KDPC,
     _context: *mut c_void,

@@ -460,16 +460,21 @@ fn the_stress_run_keeps_force_irql_checking_on_and_catches_an_unlocked_run() {
     );
 }
 
+/// A `WAIT` of `timeout_ms` with `cookie`, as `exec` takes it (`CODE:INHEX:OUTLEN`).
+fn wait_spec(timeout_ms: u32, cookie: u64) -> String {
+    let request = pagelock_protocol::WaitRequest::new(timeout_ms, cookie);
+    format!(
+        "{}:{}:{}",
+        code(pagelock_protocol::IOCTL_WAIT),
+        hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(&request)),
+        size_of::<pagelock_protocol::WaitReply>()
+    )
+}
+
 /// Two CPUs each send a long `WAIT` on an overlapped handle of their own and close that handle
 /// with the wait still queued, under the schedule of `seed`.
 fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Value) {
-    let wait = pagelock_protocol::WaitRequest::new(30_000, 0x5EED);
-    let wait = format!(
-        "{}:{}:{}",
-        code(pagelock_protocol::IOCTL_WAIT),
-        hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(&wait)),
-        size_of::<pagelock_protocol::WaitReply>()
-    );
+    let wait = wait_spec(30_000, 0x5EED);
     let seed = seed.to_string();
     let sys = sys.to_str().unwrap();
     let output = bed(&[
@@ -542,17 +547,7 @@ fn races_reached(args: &[&str]) -> Vec<(String, u64)> {
 #[test]
 fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean() {
     let sys = release();
-    let short = pagelock_protocol::WaitRequest::new(1, 1);
-    let long = pagelock_protocol::WaitRequest::new(30_000, 2);
-    let spec = |request: &pagelock_protocol::WaitRequest| {
-        format!(
-            "{}:{}:{}",
-            code(pagelock_protocol::IOCTL_WAIT),
-            hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(request)),
-            size_of::<pagelock_protocol::WaitReply>()
-        )
-    };
-    let (short, long) = (spec(&short), spec(&long));
+    let (short, long) = (wait_spec(1, 1), wait_spec(30_000, 2));
     let sys = sys.to_str().unwrap();
     let mut reached = races_reached(&[
         "exec",
