@@ -408,7 +408,9 @@ pub fn run<R: Send>(
         let watchdog = scope.spawn(move || {
             let mut last = (POINTS.load(Ordering::Relaxed), std::time::Instant::now());
             while !finished.load(Ordering::Acquire) {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                // Parked, not asleep: the end of the run unparks it, so that a short run does
+                // not wait out the poll.
+                std::thread::park_timeout(std::time::Duration::from_millis(20));
                 let points = POINTS.load(Ordering::Relaxed);
                 if points != last.0 {
                     last = (points, std::time::Instant::now());
@@ -422,6 +424,7 @@ pub fn run<R: Send>(
         });
         let joined: Vec<_> = threads.into_iter().map(std::thread::ScopedJoinHandle::join).collect();
         finished.store(true, Ordering::Release);
+        watchdog.thread().unpark();
         let _ = watchdog.join();
         ACTIVE.store(false, Ordering::Release);
         joined.into_iter().map(|r| r.expect("a CPU's thread panicked")).collect::<Vec<R>>()
