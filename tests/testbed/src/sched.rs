@@ -192,8 +192,8 @@ pub fn on_switched_in(hook: fn()) {
 }
 
 /// Chooses the CPU to run next among those `eligible`, by the policy.
-fn choose(me: u32, point: u64, eligible: impl Fn(u8) -> bool) -> Option<u32> {
-    let candidates = || cpus().filter(|c| eligible(cpu(*c).status.load(Ordering::Relaxed)));
+fn choose(me: u32, point: u64, eligible: impl Fn(u32, u8) -> bool) -> Option<u32> {
+    let candidates = || cpus().filter(|c| eligible(*c, cpu(*c).status.load(Ordering::Relaxed)));
     if PCT.load(Ordering::Relaxed) {
         if me != NONE
             && let Some(k) = CHANGE_POINTS.iter().position(|p| p.load(Ordering::Relaxed) == point)
@@ -228,18 +228,19 @@ pub fn point() {
     let Some(me) = current_cpu() else { return };
     WAITS_IN_A_ROW.store(0, Ordering::Relaxed);
     let point = POINTS.fetch_add(1, Ordering::Relaxed);
-    let next = choose(me, point, |s| s == RUNNABLE || s == SPINNING).unwrap_or(me);
+    let next = choose(me, point, |_, s| s == RUNNABLE || s == SPINNING).unwrap_or(me);
     record(point, me, next);
     hand_over(me, next);
 }
 
 /// Called while waiting for something another CPU holds (a spin lock, a busy file object).
 ///
-/// Lets a CPU that is not itself waiting run, or, when all are waiting, another waiter (which
-/// then looks again). The CPU stays marked as waiting while it is switched out, so waiters do
-/// not hand the baton to each other while a CPU that could make progress is left out. False
-/// when no CPU can make progress: every live CPU has waited twice over with no switch point
-/// reached in between, which is a deadlock. Outside a scheduled run it only spins.
+/// Lets a CPU that is not itself waiting run, or, when all are waiting, another waiter (never
+/// itself: that one then looks again). The CPU stays marked as waiting while it is switched
+/// out, so waiters do not hand the baton to each other while a CPU that could make progress is
+/// left out. False when no CPU can make progress: every other CPU is done, or every live CPU
+/// has waited twice over with no switch point reached in between, which is a deadlock. Outside
+/// a scheduled run it only spins.
 #[must_use]
 pub fn wait_on_other_cpu() -> bool {
     let Some(me) = current_cpu().filter(|_| active()) else {
@@ -254,9 +255,15 @@ pub fn wait_on_other_cpu() -> bool {
     }
     cpu(me).status.store(SPINNING, Ordering::Relaxed);
     let point = POINTS.fetch_add(1, Ordering::Relaxed);
-    let next = choose(me, point, |s| s == RUNNABLE)
-        .or_else(|| choose(me, point, |s| s == SPINNING))
-        .unwrap_or(me);
+    // Another waiter, never this one: a waiter that drew itself would count a wait towards the
+    // deadlock verdict while the others, which might make progress, never ran.
+    let Some(next) = choose(me, point, |_, s| s == RUNNABLE)
+        .or_else(|| choose(me, point, |c, s| s == SPINNING && c != me))
+    else {
+        // Every other CPU is done: nothing this one waits for can happen.
+        cpu(me).status.store(RUNNABLE, Ordering::Relaxed);
+        return false;
+    };
     record(point, me, next);
     hand_over(me, next);
     cpu(me).status.store(RUNNABLE, Ordering::Relaxed);
@@ -399,7 +406,7 @@ pub fn run<R: Send>(
         while ready.load(Ordering::Acquire) < count {
             std::thread::yield_now();
         }
-        let first = choose(NONE, u64::MAX, |s| s == RUNNABLE).unwrap_or(0);
+        let first = choose(NONE, u64::MAX, |_, s| s == RUNNABLE).unwrap_or(0);
         RUNNING.store(first, Ordering::Release);
         cpu(first).wake.store(1, Ordering::Release);
         futex_wake(&cpu(first).wake);
@@ -440,7 +447,7 @@ impl Drop for Leaving {
         let me = self.0;
         cpu(me).status.store(DONE, Ordering::Relaxed);
         let point = POINTS.fetch_add(1, Ordering::Relaxed);
-        match choose(me, point, |s| s == RUNNABLE || s == SPINNING) {
+        match choose(me, point, |_, s| s == RUNNABLE || s == SPINNING) {
             Some(next) => {
                 record(point, me, next);
                 SWITCHES.fetch_add(1, Ordering::Relaxed);
@@ -563,6 +570,39 @@ mod tests {
         assert!(outcome.is_err());
         assert_eq!(finished.load(Ordering::Relaxed), 2);
         assert!(!active());
+    }
+
+    #[test]
+    fn a_waiter_hands_the_baton_to_the_other_waiter_that_can_go_on() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // CPU 1 spins on a lock CPU 0 holds; CPU 0 releases it and waits for CPU 1 to finish.
+        // Both are waiting then, but CPU 1 can go on: CPU 0 must let it, whatever the seed,
+        // rather than draw itself until its waits add up to a deadlock verdict.
+        for seed in 0..64 {
+            let held = AtomicBool::new(true);
+            let finished = AtomicBool::new(false);
+            let results = run(2, seed, Policy::Uniform, |me| {
+                if me == 0 {
+                    point();
+                    held.store(false, Ordering::SeqCst);
+                    while !finished.load(Ordering::SeqCst) {
+                        if !wait_on_other_cpu() {
+                            return false;
+                        }
+                    }
+                } else {
+                    while held.load(Ordering::SeqCst) {
+                        if !wait_on_other_cpu() {
+                            return false;
+                        }
+                    }
+                    point();
+                    finished.store(true, Ordering::SeqCst);
+                }
+                true
+            });
+            assert_eq!(results, [true, true], "seed {seed}");
+        }
     }
 
     #[test]

@@ -396,15 +396,26 @@ pub fn wait_for(done: &dyn Fn() -> bool, what: &dyn Fn() -> String) {
         let others = scheduled && crate::sched::wait_on_other_cpu();
         if !others && !crate::ke::idle() && !done() {
             let left = pended(None);
+            let codes: Vec<String> = left
+                .iter()
+                .map(|(irp, _)| {
+                    // SAFETY: a pended IRP is outstanding: its frame is live.
+                    let code = unsafe {
+                        stack(*irp as *mut ddk::IRP).Parameters.DeviceIoControl.IoControlCode
+                    };
+                    format!("{code:#010x}")
+                })
+                .collect();
             record::stop(
                 Rule::PendingNeverCompleted,
                 None,
                 [left.first().map_or(0, |(irp, _)| *irp as u64), left.len() as u64, 0, 0],
                 format!(
                     "{}, and nothing left can complete it: no timer set, no DPC queued, no \
-                     other CPU that could ({} IRP(s) pended)",
+                     other CPU that could ({} IRP(s) pended: {})",
                     what(),
-                    left.len()
+                    left.len(),
+                    codes.join(", ")
                 ),
             );
         }
