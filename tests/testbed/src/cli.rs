@@ -128,10 +128,12 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         ioctl: Vec<IoctlSpec>,
         /// CODE[:INHEX[:OUTLEN]], sent overlapped on a handle of its own after the --ioctl list,
-        /// and left pending: that handle is closed with the requests still in the driver.
+        /// and left pending: that handle is closed with the requests still in the driver. With
+        /// --threads and --shared, sent on the shared handle instead, which stays open.
         #[arg(long, value_parser = clap::value_parser!(IoctlSpec))]
         pend: Vec<IoctlSpec>,
-        /// Cancel each --pend request right after sending it, as `CancelIoEx` does.
+        /// Cancel each --pend request right after sending it, as `CancelIoEx` does (with
+        /// --shared, every request of the shared handle in flight, other threads' included).
         #[arg(long, requires = "pend")]
         cancel: bool,
         #[command(flatten)]

@@ -101,6 +101,23 @@ impl Requests<'_> {
             bed.finish(request);
         }
     }
+
+    /// Sends the pending requests on `handle`, shared with other CPUs, cancels every request of
+    /// it in flight when asked (`CancelIoEx` on the handle: the other CPUs' too, queued or still
+    /// in their dispatch), then waits for each; the handle stays open.
+    fn send_pending_on(&self, bed: &Bed, handle: &crate::bed::Handle) {
+        let pending: Vec<_> = self
+            .pends
+            .iter()
+            .map(|spec| bed.control_overlapped(handle, spec.code, &spec.input, spec.output))
+            .collect();
+        if self.cancel {
+            bed.cancel_all(handle);
+        }
+        for request in pending {
+            bed.finish(request);
+        }
+    }
 }
 
 /// How `exec` sends its requests from several emulated CPUs.
@@ -174,7 +191,10 @@ pub fn exec(
                         }
                     }
                 }
-                requests.send_pending(&bed, device);
+                match &shared {
+                    Some(handle) => requests.send_pending_on(&bed, handle),
+                    None => requests.send_pending(&bed, device),
+                }
                 if let Some(handle) = own {
                     bed.close(handle);
                 }

@@ -584,7 +584,28 @@ fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean(
         &long,
         "--cancel",
     ]));
+    // On one shared handle, each CPU's CancelIoEx meets the others' waits, some still in their
+    // dispatch (cancelled before the queue takes them).
+    reached.extend(races_reached(&[
+        "exec",
+        sys,
+        "--device",
+        DEVICE,
+        "--threads",
+        "3",
+        "--shared",
+        "--seed",
+        "1",
+        "--schedules",
+        "100",
+        "--pend",
+        &long,
+        "--pend",
+        &short,
+        "--cancel",
+    ]));
     for race in [
+        "IoCsqInsertIrp inserted an IRP cancelled meanwhile",
         "a DPC completed an IRP",
         "IRP_MJ_CLEANUP sent while a DPC runs on another CPU",
         "a section unlocked to zero while a DPC runs on another CPU",
