@@ -227,19 +227,22 @@ const CANCELLED: u8 = 4;
 struct WaitModel {
     pending: Pending,
     cookie: u64,
-    /// Outcomes it may have ended with so far.
+    /// Outcomes it may have ended with so far; none while it is surely still queued (nothing
+    /// that could end it has happened since it was sent).
     possible: u8,
-    /// Surely still queued: nothing that could end it has happened since it was sent.
-    queued: bool,
     /// Surely ended (signalled, cancelled or closed while it could still be queued).
     ended: bool,
 }
 
 impl WaitModel {
+    /// Surely still queued.
+    const fn queued(&self) -> bool {
+        self.possible == 0
+    }
+
     /// Something may have let time run (a batch on the bed's CPUs): it may have expired.
     const fn may_expire(&mut self) {
         if !self.ended {
-            self.queued = false;
             self.possible |= EXPIRED;
         }
     }
@@ -249,7 +252,6 @@ impl WaitModel {
         if !self.ended {
             self.possible |= outcome;
             self.ended = true;
-            self.queued = false;
         }
     }
 }
@@ -507,7 +509,6 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                     pending,
                     cookie: *cookie,
                     possible: 0,
-                    queued: true,
                     ended: false,
                 });
             }
@@ -523,7 +524,7 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                     (0, 0),
                     |(low, high), (_, m)| {
                         (
-                            low + m.waits.iter().filter(|w| w.queued).count(),
+                            low + m.waits.iter().filter(|w| w.queued()).count(),
                             high + m.waits.iter().filter(|w| !w.ended).count(),
                         )
                     },

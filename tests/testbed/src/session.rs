@@ -79,6 +79,14 @@ pub struct Requests<'a> {
 }
 
 impl Requests<'_> {
+    /// Sends every pending request on `handle`, overlapped.
+    fn start(&self, bed: &Bed, handle: &crate::bed::Handle) -> Vec<crate::bed::Pending> {
+        self.pends
+            .iter()
+            .map(|spec| bed.control_overlapped(handle, spec.code, &spec.input, spec.output))
+            .collect()
+    }
+
     /// Sends the pending requests on a fresh overlapped handle of `device`, cancels them when
     /// asked, closes the handle with them pending, then waits for each.
     fn send_pending(&self, bed: &Bed, device: &str) {
@@ -86,11 +94,7 @@ impl Requests<'_> {
             return;
         }
         let Ok(handle) = bed.open_overlapped(device) else { return };
-        let pending: Vec<_> = self
-            .pends
-            .iter()
-            .map(|spec| bed.control_overlapped(&handle, spec.code, &spec.input, spec.output))
-            .collect();
+        let pending = self.start(bed, &handle);
         if self.cancel {
             for request in &pending {
                 bed.cancel(request);
@@ -106,11 +110,7 @@ impl Requests<'_> {
     /// it in flight when asked (`CancelIoEx` on the handle: the other CPUs' too, queued or still
     /// in their dispatch), then waits for each; the handle stays open.
     fn send_pending_on(&self, bed: &Bed, handle: &crate::bed::Handle) {
-        let pending: Vec<_> = self
-            .pends
-            .iter()
-            .map(|spec| bed.control_overlapped(handle, spec.code, &spec.input, spec.output))
-            .collect();
+        let pending = self.start(bed, handle);
         if self.cancel {
             bed.cancel_all(handle);
         }

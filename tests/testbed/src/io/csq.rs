@@ -306,21 +306,31 @@ pub(crate) extern "win64" fn remove_irp(
     let callbacks = unsafe { Callbacks::of(csq) };
     let old = callbacks.acquire();
     // SAFETY: the driver passes the context it inserted the IRP with.
-    let context = unsafe { &mut *context };
-    let mut irp = context.irp;
-    if !irp.is_null() {
-        if irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null() {
-            // Being cancelled: the cancel routine removes and completes it.
-            record::reached("IoCsqRemoveIrp met an IRP being cancelled");
-            irp = std::ptr::null_mut();
-        } else {
-            callbacks.remove(irp);
-            *slot(irp) = std::ptr::null_mut();
-            context.irp = std::ptr::null_mut();
-        }
+    let mut irp = unsafe { (*context).irp };
+    if !irp.is_null() && !take(&callbacks, irp) {
+        // Being cancelled: the cancel routine removes and completes it.
+        record::reached("IoCsqRemoveIrp met an IRP being cancelled");
+        irp = std::ptr::null_mut();
     }
     callbacks.release(old);
     irp
+}
+
+/// Takes `irp` off the queue, under the queue's lock, unless it is being cancelled (its cancel
+/// routine already cleared: then the cancel path owns it, and this returns false). Clears what
+/// the queue kept in the IRP, and the IRP in its context, if it was inserted with one.
+fn take(callbacks: &Callbacks, irp: *mut ddk::IRP) -> bool {
+    if irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null() {
+        return false;
+    }
+    callbacks.remove(irp);
+    let held = std::mem::replace(slot(irp), std::ptr::null_mut());
+    if is_context(held) {
+        // SAFETY: DriverContext[3] held the IRP's context, set at insert and alive while the
+        // IRP is queued.
+        unsafe { (*held.cast::<IrpContext>()).irp = std::ptr::null_mut() };
+    }
+    true
 }
 
 /// `IoCsqRemoveNextIrp`: the first IRP the driver's peek finds for `peek_context` that is not
@@ -338,19 +348,12 @@ pub(crate) extern "win64" fn remove_next_irp(
     let old = callbacks.acquire();
     let mut irp = callbacks.peek_next(std::ptr::null_mut(), peek_context);
     while !irp.is_null() {
-        if irp::set_cancel_routine(irp, std::ptr::null_mut()).is_null() {
-            // Being cancelled: skip it, the cancel routine removes it.
-            record::reached("IoCsqRemoveNextIrp skipped an IRP being cancelled");
-            irp = callbacks.peek_next(irp, peek_context);
-            continue;
+        if take(&callbacks, irp) {
+            break;
         }
-        callbacks.remove(irp);
-        let held = std::mem::replace(slot(irp), std::ptr::null_mut());
-        if is_context(held) {
-            // SAFETY: as above: a context.
-            unsafe { (*held.cast::<IrpContext>()).irp = std::ptr::null_mut() };
-        }
-        break;
+        // Being cancelled: skip it, the cancel routine removes it.
+        record::reached("IoCsqRemoveNextIrp skipped an IRP being cancelled");
+        irp = callbacks.peek_next(irp, peek_context);
     }
     callbacks.release(old);
     irp

@@ -125,6 +125,12 @@ pub fn running() -> u32 {
     RUNNING.load(Ordering::Acquire)
 }
 
+/// Whether any DPC is queued (asked at every kernel entry of a scheduled run: no allocation).
+#[must_use]
+pub fn any_queued() -> bool {
+    !crate::sched::lock(&QUEUE).is_empty()
+}
+
 /// The DPCs queued now.
 #[must_use]
 pub fn queued() -> Vec<usize> {

@@ -45,7 +45,7 @@ pub fn idle() -> bool {
 /// Whether a clock interrupt would have work: a DPC queued or a timer set.
 #[must_use]
 pub fn interrupt_pending() -> bool {
-    !dpc::queued().is_empty() || !timer::set_timers().is_empty()
+    dpc::any_queued() || timer::any_set()
 }
 
 /// `KeGetCurrentIrql`.

@@ -181,6 +181,12 @@ pub fn expire_next() -> bool {
     true
 }
 
+/// Whether any timer is set (asked at every kernel entry of a scheduled run: no allocation).
+#[must_use]
+pub fn any_set() -> bool {
+    !crate::sched::lock(&TIMERS).is_empty()
+}
+
 /// The timers set now, with the DPC each would queue.
 #[must_use]
 pub fn set_timers() -> Vec<(usize, usize)> {
