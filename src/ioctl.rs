@@ -56,7 +56,7 @@ pub(crate) const fn refusal(error: RequestError) -> Status {
 }
 
 /// Fails unless the caller can take a reply of type `T`.
-const fn reply_fits<T>(output_capacity: usize) -> Result<(), Status> {
+pub(crate) const fn reply_fits<T>(output_capacity: usize) -> Result<(), Status> {
     if output_capacity < size_of::<T>() { Err(status::BUFFER_TOO_SMALL) } else { Ok(()) }
 }
 

@@ -127,11 +127,16 @@ impl Open {
     #[paged]
     pub fn release_early(&self) {
         // INVARIANT: uncounted first, then released; `reserved` follows `held` down.
-        let held = self.held.swap(0, Ordering::AcqRel);
+        Self::release_pairs(self.held.swap(0, Ordering::AcqRel));
+        self.reserved.store(0, Ordering::Release);
+    }
+
+    /// Releases the `held` pairs a handle counted, the last taken first.
+    #[paged]
+    fn release_pairs(held: u32) {
         for before in (1..=held).rev() {
             Self::release_pair(before);
         }
-        self.reserved.store(0, Ordering::Release);
     }
 
     /// Reserves a pair when `allowed(reserved)` says so, locks both sections, then counts
@@ -184,10 +189,7 @@ impl Drop for Open {
     /// comes only after the last request of the file object has completed.
     #[paged]
     fn drop(&mut self) {
-        let held = *self.held.get_mut();
-        for before in (1..=held).rev() {
-            Self::release_pair(before);
-        }
+        Self::release_pairs(*self.held.get_mut());
         // INVARIANT: the value is gone; nothing is held on its behalf.
         *self.held.get_mut() = 0;
         *self.reserved.get_mut() = 0;

@@ -87,9 +87,7 @@ pub const fn deadline(now: u64, timeout_ms: u32) -> u64 {
 /// long input, a wrong version or a timeout out of range.
 #[paged]
 pub fn check_wait(input: &[u8], output_capacity: usize) -> Result<WaitRequest, Status> {
-    if output_capacity < size_of::<WaitReply>() {
-        return Err(status::BUFFER_TOO_SMALL);
-    }
+    crate::ioctl::reply_fits::<WaitReply>(output_capacity)?;
     let request = protocol::decode::<WaitRequest>(input).map_err(crate::ioctl::refusal)?;
     if request.is_valid() { Ok(request) } else { Err(status::INVALID_PARAMETER) }
 }
@@ -136,9 +134,7 @@ fn reserve() -> Result<(), Status> {
 /// As [`check_wait`] for the buffers; `STATUS_INVALID_PARAMETER` for an unknown scope.
 #[paged]
 pub fn signal(file: FileId, input: &[u8], output_capacity: usize) -> Result<SignalReply, Status> {
-    if output_capacity < size_of::<SignalReply>() {
-        return Err(status::BUFFER_TOO_SMALL);
-    }
+    crate::ioctl::reply_fits::<SignalReply>(output_capacity)?;
     let request = protocol::decode::<SignalRequest>(input).map_err(crate::ioctl::refusal)?;
     let filter = match request.scope() {
         Some(SignalScope::All) => Filter::Any,

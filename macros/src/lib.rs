@@ -161,24 +161,17 @@ impl Placement {
 
     /// The debug-build check to run first in the body, if any.
     fn entry_check(&self) -> Option<syn::Stmt> {
-        match self {
-            Self::Init => None,
-            Self::Paged => Some(syn::parse_quote! {
-                if ::core::cfg!(debug_assertions) {
-                    crate::placement::assert_pageable_irql();
-                }
-            }),
-            Self::Locked(section) => Some(syn::parse_quote! {
-                if ::core::cfg!(debug_assertions) {
-                    crate::placement::assert_locked(&#section);
-                }
-            }),
-            Self::Resident => Some(syn::parse_quote! {
-                if ::core::cfg!(debug_assertions) {
-                    crate::placement::assert_resident_irql();
-                }
-            }),
-        }
+        let call: TokenStream2 = match self {
+            Self::Init => return None,
+            Self::Paged => quote! { crate::placement::assert_pageable_irql() },
+            Self::Locked(section) => quote! { crate::placement::assert_locked(&#section) },
+            Self::Resident => quote! { crate::placement::assert_resident_irql() },
+        };
+        Some(syn::parse_quote! {
+            if ::core::cfg!(debug_assertions) {
+                #call;
+            }
+        })
     }
 }
 

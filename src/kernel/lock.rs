@@ -59,9 +59,9 @@ impl SpinLock {
 
     /// Raises to `DISPATCH_LEVEL` and takes the lock; the guard releases it when dropped.
     ///
-    /// Never inlined: the acquire must run from resident code whatever section its caller
-    /// is in. Call at IRQL <= `DISPATCH_LEVEL`, never while holding this lock.
-    #[inline(never)]
+    /// Resident and never inlined: the acquire must run from resident code whatever section
+    /// its caller is in. Call at IRQL <= `DISPATCH_LEVEL`, never while holding this lock.
+    #[pagelock_macros::resident]
     pub fn acquire(&self) -> SpinLockGuard<'_> {
         // SAFETY: `state` is this live lock's storage, started as `UNLOCKED` and touched only
         // by the backend; every path to here runs at IRQL <= DISPATCH_LEVEL, and the driver
@@ -100,8 +100,8 @@ impl SpinLockGuard<'_> {
 }
 
 impl Drop for SpinLockGuard<'_> {
-    /// Never inlined, like the acquire: it must run from resident code.
-    #[inline(never)]
+    /// Resident and never inlined, like the acquire.
+    #[pagelock_macros::resident]
     fn drop(&mut self) {
         // SAFETY: by the invariant this thread holds the lock, acquired on this processor
         // (the guard cannot leave the thread), and `previous` is what the acquire returned.

@@ -81,7 +81,7 @@ impl Imports<'_> {
                 self.add(&here, segments);
             }
             Some("super") => {
-                let mut base: Vec<String> = self.here.split("::").map(str::to_owned).collect();
+                let mut base = here;
                 let mut rest = segments;
                 while rest.first().is_some_and(|s| s == "super") {
                     base.pop();
@@ -100,17 +100,13 @@ impl Imports<'_> {
                 self.use_tree(prefix, &p.tree);
                 prefix.pop();
             }
-            syn::UseTree::Name(n) => {
-                prefix.push(n.ident.to_string());
-                self.add_path(&prefix.clone());
+            syn::UseTree::Name(syn::UseName { ident, .. })
+            | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
+                prefix.push(ident.to_string());
+                self.add_path(prefix);
                 prefix.pop();
             }
-            syn::UseTree::Rename(r) => {
-                prefix.push(r.ident.to_string());
-                self.add_path(&prefix.clone());
-                prefix.pop();
-            }
-            syn::UseTree::Glob(_) => self.add_path(&prefix.clone()),
+            syn::UseTree::Glob(_) => self.add_path(prefix),
             syn::UseTree::Group(g) => {
                 for tree in &g.items {
                     self.use_tree(prefix, tree);

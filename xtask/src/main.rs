@@ -241,10 +241,7 @@ fn test() -> Result<()> {
     step("prerequisites", prerequisites)?;
     step("rustfmt", || host_cargo(&["fmt", "--all", "--check"]))?;
     step("the test bed's modules import one another without a cycle (check-layout)", || {
-        let source = cross::root().join("tests/testbed/src");
-        let (report, clean) = layout::check(&source)?;
-        eprint!("{report}");
-        if clean { Ok(()) } else { bail!("import cycles in {}", source.display()) }
+        if check_layout(None)? { Ok(()) } else { bail!("import cycles in the test bed") }
     })?;
     step("clippy (host crates)", || {
         host_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
@@ -344,6 +341,15 @@ fn run_on_bed(sys: &std::path::Path) -> Result<()> {
     host_cargo(&["run", "--quiet", "--package", "pagelock-testbed", "--", "run", path])
 }
 
+/// Prints the import graph's report for `source` (default: the test bed's sources); whether it
+/// has no cycle.
+fn check_layout(source: Option<std::path::PathBuf>) -> Result<bool> {
+    let source = source.unwrap_or_else(|| cross::root().join("tests/testbed/src"));
+    let (report, clean) = layout::check(&source)?;
+    print!("{report}");
+    Ok(clean)
+}
+
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("==> {name}");
     let start = std::time::Instant::now();
@@ -375,13 +381,7 @@ fn main() -> ExitCode {
         Command::Fuzz { seconds, seed, threads, from } => build(false)
             .and_then(|sys| reliability::run(&sys, seconds, seed, threads, from.as_deref())),
         Command::Doctor { json } => Ok(doctor(json)),
-        Command::CheckLayout { source } => {
-            let source = source.unwrap_or_else(|| cross::root().join("tests/testbed/src"));
-            layout::check(&source).map(|(report, clean)| {
-                print!("{report}");
-                clean
-            })
-        }
+        Command::CheckLayout { source } => check_layout(source),
         Command::Wine { broken_irql } => wine::run(broken_irql),
         Command::Run => main_job(),
     };

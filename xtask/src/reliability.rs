@@ -73,8 +73,9 @@ const END: &str = "<!-- reliability:end -->";
 /// # Errors
 /// When a run cannot start or a file cannot be written.
 pub fn run(sys: &Path, seconds: u64, seed: u64, threads: u16, from: Option<&Path>) -> Result<bool> {
-    // A copy of its own: a build during the long run rewrites the image in place, and a
-    // sequence that loads it half-written would be a failure of the run, not of the driver.
+    // A copy of its own, so that every sequence of the long run loads the same image even if a
+    // build replaces the one at `sys` meanwhile (builds rename a new image into place, so none
+    // is ever half-written, but it may be another driver).
     let own = cross::root().join("target/reliability/pagelock.sys");
     std::fs::create_dir_all(own.parent().context("a parent directory")?)?;
     std::fs::copy(sys, &own).with_context(|| format!("copying {}", sys.display()))?;

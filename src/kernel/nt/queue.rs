@@ -141,12 +141,12 @@ pub fn flush_dpcs() {
 #[pagelock_macros::paged]
 pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
     let raw = irp.into_raw().as_ptr();
-    // SAFETY: the IRP is ours until queued (taken from `Irp`); DriverContext[0] and [1] are
-    // the driver's to use while it owns the IRP, and on x64 a pointer holds 64 bits.
-    // x64 only: a pointer holds the 64 bits of each (the image is built for x86_64).
+    // DriverContext[0] and [1] are the driver's while it owns the IRP; on x64 (the image's
+    // only target) a pointer holds the 64 bits of each.
     let values = [deadline, cookie].map(|v| usize::try_from(v).unwrap_or(usize::MAX));
     let context = context_of(raw);
-    // SAFETY: see above; the IRP is live, and the array is plain pointers.
+    // SAFETY: the IRP is ours until queued (taken from `Irp`), so live, and its driver context
+    // is plain pointers the driver may write.
     unsafe { (*context)[0] = values[0] as *mut c_void };
     // SAFETY: as above.
     unsafe { (*context)[1] = values[1] as *mut c_void };

@@ -269,7 +269,7 @@ fn the_correct_fixtures_waits_end_by_its_timer_or_by_cleanup_and_run_clean() {
     // Synchronous: the wait pends until the idle CPU lets the timer's DPC complete it.
     let (exit, report) = exec_fixture(None, &["--ioctl", WAIT]);
     assert_eq!(exit, 0, "{}", report.render());
-    let waits: Vec<_> = report.steps.iter().filter(|s| s.what.contains("0x80002408")).collect();
+    let waits: Vec<_> = report.steps.iter().filter(|s| s.what.contains(WAIT)).collect();
     assert_eq!(waits.len(), 1, "{}", report.render());
     assert_eq!(waits[0].status, Some(0), "expired by the timer");
     let calls = |name: &str| report.calls.iter().find(|(n, _)| n == name).map_or(0, |c| c.1);
@@ -280,9 +280,7 @@ fn the_correct_fixtures_waits_end_by_its_timer_or_by_cleanup_and_run_clean() {
     let cancelled = report
         .steps
         .iter()
-        .filter(|s| {
-            s.what.contains("0x80002408") && s.status == Some(0xC000_0120_u32.cast_signed())
-        })
+        .filter(|s| s.what.contains(WAIT) && s.status == Some(0xC000_0120_u32.cast_signed()))
         .count();
     assert_eq!(cancelled, 2, "both cancelled by cleanup\n{}", report.render());
     let cleanup = report.steps.iter().position(|s| s.what.starts_with("IRP_MJ_CLEANUP (handle 2)"));
