@@ -20,7 +20,7 @@ const FUNCTIONS: &[&str] = &[
     "IofCompleteRequest",
     "Ke(AcquireSpinLockRaiseToDpc|ReleaseSpinLock|QueryPerformanceCounter|BugCheckEx)",
     "Ke(InitializeTimerEx|SetTimerEx|CancelTimer|InitializeDpc|FlushQueuedDpcs)",
-    "IoCsq(Initialize|InsertIrp|RemoveIrp|RemoveNextIrp)",
+    "IoCsq(Initialize|InitializeEx|InsertIrp|InsertIrpEx|RemoveIrp|RemoveNextIrp)",
     "Mm(LockPagableDataSection|LockPagableSectionByHandle|UnlockPagableImageSection)",
     "Ob(OpenObjectByPointer)",
     "Rtl(InitUnicodeString|CreateSecurityDescriptor|CreateAcl|AddAccessAllowedAce|SetDaclSecurityDescriptor|LengthSid|InitializeSid|SubAuthoritySid)",
@@ -36,6 +36,7 @@ const TYPES: &[&str] = &[
     "NTSTATUS|PCUNICODE_STRING|KIRQL|KSPIN_LOCK|POOL_FLAGS|POOL_TYPE|LARGE_INTEGER|ACCESS_MASK|HANDLE",
     "SECURITY_INFORMATION|OBJECT_ATTRIBUTES|KPROCESSOR_MODE|POBJECT_TYPE|PEPROCESS|IO_STATUS_BLOCK",
     "_?(KTIMER|KDPC|IO_CSQ|IO_CSQ_IRP_CONTEXT|LIST_ENTRY)|TIMER_TYPE|PKDEFERRED_ROUTINE",
+    "P?IO_CSQ_INSERT_IRP_EX",
 ];
 
 /// Constants (plain `#define`s that bindgen turns into items).

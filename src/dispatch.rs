@@ -44,9 +44,11 @@ fn create(mut irp: Irp) -> Status {
     irp.complete_opened()
 }
 
-/// `IRP_MJ_CLEANUP`: the last handle to the file object was closed. Cancels its queued waits
-/// (`STATUS_CANCELLED`) before returning, so that none is queued when close releases the
-/// handle's locks, which cover the locked code that completes them.
+/// `IRP_MJ_CLEANUP`: the last handle to the file object was closed. Closes the queue to the
+/// handle's waits and cancels those queued (`STATUS_CANCELLED`) before returning, so that none
+/// is queued when close releases the handle's locks, which cover the locked code that completes
+/// them. Requests of the handle may still be in their dispatch routines on other processors (a
+/// handle opened for overlapped I/O): a `WAIT` among them is refused by the queue.
 #[paged]
 fn cleanup(mut irp: Irp) -> Status {
     // A deliberately broken variant for the test bed (never in a product build): the handle's
@@ -58,7 +60,10 @@ fn cleanup(mut irp: Irp) -> Status {
         // MmUnlockPagableImageSection at PASSIVE_LEVEL, too early.
         open.release_early();
     }
-    let _cancelled = pending::cleanup(kernel::file_of(&irp));
+    let file = kernel::file_of(&irp);
+    if let Some(open) = irp.open() {
+        let _cancelled = pending::cleanup(file, open.waits());
+    }
     irp.complete(status::SUCCESS, &[])
 }
 

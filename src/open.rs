@@ -14,7 +14,7 @@ use pagelock_macros::paged;
 use pagelock_protocol::MAX_EXTRA_LOCKS;
 
 use crate::{
-    kernel::{Status, status},
+    kernel::{QueueGate, Status, status},
     sections::{LOCKED_CODE, PAGED_DATA},
 };
 
@@ -32,9 +32,11 @@ const MAX_PAIRS: u32 = MAX_EXTRA_LOCKS + 1;
 /// - `held <= reserved <= MAX_PAIRS`: `reserved` also counts the pairs a `LOCK` in progress is
 ///   taking, so concurrent `LOCK`s cannot pass the nesting limit together.
 /// - After [`Open::lock_sections`] succeeded, `held >= 1` until the value drops.
+/// - `waits` is closed by the handle's `IRP_MJ_CLEANUP` and stays closed (see [`QueueGate`]).
 pub struct Open {
     held: AtomicU32,
     reserved: AtomicU32,
+    waits: QueueGate,
 }
 
 impl Open {
@@ -42,8 +44,14 @@ impl Open {
     /// needs no unwinding.
     #[must_use]
     pub const fn new() -> Self {
-        // INVARIANT: nothing held, nothing reserved.
-        Self { held: AtomicU32::new(0), reserved: AtomicU32::new(0) }
+        // INVARIANT: nothing held, nothing reserved, the queue open to the handle's waits.
+        Self { held: AtomicU32::new(0), reserved: AtomicU32::new(0), waits: QueueGate::new() }
+    }
+
+    /// Whether the queue still takes this handle's `WAIT`s (closed by its cleanup).
+    #[must_use]
+    pub const fn waits(&self) -> &QueueGate {
+        &self.waits
     }
 
     /// Locks both sections by handle for this open (`IRP_MJ_CREATE`).

@@ -53,7 +53,7 @@ use pagelock_protocol::{
 };
 
 use crate::{
-    kernel::{self, FileId, Filter, Irp, QueuedWait, SpinLock, Status, status},
+    kernel::{self, FileId, Filter, Irp, QueueGate, QueuedWait, SpinLock, Status, status},
     sections::LOCKED_CODE,
 };
 
@@ -95,16 +95,26 @@ pub fn check_wait(input: &[u8], output_capacity: usize) -> Result<WaitRequest, S
 /// `WAIT`: queues `irp` until its timeout, a `SIGNAL`, a cancel or its handle's cleanup.
 ///
 /// Returns the status for the dispatch routine: `STATUS_PENDING` once queued (the IRP may
-/// already be completed by then, if it was cancelled), or the refusal it was completed with.
+/// already be completed by then, if it was cancelled) or once completed as cancelled because
+/// its handle's cleanup ran while it was on its way here, or the refusal it was completed with.
 #[paged]
 pub fn wait(irp: Irp, request: WaitRequest) -> Status {
     if let Err(refused) = reserve() {
         return irp.complete(refused, &[]);
     }
     let deadline = deadline(TICKS.load(Ordering::SeqCst), request.timeout_ms);
-    // IoCsqInsertIrp at PASSIVE_LEVEL: marks the IRP pending, queues it, and completes it
-    // through `on_cancelled` at once if it was cancelled already.
-    kernel::queue_wait(irp, deadline, request.cookie)
+    // IoCsqInsertIrpEx at PASSIVE_LEVEL: marks the IRP pending, queues it unless the handle's
+    // cleanup closed its gate, and completes it through `on_cancelled` at once if it was
+    // cancelled already.
+    match kernel::queue_wait(irp, deadline, request.cookie) {
+        Ok(()) => status::PENDING,
+        Err(refused) => {
+            // Never queued: its slot goes back (a timer armed for it stops at its next tick,
+            // finding nothing pending), and it ends as the handle's other waits did.
+            PENDING.fetch_sub(1, Ordering::SeqCst);
+            refused.complete_pended(status::CANCELLED)
+        }
+    }
 }
 
 /// Takes one slot of [`MAX_PENDING`]; the first arms the timer.
@@ -145,11 +155,16 @@ pub fn signal(file: FileId, input: &[u8], output_capacity: usize) -> Result<Sign
     Ok(SignalReply { version: PROTOCOL_VERSION, completed })
 }
 
-/// `IRP_MJ_CLEANUP`: cancels every wait queued on `file` before cleanup returns, so that no IRP
-/// of the handle is queued when its close releases the handle's locks.
+/// `IRP_MJ_CLEANUP`: closes the handle's `gate` to the queue, then cancels every wait queued on
+/// `file`, before cleanup returns, so that no IRP of the handle is queued when its close
+/// releases the handle's locks: a `WAIT` of the handle still in its dispatch routine on another
+/// processor is either queued before the drain or refused (see [`QueueGate`]).
 #[must_use]
 #[paged]
-pub fn cleanup(file: FileId) -> u32 {
+pub fn cleanup(file: FileId, gate: &QueueGate) -> u32 {
+    // Under the queue's lock, at DISPATCH_LEVEL for a moment: PAGELK, which the cleanup IRP's
+    // handle keeps locked.
+    kernel::close_gate(gate);
     drain(Filter::File(file), WaitOutcome::Cancelled)
 }
 

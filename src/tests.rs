@@ -242,7 +242,7 @@ mod pending {
     };
 
     use super::{counts, exclusive, opened};
-    use crate::kernel::{self, Completion, FileId, Irp, status};
+    use crate::kernel::{self, Completion, FileId, Irp, QueueGate, status};
     use crate::pending;
 
     const A: FileId = FileId(0xA000);
@@ -321,7 +321,7 @@ mod pending {
         assert_eq!(pending::signal(A, all.as_bytes(), 7), Err(status::BUFFER_TOO_SMALL));
         assert_eq!(pending::signal(A, &all.as_bytes()[..4], 8), Err(status::BUFFER_TOO_SMALL));
         assert_eq!((pending::pending(), outcome(&queued)), (1, None));
-        assert_eq!(pending::cleanup(A), 1);
+        assert_eq!(pending::cleanup(A, &QueueGate::new()), 1);
         drop(open);
     }
 
@@ -365,12 +365,33 @@ mod pending {
         let open = opened();
         let on_a: Vec<_> = (0..4).map(|i| wait(A, 1000, i)).collect();
         let on_b = wait(B, 1000, 9);
-        assert_eq!(pending::cleanup(A), 4);
+        assert_eq!(pending::cleanup(A, &QueueGate::new()), 4);
         assert!(on_a.iter().all(|w| ended(w) == Some((status::CANCELLED, None))));
         assert_eq!((outcome(&on_b), kernel::queued()), (None, 1));
-        assert_eq!(pending::cleanup(B), 1);
-        assert_eq!(pending::cleanup(B), 0);
+        assert_eq!(pending::cleanup(B, &QueueGate::new()), 1);
+        assert_eq!(pending::cleanup(B, &QueueGate::new()), 0);
         assert_eq!(pending::pending(), 0);
+        drop(open);
+    }
+
+    #[test]
+    fn a_wait_that_reaches_the_queue_after_its_handles_cleanup_ends_cancelled_and_holds_nothing() {
+        let _turn = exclusive();
+        let open = opened();
+        let gate: &'static QueueGate = Box::leak(Box::new(QueueGate::new()));
+        let request = WaitRequest::new(1000, 5);
+        let (early, queued) = Irp::with_gate(A, gate);
+        assert_eq!(pending::wait(early, request), status::PENDING);
+        let other = wait(B, 1000, 6);
+        assert_eq!(pending::cleanup(A, gate), 1, "the wait queued before cleanup is drained");
+        // Sent before the close, it reaches the queue after cleanup: refused, not queued.
+        let (late, refused) = Irp::with_gate(A, gate);
+        assert_eq!(pending::wait(late, request), status::PENDING, "marked pending: PENDING");
+        assert_eq!(ended(&refused), Some((status::CANCELLED, None)));
+        assert_eq!(ended(&queued), Some((status::CANCELLED, None)));
+        // Its slot went back: only the other handle's wait is pending, and it is untouched.
+        assert_eq!((pending::pending(), kernel::queued(), outcome(&other)), (1, 1, None));
+        assert_eq!(signal(B, SignalScope::Caller), 1);
         drop(open);
     }
 

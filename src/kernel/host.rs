@@ -155,18 +155,36 @@ unsafe impl super::lock::Backend for SpinBackend {
 /// How a stand-in IRP was completed: its status and reply, once.
 pub type Completion = std::sync::Arc<Mutex<Option<(super::Status, Vec<u8>)>>>;
 
-/// A stand-in IRP: the file object it came on and where its completion is recorded.
+/// A stand-in IRP: the file object it came on, its handle's queue gate, and where its
+/// completion is recorded.
 pub struct Irp {
     file: super::FileId,
+    gate: Option<&'static super::QueueGate>,
     completion: Completion,
 }
 
 impl Irp {
-    /// A request on `file`, and the record its completion will fill.
+    /// A request on `file`, whose handle's gate stays open, and the record its completion
+    /// will fill.
     #[must_use]
     pub fn new(file: super::FileId) -> (Self, Completion) {
         let completion = Completion::default();
-        (Self { file, completion: completion.clone() }, completion)
+        (Self { file, gate: None, completion: completion.clone() }, completion)
+    }
+
+    /// A request on `file`, whose handle's gate is `gate`.
+    #[must_use]
+    pub fn with_gate(file: super::FileId, gate: &'static super::QueueGate) -> (Self, Completion) {
+        let (irp, completion) = Self::new(file);
+        (Self { gate: Some(gate), ..irp }, completion)
+    }
+
+    /// Completes a request the queue refused; returns `STATUS_PENDING`, as the real one does
+    /// for the IRP it marked pending.
+    #[must_use]
+    pub fn complete_pended(self, status: super::Status) -> super::Status {
+        let _ = self.complete(status, &[]);
+        super::status::PENDING
     }
 
     /// Completes the request; returns `status` for the dispatch routine.
@@ -221,16 +239,24 @@ fn queue() -> std::sync::MutexGuard<'static, Vec<QueuedWait>> {
     QUEUE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Queues a wait (`IoCsqInsertIrp`); returns `STATUS_PENDING`.
-#[must_use]
-pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> super::Status {
-    queue().push(QueuedWait {
-        irp,
-        deadline,
-        cookie,
-        result: (super::status::PENDING, Vec::new()),
-    });
-    super::status::PENDING
+/// Queues a wait (`IoCsqInsertIrpEx`), unless its handle's gate is closed.
+///
+/// # Errors
+/// The IRP, refused.
+pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Result<(), Irp> {
+    // Under the stand-in queue's lock, as the real insert callback looks.
+    let mut queue = queue();
+    if irp.gate.is_some_and(super::QueueGate::is_closed) {
+        return Err(irp);
+    }
+    queue.push(QueuedWait { irp, deadline, cookie, result: (super::status::PENDING, Vec::new()) });
+    Ok(())
+}
+
+/// Closes a handle's gate under the stand-in queue's lock (`IRP_MJ_CLEANUP`).
+pub fn close_gate(gate: &super::QueueGate) {
+    let _queue = queue();
+    gate.close();
 }
 
 /// Takes the first queued wait `filter` matches (`IoCsqRemoveNextIrp`).

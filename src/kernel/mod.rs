@@ -143,6 +143,50 @@ macro_rules! wide_name {
     }};
 }
 
+/// Whether the queue of `WAIT`s still takes a handle's requests: open from create until the
+/// handle's `IRP_MJ_CLEANUP`, closed from then on. Part of the per-open state.
+///
+/// Cleanup comes when the last handle to the file object is closed, not when its requests are
+/// done: on a handle opened for overlapped I/O, a `WAIT` of it may still be in its dispatch
+/// routine on another processor, on its way to the queue. Queued after cleanup drained the
+/// handle's waits, it would stay queued until its timeout, holding the file object, so its
+/// close, its locks and an unload with it.
+///
+/// # Invariants
+/// Closed only under the queue's spin lock ([`close_gate`]), and read by the queue's insert
+/// callback under the same lock; never opened again. Cleanup closes it before it drains the
+/// handle's waits (whose removals take the lock after the close), so every `WAIT` of the handle
+/// is either queued before the drain, which completes it, or refused by the insert.
+pub struct QueueGate(core::sync::atomic::AtomicBool);
+
+impl QueueGate {
+    /// An open gate.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// Whether cleanup closed it. Meaningful under the queue's lock, where it cannot change.
+    #[inline]
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Closes it: only [`close_gate`] calls this, under the queue's lock.
+    #[inline]
+    fn close(&self) {
+        // INVARIANT: callers hold the queue's lock.
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Default for QueueGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Which file object a request came on: its address, compared and never dereferenced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileId(pub usize);

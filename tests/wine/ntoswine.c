@@ -31,8 +31,9 @@
  *   only dequeues, as on Windows (a DPC already running still runs). KeFlushQueuedDpcs waits
  *   until every DPC started before it has returned. Due times have the resolution of
  *   GetTickCount64 (milliseconds); only relative due times are supported (the driver's).
- * - IoCsqInitialize, IoCsqInsertIrp, IoCsqRemoveIrp, IoCsqRemoveNextIrp: the last three are
- *   `__wine_stub_` entries in Wine 8 (calling one kills the driver host). Here the cancel-safe
+ * - IoCsqInitialize(Ex), IoCsqInsertIrp(Ex), IoCsqRemoveIrp, IoCsqRemoveNextIrp: Wine 8 has
+ *   no Ex routines and stubs the rest but the first (`__wine_stub_` entries: calling one kills
+ *   the driver host). Here the cancel-safe
  *   queue follows the documented algorithm (wdm.h; ReactOS ntoskrnl/io/iomgr/csq.c has the
  *   same one): insertion sets the queue's cancel routine, and if the IRP was cancelled
  *   meanwhile takes it back and completes it through the driver's CompleteCanceledIrp; removal
@@ -290,6 +291,7 @@ void WINAPI shim_KeFlushQueuedDpcs(void)
 #define SL_PENDING_RETURNED 0x01
 #define IO_TYPE_CSQ_IRP_CONTEXT 1
 #define IO_TYPE_CSQ 2
+#define IO_TYPE_CSQ_EX 3
 
 typedef struct shim_csq shim_csq;
 struct shim_csq {
@@ -360,12 +362,34 @@ NTSTATUS WINAPI shim_IoCsqInitialize(shim_csq *csq, void *insert, void *remove, 
     return 0;
 }
 
-void WINAPI shim_IoCsqInsertIrp(shim_csq *csq, void *irp, struct shim_csq_context *context)
+/* IoCsqInitializeEx: the insert callback returns a status, and may refuse the IRP. */
+NTSTATUS WINAPI shim_IoCsqInitializeEx(shim_csq *csq, void *insert, void *remove, void *peek,
+                                       void *acquire, void *release, void *complete_canceled)
+{
+    shim_IoCsqInitialize(csq, insert, remove, peek, acquire, release, complete_canceled);
+    csq->type = IO_TYPE_CSQ_EX;
+    return 0;
+}
+
+/* IoCsqInsertIrpEx: marks the IRP pending (ReactOS's order: before the insert callback, and
+   left marked when the callback refuses), inserts it, or returns the callback's refusal with
+   nothing queued. */
+NTSTATUS WINAPI shim_IoCsqInsertIrpEx(shim_csq *csq, void *irp, struct shim_csq_context *context,
+                                      void *insert_context)
 {
     KIRQL irql;
     csq->acquire(csq, &irql);
-    csq->insert(csq, irp);
     IRP_STACK(irp)[3] |= SL_PENDING_RETURNED; /* IoMarkIrpPending */
+    if (csq->type == IO_TYPE_CSQ_EX) {
+        NTSTATUS status = ((NTSTATUS (WINAPI *)(shim_csq *, void *, void *))csq->insert)(
+            csq, irp, insert_context);
+        if (status < 0) {
+            csq->release(csq, irql);
+            return status;
+        }
+    } else {
+        csq->insert(csq, irp);
+    }
     if (context) {
         context->type = IO_TYPE_CSQ_IRP_CONTEXT;
         context->irp = irp;
@@ -383,10 +407,16 @@ void WINAPI shim_IoCsqInsertIrp(shim_csq *csq, void *irp, struct shim_csq_contex
         IRP_CSQ_SLOT(irp) = NULL;
         csq->release(csq, irql);
         csq->complete_canceled(csq, irp);
-        return;
+        return 0;
     }
     /* Otherwise, if cancelled, the cancel routine is running and will take it off. */
     csq->release(csq, irql);
+    return 0;
+}
+
+void WINAPI shim_IoCsqInsertIrp(shim_csq *csq, void *irp, struct shim_csq_context *context)
+{
+    shim_IoCsqInsertIrpEx(csq, irp, context, NULL);
 }
 
 void *WINAPI shim_IoCsqRemoveIrp(shim_csq *csq, struct shim_csq_context *context)

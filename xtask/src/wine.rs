@@ -59,7 +59,9 @@ const SHIM: &str = "ntoswine.dll";
 const SHIM_ROUTINES: &[&str] = &[
     "ExAllocatePool2",
     "IoCsqInitialize",
+    "IoCsqInitializeEx",
     "IoCsqInsertIrp",
+    "IoCsqInsertIrpEx",
     "IoCsqRemoveIrp",
     "IoCsqRemoveNextIrp",
     "KeAcquireSpinLockRaiseToDpc",

@@ -6,12 +6,14 @@ use pagelock_macros::paged;
 
 use super::sys::{self, IO_STACK_LOCATION, IRP};
 use crate::{
-    kernel::{Status, status},
+    kernel::{QueueGate, Status, status},
     open::Open,
 };
 
 /// `FILE_OPENED` (wdm.h): the create opened an existing object.
 const FILE_OPENED: u64 = 1;
+/// `SL_PENDING_RETURNED` (wdm.h): the bit `IoMarkIrpPending` sets in the stack location.
+const SL_PENDING_RETURNED: u8 = 0x01;
 
 /// An IRP the I/O manager sent to this driver.
 ///
@@ -134,6 +136,13 @@ impl Irp {
         unsafe { slot.cast::<Open>().as_ref() }
     }
 
+    /// The handle's [`QueueGate`], as the insert context of the queue (null when the file
+    /// object carries no per-open state, which the insert refuses).
+    #[paged]
+    pub(super) fn queue_gate(&mut self) -> *const QueueGate {
+        self.open().map_or(core::ptr::null(), |open| core::ptr::from_ref(open.waits()))
+    }
+
     /// The per-open state and the control request together (`IRP_MJ_DEVICE_CONTROL`).
     ///
     /// The state is only lent shared: other requests of the same handle may be using it on
@@ -190,6 +199,32 @@ impl Irp {
             0
         };
         self.finish(status, information)
+    }
+
+    /// Completes a request that the queue refused (`IoCsqInsertIrpEx`) with `status`, and
+    /// returns `STATUS_PENDING` for the dispatch routine.
+    ///
+    /// ReactOS's `IoCsqInsertIrpEx` marks the IRP pending before it calls the insert callback,
+    /// and leaves it marked when the callback refuses; Microsoft documents the mark only for
+    /// `IoCsqInsertIrp`. Marking it here too (`IoMarkIrpPending` only sets a bit) makes the IRP
+    /// marked under either, and a marked IRP's dispatch routine must return `STATUS_PENDING`,
+    /// even when it completed the IRP itself.
+    #[must_use]
+    #[paged]
+    pub fn complete_pended(self, status: Status) -> Status {
+        let raw = self.raw.as_ptr();
+        // SAFETY: the IRP is live and ours until `finish`; a place, nothing read.
+        let slot = unsafe {
+            &raw const (*raw).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation
+        };
+        // SAFETY: the members of this union are pointers laid over each other, and the I/O
+        // manager set `CurrentStackLocation` before calling the driver.
+        let location = unsafe { slot.read() };
+        // SAFETY: the location the I/O manager set up for this driver, valid for the whole
+        // request; no reference to it is alive here (`stack`'s borrows have ended).
+        unsafe { (*location).Control |= SL_PENDING_RETURNED };
+        let _ = self.finish(status, 0);
+        status::PENDING
     }
 
     /// Completes a successful `IRP_MJ_CREATE`: the I/O status block's `Information` says

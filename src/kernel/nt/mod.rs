@@ -27,7 +27,8 @@ mod security;
 
 pub use irp::{Control, Irp};
 pub use queue::{
-    QueuedWait, dequeue, file_of, flush_dpcs, init_queue, queue_wait, timer_start, timer_stop,
+    QueuedWait, close_gate, dequeue, file_of, flush_dpcs, init_queue, queue_wait, timer_start,
+    timer_stop,
 };
 use sys::{DEVICE_OBJECT, DRIVER_OBJECT, IRP, NTSTATUS, PCUNICODE_STRING, UNICODE_STRING, ntddk};
 

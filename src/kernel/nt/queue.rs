@@ -29,7 +29,7 @@ use super::{
     Irp,
     sys::{self, IO_CSQ, IRP, KDPC, KIRQL, KSPIN_LOCK, KTIMER, LIST_ENTRY, ntddk},
 };
-use crate::kernel::{FileId, Filter, Status, lock::Backend as _, status};
+use crate::kernel::{FileId, Filter, QueueGate, Status, lock::Backend as _, status};
 use crate::sections::LOCKED_CODE;
 
 /// `NotificationTimer` (wdm.h's `TIMER_TYPE`): stays signalled once due; only its DPC matters.
@@ -87,9 +87,10 @@ pub fn init_queue() -> Result<(), Status> {
     // SAFETY: as above for the DPC; the routine is resident and lives as long as the driver.
     unsafe { ntddk::KeInitializeDpc(RESIDENT.dpc.get(), Some(dpc_routine), core::ptr::null_mut()) };
     // SAFETY: `csq` is resident storage no one uses yet; the callbacks are resident and follow
-    // the documented signatures (wdm.h, IO_CSQ_*).
+    // the documented signatures (wdm.h, IO_CSQ_*; the insert callback IO_CSQ_INSERT_IRP_EX's,
+    // which may refuse an IRP).
     let initialised = unsafe {
-        ntddk::IoCsqInitialize(
+        ntddk::IoCsqInitializeEx(
             RESIDENT.csq.get(),
             Some(csq_insert),
             Some(csq_remove),
@@ -136,11 +137,18 @@ pub fn flush_dpcs() {
     unsafe { ntddk::KeFlushQueuedDpcs() };
 }
 
-/// Queues a `WAIT` with its deadline and cookie (`IoCsqInsertIrp`, which marks it pending).
-/// Returns `STATUS_PENDING` for the dispatch routine; the IRP may be completed by then.
+/// Queues a `WAIT` with its deadline and cookie (`IoCsqInsertIrpEx`, which marks it pending),
+/// unless its handle's [`QueueGate`] is closed: then the IRP comes back, not queued, for the
+/// caller to complete (`Irp::complete_pended`). Once queued, the IRP may be completed by the
+/// time this returns (it was cancelled).
+///
+/// # Errors
+/// The IRP, refused: its handle's cleanup has run.
 #[pagelock_macros::paged]
-pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
-    let raw = irp.into_raw().as_ptr();
+pub fn queue_wait(mut irp: Irp, deadline: u64, cookie: u64) -> Result<(), Irp> {
+    let gate = irp.queue_gate();
+    let owned = irp.into_raw();
+    let raw = owned.as_ptr();
     // DriverContext[0] and [1] are the driver's while it owns the IRP; on x64 (the image's
     // only target) a pointer holds the 64 bits of each.
     let values = [deadline, cookie].map(|v| usize::try_from(v).unwrap_or(usize::MAX));
@@ -151,9 +159,38 @@ pub fn queue_wait(irp: Irp, deadline: u64, cookie: u64) -> Status {
     // SAFETY: as above.
     unsafe { (*context)[1] = values[1] as *mut c_void };
     // SAFETY: the queue was initialised at load; the IRP is a device control request this
-    // driver owns and has not completed; no context (the queue keeps its own reference).
-    unsafe { ntddk::IoCsqInsertIrp(RESIDENT.csq.get(), raw, core::ptr::null_mut()) };
-    status::PENDING
+    // driver owns and has not completed; no context (the queue keeps its own reference); the
+    // insert context is the handle's gate (or null), which lives in the per-open state until
+    // close, after this request.
+    let inserted = unsafe {
+        ntddk::IoCsqInsertIrpEx(
+            RESIDENT.csq.get(),
+            raw,
+            core::ptr::null_mut(),
+            gate.cast_mut().cast(),
+        )
+    };
+    if status::is_success(inserted) {
+        return Ok(());
+    }
+    // SAFETY: refused, so not queued: the IRP is still ours alone, live and not completed.
+    Err(unsafe { Irp::from_raw(owned) })
+}
+
+/// Closes a handle's [`QueueGate`] under the queue's lock (`IRP_MJ_CLEANUP`, before it drains
+/// the handle's waits): an insert of the handle's `WAIT` comes before, or sees it closed.
+///
+/// `PAGELK`, covered by the handle being cleaned up: the cleanup IRP holds its file object, so
+/// the pair of locks the handle took in `IRP_MJ_CREATE`, released only in close, is held.
+#[pagelock_macros::locked(LOCKED_CODE)]
+pub fn close_gate(gate: &QueueGate) {
+    // SAFETY: the lock is resident and initialised; cleanup runs at PASSIVE_LEVEL, not holding
+    // it.
+    let previous = unsafe { super::SpinBackend::acquire(RESIDENT.lock.get()) };
+    // INVARIANT: closed under the queue's lock.
+    gate.close();
+    // SAFETY: taken just above on this processor, released with the IRQL it returned.
+    unsafe { super::SpinBackend::release(RESIDENT.lock.get(), previous) };
 }
 
 /// Takes the first queued wait that `filter` matches, its cancel routine cleared
@@ -305,12 +342,21 @@ const fn irp_of(entry: *mut LIST_ENTRY) -> *mut IRP {
     entry.wrapping_byte_sub(offset_of!(IRP, Tail.Overlay.__bindgen_anon_2.ListEntry)).cast()
 }
 
-/// `IO_CSQ_INSERT_IRP`: links the IRP at the tail. Under the queue's lock.
+/// `IO_CSQ_INSERT_IRP_EX`: links the IRP at the tail, or refuses it (`STATUS_CANCELLED`)
+/// when `gate`, its handle's [`QueueGate`], is closed or missing. Under the queue's lock.
 ///
-/// `PAGELK`, covered by the `WAIT` being queued: only `IoCsqInsertIrp` calls this, from
-/// [`queue_wait`], in that `WAIT`'s dispatch routine on its open handle.
+/// `PAGELK`, covered by the `WAIT` being queued: only `IoCsqInsertIrpEx` calls this, from
+/// [`queue_wait`], in that `WAIT`'s dispatch routine: its IRP holds the file object, so the
+/// handle's pair of locks is held even when its cleanup has already run.
 #[pagelock_macros::locked(LOCKED_CODE)]
-unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
+unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP, gate: *mut c_void) -> i32 {
+    // SAFETY: `queue_wait` passes the handle's gate, alive until the handle's close, which
+    // cannot come while this request is in the driver; or null.
+    let gate = unsafe { gate.cast::<QueueGate>().as_ref() };
+    // Under the queue's lock, where the gate cannot change (invariant of `QueueGate`).
+    if gate.is_none_or(QueueGate::is_closed) {
+        return status::CANCELLED;
+    }
     let head = RESIDENT.head.get();
     let entry = entry_of(irp);
     // Under the queue's lock (the queue routines' contract), so the list is ours; the IRP is
@@ -319,6 +365,7 @@ unsafe extern "C" fn csq_insert(_csq: *mut IO_CSQ, irp: *mut IRP) {
     set_links(entry, head, last);
     set_links(last, entry, previous_of(last));
     set_links(head, next_of(head), entry);
+    status::SUCCESS
 }
 
 /// `IO_CSQ_REMOVE_IRP`: unlinks the IRP. Under the queue's lock.

@@ -74,7 +74,59 @@ pub struct Handle {
     /// A request of this synchronous file object is in the driver (shared with that request's
     /// [`Pending`], which releases it).
     busy: std::sync::Arc<AtomicBool>,
+    /// The handle's entry in the process's handle table, which any thread may close while
+    /// others use the handle.
+    entry: std::sync::Arc<HandleEntry>,
 }
+
+/// A handle's entry in the handle table, as the object manager keeps it: whether the handle is
+/// closed, and the requests that looked the handle up and have not yet reached the driver.
+///
+/// A request references the file object by handle (`ObReferenceObjectByHandle`, which fails
+/// once the handle is closed) and then hands that reference to its IRP, which holds it until
+/// completion. So a `CloseHandle` on another thread may run cleanup between the lookup and the
+/// dispatch: nothing serialises the two on a file object opened for overlapped I/O.
+#[derive(Default)]
+struct HandleEntry {
+    closed: AtomicBool,
+    /// Lookups not yet handed to an IRP ([`crate::io::irp::file_busy`] covers the IRP after).
+    looking_up: std::sync::atomic::AtomicU32,
+}
+
+/// A lookup of a handle (`ObReferenceObjectByHandle`): the file object's reference of a request
+/// between the lookup and the dispatch. Dropping it hands the reference on, to the IRP the
+/// request became, or releases it.
+struct Lookup<'a>(&'a HandleEntry);
+
+impl Drop for Lookup<'_> {
+    fn drop(&mut self) {
+        self.0.looking_up.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HandleEntry {
+    /// Looks the handle up; None once it is closed (`STATUS_INVALID_HANDLE`).
+    fn look_up(&self) -> Option<Lookup<'_>> {
+        self.looking_up.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.looking_up.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Lookup(self))
+    }
+}
+
+/// A file object whose handle is closed and whose `IRP_MJ_CLOSE` is still to come, after its
+/// last request.
+struct Closing {
+    file: *mut ddk::FILE_OBJECT,
+    device: usize,
+    number: u64,
+    entry: std::sync::Arc<HandleEntry>,
+}
+
+// SAFETY: as for `Handle`: the file object is the bed's, reached by the driver through IRPs.
+unsafe impl Send for Closing {}
 
 // SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
 // from whichever thread sends them, as on Windows.
@@ -93,7 +145,7 @@ pub struct Bed {
     handles_opened: AtomicU64,
     /// Handles whose cleanup was sent and whose close is left to the system worker CPU of a
     /// scheduled run (see [`Bed::close_worker`]); None outside such a run.
-    deferred: std::sync::Mutex<Option<Vec<Handle>>>,
+    deferred: std::sync::Mutex<Option<Vec<Closing>>>,
     unloaded: AtomicBool,
     _names: [Vec<u16>; 2],
 }
@@ -282,6 +334,7 @@ impl Bed {
             number,
             synchronous,
             busy: std::sync::Arc::new(AtomicBool::new(false)),
+            entry: std::sync::Arc::default(),
         })
     }
 
@@ -315,6 +368,15 @@ impl Bed {
             input.len(),
             handle.number
         );
+        // ObReferenceObjectByHandle: a handle closed on another thread is gone.
+        let Some(_lookup) = handle.entry.look_up() else {
+            self.step(|| Step {
+                what: format!("{what}: the handle is closed"),
+                status: Some(ob::STATUS_INVALID_HANDLE),
+                ..Step::default()
+            });
+            return Pending::refused(what, ob::STATUS_INVALID_HANDLE);
+        };
         let required = pagelock_protocol::required_access(code);
         if required & handle.access != required {
             self.step(|| Step {
@@ -478,30 +540,66 @@ impl Bed {
         }
     }
 
-    /// Closes a handle: cleanup, then close, as the I/O manager sends them. `IRP_MJ_CLEANUP`
-    /// comes in the closing thread; `IRP_MJ_CLOSE` when the last reference to the file object
-    /// goes, which in a scheduled run with a system worker (see [`Bed::close_worker`]) is later,
-    /// on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as Windows may deliver it.
+    /// Closes a handle (`CloseHandle`): cleanup, then close, as the I/O manager sends them.
+    pub fn close(&self, handle: Handle) {
+        self.close_shared(&handle);
+    }
+
+    /// Closes a handle that other threads may be using at this moment, as `CloseHandle` on one
+    /// thread does while others send requests on the same handle; their later requests find it
+    /// gone (`STATUS_INVALID_HANDLE`). Closing a closed handle does nothing.
+    ///
+    /// `IRP_MJ_CLEANUP` comes at once, in the closing thread, whatever requests of the file
+    /// object are still in the driver: the I/O manager sends it when the handle count drops to
+    /// zero (`IopCloseFile`, called by the object manager as it closes the last handle), not
+    /// when the references do. Each request holds a reference to the file object, so
+    /// `IRP_MJ_CLOSE` comes only after the last of them (`IopDeleteFile`, when the reference
+    /// count reaches zero), which in a scheduled run with a system worker (see
+    /// [`Bed::close_worker`]) is on the worker's CPU, at `PASSIVE_LEVEL` or `APC_LEVEL`, as
+    /// Windows may deliver it.
     ///
     /// Cleanup must leave none of the file object's IRPs queued in the driver (each one would
     /// hold the file object, and its close, forever); the bed cancels what is left, as the
     /// I/O manager cancels a thread's requests when it exits, and sends the close once the last
     /// of them has completed.
-    pub fn close(&self, handle: Handle) {
+    pub fn close_shared(&self, handle: &Handle) {
+        if handle.entry.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let file = handle.file as usize;
         if ke::dpc::running() > 0 {
             record::reached("IRP_MJ_CLEANUP sent while a DPC runs on another CPU");
         }
-        self.send_close_major(&handle, major::CLEANUP, "");
+        if irp::in_dispatch(file) {
+            record::reached(
+                "IRP_MJ_CLEANUP sent while a request of the file object is in its dispatch routine",
+            );
+        }
+        let closing = Closing {
+            file: handle.file,
+            device: handle.device,
+            number: handle.number,
+            entry: std::sync::Arc::clone(&handle.entry),
+        };
+        let queued_before: Vec<usize> = irp::pended(Some(file)).iter().map(|p| p.0).collect();
+        self.send_close_major(&closing, major::CLEANUP, "");
         // What the driver left queued: an IRP of the file object that still has a cancel
         // routine. (One without is being completed on another CPU, which is legal: close waits
-        // for it.) The bed cancels each, as the I/O manager cancels a thread's requests.
-        for (irp, m) in irp::pended(Some(handle.file as usize)) {
+        // for it.) The bed cancels each, as the I/O manager cancels a thread's requests. One
+        // queued before cleanup began is one cleanup failed to drain; one that was still on its
+        // way (in its dispatch routine) is one the driver let in after cleanup had drained.
+        for (irp, m) in irp::pended(Some(file)) {
             if irp::cancel(irp as *mut _) {
+                let (rule, when) = if queued_before.contains(&irp) {
+                    (Rule::QueuedAfterCleanup, "still queued")
+                } else {
+                    (Rule::PendedAfterCleanup, "queued by a request that raced the cleanup")
+                };
                 record::violation(
-                    Rule::QueuedAfterCleanup,
-                    [irp as u64, handle.file as u64, 0, 0],
+                    rule,
+                    [irp as u64, file as u64, u64::from(m), 0],
                     format!(
-                        "{} of handle {} still queued (cancellable) when IRP_MJ_CLEANUP returned",
+                        "{} of handle {} {when} (cancellable) when IRP_MJ_CLEANUP returned",
                         major::name(m),
                         handle.number
                     ),
@@ -510,51 +608,44 @@ impl Bed {
         }
         let mut deferred = sched::lock(&self.deferred);
         if let Some(queue) = deferred.as_mut() {
-            queue.push(handle);
+            queue.push(closing);
             return;
         }
         drop(deferred);
-        self.finish_close(handle);
+        self.finish_close(closing);
     }
 
-    fn send_close_major(&self, handle: &Handle, m: u8, how: &str) {
+    fn send_close_major(&self, closing: &Closing, m: u8, how: &str) {
+        let request = Request { major: m, file: closing.file, control: None };
         // SAFETY: the loaded driver's object and the handle's device.
-        let completion = unsafe {
-            irp::send(
-                self.driver,
-                handle.device as *mut _,
-                Request { major: m, file: handle.file, control: None },
-            )
-        };
+        let completion = unsafe { irp::send(self.driver, closing.device as *mut _, request) };
         self.step(|| Step {
-            what: format!("{} (handle {}){how}", major::name(m), handle.number),
+            what: format!("{} (handle {}){how}", major::name(m), closing.number),
             status: Some(completion.status),
             ..Step::default()
         });
     }
 
-    /// Sends `IRP_MJ_CLOSE` and frees the file object.
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "closing takes the handle: it cannot be used again"
-    )]
-    fn finish_close(&self, handle: Handle) {
-        // Each request holds a reference to the file object: close comes after the last.
-        let file = handle.file as usize;
-        irp::wait_for(&|| !irp::file_busy(file), &|| {
-            format!("IRP_MJ_CLOSE of handle {} waits for its requests", handle.number)
-        });
+    /// Sends `IRP_MJ_CLOSE` once the file object's last reference is gone, and frees it.
+    fn finish_close(&self, closing: Closing) {
+        // Each request holds a reference to the file object: close comes after the last, the
+        // requests still looking the handle up included.
+        let file = closing.file as usize;
+        irp::wait_for(
+            &|| closing.entry.looking_up.load(Ordering::SeqCst) == 0 && !irp::file_busy(file),
+            &|| format!("IRP_MJ_CLOSE of handle {} waits for its requests", closing.number),
+        );
         let irql = irql::current();
         let how = if sched::active() {
             format!(", on CPU {} at IRQL {irql}", sched::current_cpu().unwrap_or(0))
         } else {
             String::new()
         };
-        self.send_close_major(&handle, major::CLOSE, &how);
+        self.send_close_major(&closing, major::CLOSE, &how);
         // SAFETY: the handle's file object, made in `open`; after close the driver may no
-        // longer refer to it.
-        drop(unsafe { Box::from_raw(handle.file) });
-        device::dereference_device(handle.device as *mut _);
+        // longer refer to it, and the closed handle can no longer reach it.
+        drop(unsafe { Box::from_raw(closing.file) });
+        device::dereference_device(closing.device as *mut _);
         let mut open_handles = sched::lock(&self.open_handles);
         *open_handles -= 1;
         if *open_handles == 0 {
@@ -571,12 +662,12 @@ impl Bed {
     pub fn close_worker(&self, others_done: &dyn Fn() -> bool) {
         loop {
             let next = sched::lock(&self.deferred).as_mut().and_then(Vec::pop);
-            if let Some(handle) = next {
+            if let Some(closing) = next {
                 let apc = sched::choose_below(2) == 1;
                 if apc {
                     irql::set(irql::APC_LEVEL);
                 }
-                self.finish_close(handle);
+                self.finish_close(closing);
                 if apc {
                     irql::set(irql::PASSIVE_LEVEL);
                 }
@@ -598,8 +689,8 @@ impl Bed {
     /// Closes at once again, sending the closes still deferred.
     pub fn close_now(&self) {
         let left = sched::lock(&self.deferred).take().unwrap_or_default();
-        for handle in left {
-            self.finish_close(handle);
+        for closing in left {
+            self.finish_close(closing);
         }
     }
 

@@ -68,6 +68,11 @@ struct ConcurrencyArgs {
     /// otherwise each thread on a synchronous handle of its own.
     #[arg(long, requires = "threads")]
     shared: bool,
+    /// With --shared: the last thread closes the shared handle (CloseHandle) while the others
+    /// send theirs, so IRP_MJ_CLEANUP meets their requests in the driver; requests after it
+    /// find the handle closed (STATUS_INVALID_HANDLE).
+    #[arg(long, requires = "shared")]
+    close_shared: bool,
     /// Times each thread sends the IOCTL list.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
@@ -93,6 +98,7 @@ impl ConcurrencyArgs {
         (self.threads > 1 || self.shared).then_some(session::Concurrency {
             threads: usize::from(self.threads),
             shared: self.shared,
+            close_shared: self.close_shared,
             repeat: self.repeat,
             seed,
             policy: self.policy,

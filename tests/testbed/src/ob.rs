@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// `STATUS_INVALID_HANDLE`.
-const STATUS_INVALID_HANDLE: i32 = 0xC000_0008_u32.cast_signed();
+pub const STATUS_INVALID_HANDLE: i32 = 0xC000_0008_u32.cast_signed();
 
 /// What the object manager keeps.
 struct Objects {

@@ -128,6 +128,10 @@ pub struct Concurrency {
     /// All threads on one handle opened for overlapped I/O; otherwise each on its own
     /// (synchronous) handle.
     pub shared: bool,
+    /// With `shared`: the last thread closes the shared handle (`CloseHandle`) instead of
+    /// sending, while the others send theirs; cleanup then meets their requests in the driver,
+    /// and the requests after it find the handle closed.
+    pub close_shared: bool,
     /// Times each thread sends the IOCTL list.
     pub repeat: u32,
     /// The schedule's seed.
@@ -177,6 +181,18 @@ pub fn exec(
                     let others_done =
                         || done.load(std::sync::atomic::Ordering::Acquire) == c.threads;
                     bed.close_worker(&others_done);
+                    return;
+                }
+                if let (Some(handle), true) =
+                    (&shared, c.close_shared && cpu as usize + 1 == c.threads)
+                {
+                    // CloseHandle at a moment the schedule draws: the others' requests may not
+                    // have started, be in the driver, or be done.
+                    for _ in 0..crate::sched::choose_below(8) {
+                        crate::sched::point();
+                    }
+                    bed.close_shared(handle);
+                    done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     return;
                 }
                 let own = if c.shared || requests.ioctls.is_empty() {

@@ -100,6 +100,11 @@ pub enum Rule {
     CompletedWithCancelRoutine,
     /// An IRP of the file object still queued in the driver when its `IRP_MJ_CLEANUP` returned.
     QueuedAfterCleanup,
+    /// A request of a file object that was on its way to the driver's queue (in its dispatch
+    /// routine) while the file object's `IRP_MJ_CLEANUP` ran, and was queued all the same: still
+    /// queued (cancellable) once cleanup returned. Windows does not stop: the request waits
+    /// until something completes it, and the file object's close with it.
+    PendedAfterCleanup,
     /// A pended IRP that nothing left can complete: its requester would wait forever.
     PendingNeverCompleted,
     /// A timer still set, or a DPC still queued, when the driver unloaded.
@@ -270,6 +275,9 @@ table! {
     QueuedAfterCleanup "queued-after-cleanup" 0xBED0_000B Bed false
         "IRP address, file object, 0, 0"
         "an IRP of the file object still queued when IRP_MJ_CLEANUP returned";
+    PendedAfterCleanup "pended-after-cleanup" 0xBED0_0011 Bed false
+        "IRP address, file object, major function, 0"
+        "a request racing its file object's IRP_MJ_CLEANUP queued all the same (it waits until something completes it)";
     PendingNeverCompleted "pending-never-completed" 0xBED0_000C Bed true
         "IRP address, major function, 0, 0"
         "a pended IRP that nothing left can complete: its requester would wait forever";

@@ -183,6 +183,10 @@ caught! {
 
 /// Rules shown firing by tests of their own (outside the table), with the test.
 const FIRED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "pended-after-cleanup",
+        "a_wait_queued_after_its_handles_cleanup_is_caught_for_every_seed_tried",
+    ),
     ("locked-at-unload", "forgetting_to_unlock_also_leaves_the_section_locked_at_unload"),
     ("cpu-stuck", "driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung"),
 ];
@@ -201,6 +205,7 @@ fn every_rule_of_the_table_is_shown_firing() {
 /// source, and the variants with tests of their own below.
 const NOT_IN_THE_TABLE: &[&str] = &[
     "delete-device-in-work",
+    "pend-after-cleanup",
     "mingw-ddk",
     "racy-hold",
     "touch-init-not-last",
@@ -560,4 +565,39 @@ fn driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung() 
     assert_eq!(exit, 1, "{}", report.render());
     let bugcheck = report.bugcheck.as_ref().expect("the run was stopped");
     assert_eq!((bugcheck.rule.as_str(), bugcheck.code), ("cpu-stuck", 0xBED0_000A));
+}
+
+/// Schedules from each seed within which a `WAIT` racing its handle's cleanup must be caught.
+const CLEANUP_RACE_SCHEDULES: u64 = 60;
+
+/// `exec` of the fixture (`feature`, or the correct one) on four CPUs sharing one overlapped
+/// handle, the fourth closing it while the others send `WAIT`, over `schedules` schedules from
+/// `seed`.
+fn waits_racing_a_close(feature: Option<&str>, seed: u64, schedules: u64) -> (i32, Report) {
+    let (driver, seed, schedules) = (fixture(feature), seed.to_string(), schedules.to_string());
+    let driver = driver.to_str().expect("UTF-8 path");
+    bed_json(&[
+        &["exec", driver, "--device", DEVICE, "--ioctl", WAIT, "--threads", "4", "--shared"][..],
+        &["--close-shared", "--seed", &seed, "--schedules", &schedules],
+    ]
+    .concat())
+}
+
+#[test]
+fn a_wait_queued_after_its_handles_cleanup_is_caught_for_every_seed_tried() {
+    for seed in 1..=10 {
+        let (exit, report) =
+            waits_racing_a_close(Some("pend-after-cleanup"), seed, CLEANUP_RACE_SCHEDULES);
+        assert_eq!(exit, 1, "seed {seed}: exit status\n{}", report.render());
+        let violation = report.violations.iter().find(|v| v.rule == "pended-after-cleanup");
+        let violation = violation.unwrap_or_else(|| panic!("seed {seed}:\n{}", report.render()));
+        assert_eq!((violation.code, violation.fatal), (0xBED0_0011, false), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_wait_refused_once_its_handle_is_cleaned_up_stays_clean_over_the_same_schedules() {
+    // Every schedule the test above may run: seeds 1 to 10, each with the ones after it.
+    let (exit, report) = waits_racing_a_close(None, 1, 9 + CLEANUP_RACE_SCHEDULES);
+    assert_eq!(exit, 0, "{}", report.render());
 }

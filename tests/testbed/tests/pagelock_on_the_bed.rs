@@ -528,6 +528,53 @@ fn the_real_driver_drains_its_waits_before_the_last_lock_goes_for_every_seed_tri
     }
 }
 
+/// The race of a handle's cleanup with its own requests, as the bed names it.
+const CLEANUP_MEETS_A_REQUEST: &str =
+    "IRP_MJ_CLEANUP sent while a request of the file object is in its dispatch routine";
+/// The window in which a `WAIT` queued too late shows.
+const RETURNED_AFTER_CLEANUP: &str =
+    "a request returned from its dispatch after its file object's cleanup";
+
+/// `exec` arguments for three CPUs on one overlapped handle of `sys`, the third closing it while
+/// the other two send `WAIT` (1 ms), `SIGNAL` (the caller's), `LOCK` and `UNLOCK`, over
+/// `schedules` seeds from `seed`.
+fn closing_the_shared_handle_under_requests(sys: &Path, seed: u64, schedules: u64) -> Vec<String> {
+    let signal = pagelock_protocol::SignalRequest::new(pagelock_protocol::SignalScope::Caller);
+    let signal = format!(
+        "{}:{}:{}",
+        code(pagelock_protocol::IOCTL_SIGNAL),
+        hex(signal.as_bytes()),
+        size_of::<pagelock_protocol::SignalReply>()
+    );
+    let (lock, unlock) = (
+        format!("{}::8", code(IOCTL_LOCK)),
+        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
+    );
+    let mut args: Vec<String> = ["exec", sys.to_str().unwrap(), "--device", DEVICE]
+        .into_iter()
+        .chain(["--threads", "3", "--shared", "--close-shared"])
+        .map(str::to_owned)
+        .collect();
+    args.extend(["--seed".into(), seed.to_string(), "--schedules".into(), schedules.to_string()]);
+    for ioctl in [wait_spec(1, 0xC105E), signal, lock, unlock] {
+        args.extend(["--ioctl".to_owned(), ioctl]);
+    }
+    args
+}
+
+#[test]
+fn the_real_driver_stays_clean_when_a_handle_closes_under_its_own_requests() {
+    let args = closing_the_shared_handle_under_requests(&release(), 1, 300);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reached = races_reached(&args);
+    for race in [CLEANUP_MEETS_A_REQUEST, RETURNED_AFTER_CLEANUP] {
+        assert!(
+            reached.iter().any(|(r, n)| r == race && *n > 0),
+            "no schedule reached {race:?}: {reached:?}"
+        );
+    }
+}
+
 /// Runs `exec` over `schedules` seeds and returns, per race the bed names, the schedules that
 /// reached it (from the summary `--schedules` prints).
 fn races_reached(args: &[&str]) -> Vec<(String, u64)> {

@@ -76,6 +76,8 @@ struct Outstanding {
     major: u8,
     /// Its dispatch routine returned `STATUS_PENDING`: the driver keeps it.
     pended: bool,
+    /// Its dispatch routine returned.
+    returned: bool,
 }
 
 /// Every IRP sent and not yet completed, in the order sent.
@@ -100,6 +102,20 @@ pub fn pended(file: Option<usize>) -> Vec<(usize, u8)> {
 #[must_use]
 pub fn in_flight(file: usize) -> Vec<usize> {
     outstanding().iter().filter(|o| o.file == file).map(|o| o.irp).collect()
+}
+
+/// Whether an IRP of the file object `file` is in its dispatch routine on some CPU (sent, not
+/// yet returned from the driver).
+#[must_use]
+pub fn in_dispatch(file: usize) -> bool {
+    outstanding().iter().any(|o| o.file == file && !o.returned)
+}
+
+/// File objects whose `IRP_MJ_CLEANUP` has returned and whose `IRP_MJ_CLOSE` has not come.
+static CLEANED_UP: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn cleaned_up() -> std::sync::MutexGuard<'static, Vec<usize>> {
+    crate::sched::lock(&CLEANED_UP)
 }
 
 /// Whether IRPs of the file object `file` are still with the driver.
@@ -450,7 +466,13 @@ pub unsafe fn start(
     let file = request.file as usize;
     let frame = Box::into_raw(prepare(device, request));
     let irp = frame.cast::<ddk::IRP>();
-    outstanding().push(Outstanding { irp: irp as usize, file, major, pended: false });
+    outstanding().push(Outstanding {
+        irp: irp as usize,
+        file,
+        major,
+        pended: false,
+        returned: false,
+    });
     let before = irql::current();
     crate::trace::record(crate::trace::Kind::IrpBegin, u16::from(major));
     // SAFETY: the caller passes the loaded driver's object; DriverEntry filled MajorFunction.
@@ -477,6 +499,9 @@ pub unsafe fn start(
         status::INVALID_DEVICE_REQUEST
     };
     crate::trace::record(crate::trace::Kind::IrpEnd, u16::from(major));
+    if let Some(o) = outstanding().iter_mut().find(|o| o.irp == irp as usize) {
+        o.returned = true;
+    }
     check_irql_and_locks(device, major, before);
     let sent = Sent { frame, major };
     // SAFETY: the frame lives until `wait` retires it; once dispatch has returned, the bed only
@@ -499,11 +524,21 @@ pub unsafe fn start(
             format!("{name} marked its IRP pending and returned {returned:#x}"),
         );
     }
+    let after_cleanup = cleaned_up().contains(&file);
+    if after_cleanup {
+        record::reached("a request returned from its dispatch after its file object's cleanup");
+    }
     if pending {
         if let Some(o) = outstanding().iter_mut().find(|o| o.irp == irp as usize) {
             o.pended = true;
         }
+        check_pended_after_cleanup(irp, major, file, after_cleanup);
         return sent;
+    }
+    match major {
+        major::CLEANUP => cleaned_up().push(file),
+        major::CLOSE => cleaned_up().retain(|f| *f != file),
+        _ => {}
     }
     if !sent.completed() {
         record::violation(
@@ -529,6 +564,27 @@ pub unsafe fn start(
         );
     }
     sent
+}
+
+/// The rule for a request that races its handle's cleanup: once `IRP_MJ_CLEANUP` of the file
+/// object has returned, none of its requests may be left queued, so a dispatch routine that
+/// returns `STATUS_PENDING` after it with the IRP still cancellable (in the driver's queue) has
+/// queued it too late. Windows does not stop: the request waits in the queue until something
+/// completes it, and the file object's close, with whatever the driver releases there, waits
+/// with it. (An IRP without a cancel routine that is not completed yet is being completed by
+/// another path on another CPU, which is legal.)
+fn check_pended_after_cleanup(irp: *mut ddk::IRP, major: u8, file: usize, after_cleanup: bool) {
+    if after_cleanup && !cancel_routine(irp).load(Ordering::SeqCst).is_null() {
+        record::violation(
+            Rule::PendedAfterCleanup,
+            [irp as u64, file as u64, u64::from(major), 0],
+            format!(
+                "{} queued (pended, cancellable) after IRP_MJ_CLEANUP of its file object \
+                 returned: nothing completes it before its own timeout or a cancel",
+                major::name(major)
+            ),
+        );
+    }
 }
 
 /// A frame for `request`, recycled when this thread has one.
