@@ -381,8 +381,11 @@ NTSTATUS WINAPI shim_IoCsqInsertIrpEx(shim_csq *csq, void *irp, struct shim_csq_
     csq->acquire(csq, &irql);
     IRP_STACK(irp)[3] |= SL_PENDING_RETURNED; /* IoMarkIrpPending */
     if (csq->type == IO_TYPE_CSQ_EX) {
-        NTSTATUS status = ((NTSTATUS (WINAPI *)(shim_csq *, void *, void *))csq->insert)(
-            csq, irp, insert_context);
+        /* The Ex callback was stored in the same slot; void (*)(void) is the cast C allows
+           between function types. */
+        NTSTATUS (WINAPI *insert_ex)(shim_csq *, void *, void *) =
+            (NTSTATUS (WINAPI *)(shim_csq *, void *, void *))(void (*)(void))csq->insert;
+        NTSTATUS status = insert_ex(csq, irp, insert_context);
         if (status < 0) {
             csq->release(csq, irql);
             return status;
