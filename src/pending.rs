@@ -155,9 +155,10 @@ pub fn signal(file: FileId, input: &[u8], output_capacity: usize) -> Result<Sign
     Ok(SignalReply { version: PROTOCOL_VERSION, completed })
 }
 
-/// `IRP_MJ_CLEANUP`: closes the handle's `gate` to the queue, then cancels every wait queued on
-/// `file`, before cleanup returns, so that no IRP of the handle is queued when its close
-/// releases the handle's locks: a `WAIT` of the handle still in its dispatch routine on another
+/// `IRP_MJ_CLEANUP`: closes the handle's `gate`, then cancels the waits queued on `file`.
+///
+/// Both before cleanup returns, so that no IRP of the handle is queued when its close releases
+/// the handle's locks: a `WAIT` of the handle still in its dispatch routine on another
 /// processor is either queued before the drain or refused (see [`QueueGate`]).
 #[must_use]
 #[paged]

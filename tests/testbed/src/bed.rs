@@ -541,6 +541,10 @@ impl Bed {
     }
 
     /// Closes a handle (`CloseHandle`): cleanup, then close, as the I/O manager sends them.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "closing takes the handle: it cannot be used again"
+    )]
     pub fn close(&self, handle: Handle) {
         self.close_shared(&handle);
     }
@@ -627,6 +631,10 @@ impl Bed {
     }
 
     /// Sends `IRP_MJ_CLOSE` once the file object's last reference is gone, and frees it.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the file object is freed: nothing may close it again"
+    )]
     fn finish_close(&self, closing: Closing) {
         // Each request holds a reference to the file object: close comes after the last, the
         // requests still looking the handle up included.

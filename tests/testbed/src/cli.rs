@@ -68,9 +68,9 @@ struct ConcurrencyArgs {
     /// otherwise each thread on a synchronous handle of its own.
     #[arg(long, requires = "threads")]
     shared: bool,
-    /// With --shared: the last thread closes the shared handle (CloseHandle) while the others
-    /// send theirs, so IRP_MJ_CLEANUP meets their requests in the driver; requests after it
-    /// find the handle closed (STATUS_INVALID_HANDLE).
+    /// With --shared: the last thread closes the shared handle (`CloseHandle`) while the
+    /// others send theirs, so `IRP_MJ_CLEANUP` meets their requests in the driver; requests
+    /// after it find the handle closed (`STATUS_INVALID_HANDLE`).
     #[arg(long, requires = "shared")]
     close_shared: bool,
     /// Times each thread sends the IOCTL list.

@@ -85,11 +85,12 @@ pub enum Op {
     /// Wait for the oldest pending wait of a handle to end, and check how it ended.
     Finish(usize),
     /// Send several control requests at once, one per emulated CPU, under the schedule of
-    /// `seed` (the handles are opened for overlapped I/O, so several may be on one handle).
+    /// `seed` (the handles are opened for overlapped I/O, so several may be on one handle), and
+    /// close a handle from one more CPU if the batch holds an [`Op::Close`].
     Parallel {
         /// The schedule's seed.
         seed: u64,
-        /// The requests, each an [`Op::Control`].
+        /// The requests, each an [`Op::Control`], and at most one [`Op::Close`] that counts.
         requests: Vec<Self>,
     },
 }
@@ -125,12 +126,13 @@ const fn sizes(size: usize) -> [usize; 5] {
 }
 
 /// A random step; with `threads` above 1, a third of the steps are [`Op::Parallel`] batches of
-/// `threads` requests, half of them all on one handle.
+/// `threads` requests, half of them all on one handle, and a third of those with a close of
+/// that handle too.
 pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
     if threads > 1 && rng.below(3) == 0 {
         let seed = rng.next();
         let same = (rng.below(2) == 0).then(|| rng.below(MAX_HANDLES));
-        let requests = (0..threads)
+        let mut requests: Vec<Op> = (0..threads)
             .map(|_| {
                 let mut op = random_control(rng);
                 if let (Op::Control { handle, .. }, Some(slot)) = (&mut op, same) {
@@ -139,6 +141,11 @@ pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
                 op
             })
             .collect();
+        // One batch on one handle in three also closes it, from one more CPU, while the
+        // others' requests may be in the driver.
+        if let (Some(slot), 0) = (same, rng.below(3)) {
+            requests.push(Op::Close(slot));
+        }
         return Op::Parallel { seed, requests };
     }
     match rng.below(16) {
@@ -245,6 +252,13 @@ impl WaitModel {
         if !self.ended {
             self.possible |= EXPIRED;
         }
+    }
+
+    /// Something may have ended it with `outcome`, before or after whatever else did: the
+    /// order of a concurrent batch is not known.
+    const fn may_end_with(&mut self, outcome: u8) {
+        self.possible |= outcome;
+        self.ended = true;
     }
 
     /// Something ended it if it was still queued, with `outcome`.
@@ -429,236 +443,272 @@ fn check_reply(code: u32, input: &[u8], got: i32, reply: &[u8]) -> Result<(), St
 
 /// Runs `ops` on a loaded bed, checking after every step. Returns the first failure. A
 /// sequence with [`Op::Parallel`] or [`Op::Wait`] steps opens its handles for overlapped I/O.
-#[expect(clippy::too_many_lines, reason = "one walk over the steps, with the model beside it")]
 pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> {
-    let mut open: Vec<Model> = Vec::new();
     // Waits left pending and concurrent batches need overlapped handles: a synchronous
     // handle lets one request in at a time, and a pending wait would hold it.
     let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. } | Op::Wait { .. }));
+    let mut sequence = Sequence { bed, open: Vec::new(), overlapped, irps };
     for (step, op) in ops.iter().enumerate() {
-        let fail = |reason: String| Some(Failure { step, reason });
+        if let Err(reason) = sequence.step(op).and_then(|()| sequence.check_quiescent()) {
+            return Some(Failure { step, reason });
+        }
+    }
+    let reason = sequence.close_all().err().or_else(|| {
+        bed.unload();
+        bed.violations().first().map(|v| format!("verifier rule {}: {}", v.rule, v.detail))
+    })?;
+    Some(Failure { step: ops.len(), reason })
+}
+
+/// A sequence being run: the bed, the model of its open handles, and the IRPs sent.
+struct Sequence<'a> {
+    bed: &'a Bed,
+    open: Vec<Model>,
+    /// Handles are opened for overlapped I/O.
+    overlapped: bool,
+    irps: &'a mut u64,
+}
+
+impl Sequence<'_> {
+    /// Runs one step.
+    fn step(&mut self, op: &Op) -> Result<(), String> {
         match op {
-            Op::Open => {
-                if open.len() < MAX_HANDLES {
-                    *irps += 1;
-                    let opened = if overlapped {
-                        bed.open_overlapped(protocol::DEVICE_NAME)
-                    } else {
-                        bed.open(protocol::DEVICE_NAME)
-                    };
-                    match opened {
-                        Ok(handle) => open.push(Model { handle, extra: 0, waits: Vec::new() }),
-                        Err(status) => return fail(format!("open failed with {status:#x}")),
-                    }
+            Op::Open => self.open(),
+            Op::Close(slot) => match self.slot(*slot) {
+                Some(index) => {
+                    *self.irps += 2;
+                    close_with_waits(self.bed, self.open.remove(index))
                 }
-            }
-            Op::Close(slot) => {
-                if !open.is_empty() {
-                    let model = open.remove(slot % open.len());
-                    *irps += 2;
-                    if let Err(reason) = close_with_waits(bed, model) {
-                        return fail(reason);
-                    }
-                }
-            }
-            Op::Control { handle, code, input, output } => {
-                if open.is_empty() {
-                    continue;
-                }
-                let index = handle % open.len();
-                *irps += 1;
-                let (got, reply) = bed.control(&open[index].handle, *code, input, *output);
-                let expected = expected_status(*code, input, *output, open[index].extra);
-                if expected != got {
-                    return fail(format!(
-                        "code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
-                        input.len()
-                    ));
-                }
-                if let Err(reason) = check_reply(*code, input, got, &reply) {
-                    return fail(reason);
-                }
-                open[index].extra = open[index].extra
-                    + u32::from(got == status::SUCCESS && *code == IOCTL_LOCK)
-                    - u32::from(got == status::SUCCESS && *code == IOCTL_UNLOCK);
-                after_control(&mut open, index, *code, input, got);
-            }
+                None => Ok(()),
+            },
+            Op::Control { handle, code, input, output } => self
+                .slot(*handle)
+                .map_or(Ok(()), |index| self.control(index, *code, input, *output)),
             Op::Wait { handle, timeout_ms, cookie } => {
-                if open.is_empty() || open[handle % open.len()].waits.len() >= MAX_WAITS {
-                    continue;
-                }
-                let index = handle % open.len();
-                let request = WaitRequest::new(*timeout_ms, *cookie);
-                *irps += 1;
-                let pending = bed.control_overlapped(
-                    &open[index].handle,
-                    IOCTL_WAIT,
-                    request.as_bytes(),
-                    size_of::<WaitReply>(),
-                );
-                if !request.is_valid() {
-                    let (got, reply) = bed.finish(pending);
-                    if got != status::INVALID_PARAMETER || !reply.is_empty() {
-                        return fail(format!(
-                            "WAIT of {timeout_ms} ms: {got:#x}, expected a refusal"
-                        ));
-                    }
-                    continue;
-                }
-                open[index].waits.push(WaitModel {
-                    pending,
-                    cookie: *cookie,
-                    possible: 0,
-                    ended: false,
-                });
+                self.slot(*handle).map_or(Ok(()), |index| self.wait(index, *timeout_ms, *cookie))
             }
             Op::Signal { handle, all } => {
-                if open.is_empty() {
-                    continue;
-                }
-                let index = handle % open.len();
-                let scope = if *all { SignalScope::All } else { SignalScope::Caller };
-                let input = SignalRequest::new(scope);
-                let in_scope = |i: usize| *all || i == index;
-                let (low, high) = open.iter().enumerate().filter(|(i, _)| in_scope(*i)).fold(
-                    (0, 0),
-                    |(low, high), (_, m)| {
-                        (
-                            low + m.waits.iter().filter(|w| w.queued()).count(),
-                            high + m.waits.iter().filter(|w| !w.ended).count(),
-                        )
-                    },
-                );
-                *irps += 1;
-                let (got, reply) = bed.control(
-                    &open[index].handle,
-                    IOCTL_SIGNAL,
-                    input.as_bytes(),
-                    size_of::<SignalReply>(),
-                );
-                let completed = SignalReply::read_from_bytes(&reply)
-                    .map_or(usize::MAX, |r| usize::try_from(r.completed).unwrap_or(usize::MAX));
-                if got != status::SUCCESS || !(low..=high).contains(&completed) {
-                    return fail(format!(
-                        "SIGNAL ({scope:?}): {got:#x}, {completed} completed, expected {low} to {high}"
-                    ));
-                }
-                after_control(&mut open, index, IOCTL_SIGNAL, input.as_bytes(), got);
+                self.slot(*handle).map_or(Ok(()), |index| self.signal(index, *all))
             }
             Op::Cancel(slot) => {
-                if open.is_empty() {
-                    continue;
+                if let Some(index) = self.slot(*slot) {
+                    self.bed.cancel_all(&self.open[index].handle);
+                    self.open[index].waits.iter_mut().for_each(|w| w.end_with(CANCELLED));
                 }
-                let index = slot % open.len();
-                bed.cancel_all(&open[index].handle);
-                for wait in &mut open[index].waits {
-                    wait.end_with(CANCELLED);
-                }
+                Ok(())
             }
-            Op::Finish(slot) => {
-                if open.is_empty() || open[slot % open.len()].waits.is_empty() {
-                    continue;
+            Op::Finish(slot) => match self.slot(*slot) {
+                Some(index) if !self.open[index].waits.is_empty() => {
+                    let wait = self.open[index].waits.remove(0);
+                    // Its timer may fire for the others too while this one is waited for.
+                    self.waits().for_each(WaitModel::may_expire);
+                    finish_wait(self.bed, wait)
                 }
-                let index = slot % open.len();
-                let wait = open[index].waits.remove(0);
-                // Its timer may fire for the others too while this one is waited for.
-                for model in &mut open {
-                    for other in &mut model.waits {
-                        other.may_expire();
-                    }
-                }
-                if let Err(reason) = finish_wait(bed, wait) {
-                    return fail(reason);
-                }
-            }
-            Op::Parallel { seed, requests } => {
-                if open.is_empty() {
-                    continue;
-                }
-                let targets: Vec<(usize, u32, &[u8], usize)> = requests
-                    .iter()
-                    .filter_map(|r| match r {
-                        Op::Control { handle, code, input, output } => {
-                            Some((handle % open.len(), *code, input.as_slice(), *output))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                if targets.is_empty() {
-                    continue;
-                }
-                *irps += targets.len() as u64;
-                let replies =
-                    crate::sched::run(targets.len(), *seed, crate::sched::Policy::Uniform, |cpu| {
-                        let (index, code, input, output) = targets[cpu as usize];
-                        bed.control(&open[index].handle, code, input, output)
-                    });
-                // Each status must be the protocol's in some order of the batch: LOCK and UNLOCK
-                // may succeed or meet the limit depending on which ran first, nothing else may.
-                let mut net = vec![0i64; open.len()];
-                for ((index, code, input, output), (got, reply)) in targets.iter().zip(&replies) {
-                    let expected = expected_status(*code, input, *output, open[*index].extra);
-                    let either = [status::SUCCESS, status::INVALID_DEVICE_STATE];
-                    let order_dependent = (*code == IOCTL_LOCK || *code == IOCTL_UNLOCK)
-                        && either.contains(&expected)
-                        && either.contains(got);
-                    if expected != *got && !order_dependent {
-                        return fail(format!(
-                            "concurrent code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
-                            input.len()
-                        ));
-                    }
-                    if let Err(reason) = check_reply(*code, input, *got, reply) {
-                        return fail(reason);
-                    }
-                    if *got == status::SUCCESS {
-                        net[*index] +=
-                            i64::from(*code == IOCTL_LOCK) - i64::from(*code == IOCTL_UNLOCK);
-                    }
-                }
-                // On the bed's CPUs time may run: any wait may have expired, and a SIGNAL in
-                // the batch ended what it reached.
-                for model in &mut open {
-                    for wait in &mut model.waits {
-                        wait.may_expire();
-                    }
-                }
-                for ((index, code, input, _), (got, _)) in targets.iter().zip(&replies) {
-                    after_control(&mut open, *index, *code, input, *got);
-                }
-                for (model, net) in open.iter_mut().zip(net) {
-                    let extra = i64::from(model.extra) + net;
-                    if !(0..=i64::from(MAX_EXTRA_LOCKS)).contains(&extra) {
-                        return fail(format!("concurrent LOCK/UNLOCK left {extra} extra locks"));
-                    }
-                    model.extra = u32::try_from(extra).unwrap_or(0);
-                }
-            }
+                _ => Ok(()),
+            },
+            Op::Parallel { seed, requests } => self.parallel(*seed, requests),
         }
-        // Quiescent: nothing in flight but the waits left pending. The model, the memory
-        // manager and the driver agree, and with no wait pending the bed holds no IRP.
-        if open.iter().all(|m| m.waits.is_empty()) && bed.irps_outstanding() > 0 {
-            return fail(format!(
-                "{} IRP(s) outstanding with no wait pending",
-                bed.irps_outstanding()
+    }
+
+    /// The open handle a slot names (modulo the open ones), if any is open.
+    const fn slot(&self, slot: usize) -> Option<usize> {
+        if self.open.is_empty() { None } else { Some(slot % self.open.len()) }
+    }
+
+    /// Every pending wait of every open handle.
+    fn waits(&mut self) -> impl Iterator<Item = &mut WaitModel> {
+        self.open.iter_mut().flat_map(|m| m.waits.iter_mut())
+    }
+
+    fn open(&mut self) -> Result<(), String> {
+        if self.open.len() >= MAX_HANDLES {
+            return Ok(());
+        }
+        *self.irps += 1;
+        let opened = if self.overlapped {
+            self.bed.open_overlapped(protocol::DEVICE_NAME)
+        } else {
+            self.bed.open(protocol::DEVICE_NAME)
+        };
+        let handle = opened.map_err(|status| format!("open failed with {status:#x}"))?;
+        self.open.push(Model { handle, extra: 0, waits: Vec::new() });
+        Ok(())
+    }
+
+    fn control(
+        &mut self,
+        index: usize,
+        code: u32,
+        input: &[u8],
+        output: usize,
+    ) -> Result<(), String> {
+        *self.irps += 1;
+        let (got, reply) = self.bed.control(&self.open[index].handle, code, input, output);
+        let expected = expected_status(code, input, output, self.open[index].extra);
+        if expected != got {
+            return Err(format!(
+                "code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
+                input.len()
             ));
         }
-        let expected: i64 = open.iter().map(|m| 1 + i64::from(m.extra)).sum();
-        for (name, count) in bed.lock_counts() {
+        check_reply(code, input, got, &reply)?;
+        let model = &mut self.open[index];
+        model.extra = model.extra + u32::from(got == status::SUCCESS && code == IOCTL_LOCK)
+            - u32::from(got == status::SUCCESS && code == IOCTL_UNLOCK);
+        after_control(&mut self.open, index, code, input, got);
+        Ok(())
+    }
+
+    fn wait(&mut self, index: usize, timeout_ms: u32, cookie: u64) -> Result<(), String> {
+        if self.open[index].waits.len() >= MAX_WAITS {
+            return Ok(());
+        }
+        let request = WaitRequest::new(timeout_ms, cookie);
+        *self.irps += 1;
+        let pending = self.bed.control_overlapped(
+            &self.open[index].handle,
+            IOCTL_WAIT,
+            request.as_bytes(),
+            size_of::<WaitReply>(),
+        );
+        if !request.is_valid() {
+            let (got, reply) = self.bed.finish(pending);
+            return if got == status::INVALID_PARAMETER && reply.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("WAIT of {timeout_ms} ms: {got:#x}, expected a refusal"))
+            };
+        }
+        self.open[index].waits.push(WaitModel { pending, cookie, possible: 0, ended: false });
+        Ok(())
+    }
+
+    fn signal(&mut self, index: usize, all: bool) -> Result<(), String> {
+        let scope = if all { SignalScope::All } else { SignalScope::Caller };
+        let input = SignalRequest::new(scope);
+        let in_scope = |i: usize| all || i == index;
+        let (low, high) = self.open.iter().enumerate().filter(|(i, _)| in_scope(*i)).fold(
+            (0, 0),
+            |(low, high), (_, m)| {
+                (
+                    low + m.waits.iter().filter(|w| w.queued()).count(),
+                    high + m.waits.iter().filter(|w| !w.ended).count(),
+                )
+            },
+        );
+        *self.irps += 1;
+        let (got, reply) = self.bed.control(
+            &self.open[index].handle,
+            IOCTL_SIGNAL,
+            input.as_bytes(),
+            size_of::<SignalReply>(),
+        );
+        let completed = SignalReply::read_from_bytes(&reply)
+            .map_or(usize::MAX, |r| usize::try_from(r.completed).unwrap_or(usize::MAX));
+        if got != status::SUCCESS || !(low..=high).contains(&completed) {
+            return Err(format!(
+                "SIGNAL ({scope:?}): {got:#x}, {completed} completed, expected {low} to {high}"
+            ));
+        }
+        after_control(&mut self.open, index, IOCTL_SIGNAL, input.as_bytes(), got);
+        Ok(())
+    }
+
+    /// Sends a batch at once, one request per emulated CPU; a close in the batch closes its
+    /// handle while the others' requests may be in the driver.
+    fn parallel(&mut self, seed: u64, requests: &[Op]) -> Result<(), String> {
+        let Some(batch) = Batch::of(requests, self.open.len()) else { return Ok(()) };
+        *self.irps += batch.targets.len() as u64 + 2 * u64::from(batch.closing.is_some());
+        let (bed, open) = (self.bed, &self.open);
+        let replies = crate::sched::run(batch.cpus(), seed, crate::sched::Policy::Uniform, |cpu| {
+            let Some(&(index, code, input, output)) = batch.targets.get(cpu as usize) else {
+                // The closing CPU: CloseHandle at a moment the schedule draws.
+                for _ in 0..crate::sched::choose_below(8) {
+                    crate::sched::point();
+                }
+                bed.close_shared(&open[batch.closing.unwrap_or_default()].handle);
+                return (status::SUCCESS, Vec::new());
+            };
+            bed.control(&open[index].handle, code, input, output)
+        });
+        let net = self.check_batch(&batch, &replies)?;
+        // On the bed's CPUs time may run: any wait may have expired, and a SIGNAL in the batch
+        // ended what it reached.
+        self.waits().for_each(WaitModel::may_expire);
+        for ((index, code, input, _), (got, _)) in batch.targets.iter().zip(&replies) {
+            after_control(&mut self.open, *index, *code, input, *got);
+        }
+        for (model, net) in self.open.iter_mut().zip(net) {
+            let extra = i64::from(model.extra) + net;
+            if !(0..=i64::from(MAX_EXTRA_LOCKS)).contains(&extra) {
+                return Err(format!("concurrent LOCK/UNLOCK left {extra} extra locks"));
+            }
+            model.extra = u32::try_from(extra).unwrap_or(0);
+        }
+        let Some(closed) = batch.closing else { return Ok(()) };
+        // Closed under the batch: its cleanup may have cancelled its waits, whatever else the
+        // batch did to them, and its requests after the close never reached the driver.
+        let mut model = self.open.remove(closed);
+        model.waits.iter_mut().for_each(|w| w.may_end_with(CANCELLED));
+        model.waits.into_iter().try_for_each(|wait| finish_wait(self.bed, wait))
+    }
+
+    /// Checks each status of a batch against the protocol, in some order of the batch; returns
+    /// the net change of each handle's extra locks.
+    fn check_batch(
+        &self,
+        batch: &Batch<'_>,
+        replies: &[(i32, Vec<u8>)],
+    ) -> Result<Vec<i64>, String> {
+        let mut net = vec![0i64; self.open.len()];
+        for ((index, code, input, output), (got, reply)) in batch.targets.iter().zip(replies) {
+            let expected = expected_status(*code, input, *output, self.open[*index].extra);
+            // LOCK and UNLOCK may succeed or meet the limit depending on which ran first.
+            let either = [status::SUCCESS, status::INVALID_DEVICE_STATE];
+            let order_dependent = (*code == IOCTL_LOCK || *code == IOCTL_UNLOCK)
+                && either.contains(&expected)
+                && either.contains(got);
+            // On a handle closed in the batch: looked up after the close, or a WAIT that the
+            // cleanup cancelled (queued before it, or refused after it).
+            let closed = batch.closing == Some(*index)
+                && (*got == crate::ob::STATUS_INVALID_HANDLE
+                    || (*code == IOCTL_WAIT && *got == status::CANCELLED));
+            if expected != *got && !order_dependent && !closed {
+                return Err(format!(
+                    "concurrent code {code:#x}, input {} bytes, output {output}: status {got:#x}, expected {expected:#x}",
+                    input.len()
+                ));
+            }
+            check_reply(*code, input, *got, reply)?;
+            if *got == status::SUCCESS {
+                net[*index] += i64::from(*code == IOCTL_LOCK) - i64::from(*code == IOCTL_UNLOCK);
+            }
+        }
+        Ok(net)
+    }
+
+    /// At a quiescent point, nothing is in flight but the waits left pending: the model, the
+    /// memory manager and the driver agree, with no wait pending the bed holds no IRP, and no
+    /// rule fired.
+    fn check_quiescent(&mut self) -> Result<(), String> {
+        let outstanding = self.bed.irps_outstanding();
+        if self.open.iter().all(|m| m.waits.is_empty()) && outstanding > 0 {
+            return Err(format!("{outstanding} IRP(s) outstanding with no wait pending"));
+        }
+        let expected: i64 = self.open.iter().map(|m| 1 + i64::from(m.extra)).sum();
+        for (name, count) in self.bed.lock_counts() {
             if (name == "PAGELK" || name == "PAGEDATA") && count != expected {
-                return fail(format!(
+                return Err(format!(
                     "{name}: memory manager holds {count} locks, open handles should hold {expected}"
                 ));
             }
         }
-        if let Some(first) = open.first() {
-            *irps += 1;
-            let Some(state) = query(bed, &first.handle) else {
-                return fail("QUERY_STATE failed".into());
-            };
+        if let Some(first) = self.open.first() {
+            *self.irps += 1;
+            let state = query(self.bed, &first.handle).ok_or("QUERY_STATE failed")?;
             for section in &state.sections {
                 if i64::from(section.lock_count) != expected {
-                    return fail(format!(
+                    return Err(format!(
                         "driver reports {} locks on {}, expected {expected}",
                         section.lock_count,
                         section.name()
@@ -666,32 +716,63 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
                 }
             }
             if state.caller_extra_locks != first.extra {
-                return fail(format!(
+                return Err(format!(
                     "driver reports {} extra locks for the handle, model {}",
                     state.caller_extra_locks, first.extra
                 ));
             }
         }
-        let violations = bed.violations();
-        if let Some(v) = violations.first() {
-            return fail(format!("verifier rule {}: {}", v.rule, v.detail));
-        }
+        self.bed
+            .violations()
+            .first()
+            .map_or(Ok(()), |v| Err(format!("verifier rule {}: {}", v.rule, v.detail)))
     }
-    for model in open {
-        *irps += 2;
-        if let Err(reason) = close_with_waits(bed, model) {
-            return Some(Failure { step: ops.len(), reason });
+
+    /// Closes every handle still open, checking its waits.
+    fn close_all(&mut self) -> Result<(), String> {
+        for model in std::mem::take(&mut self.open) {
+            *self.irps += 2;
+            close_with_waits(self.bed, model)?;
         }
+        Ok(())
     }
-    bed.unload();
-    let violations = bed.violations();
-    if let Some(v) = violations.first() {
-        return Some(Failure {
-            step: ops.len(),
-            reason: format!("verifier rule {}: {}", v.rule, v.detail),
+}
+
+/// The requests of an [`Op::Parallel`] step, resolved to open handles: one CPU each, and one
+/// more for a close, if the batch has one (the first; others are dropped).
+struct Batch<'a> {
+    /// Handle index, code, input and output capacity of each request.
+    targets: Vec<(usize, u32, &'a [u8], usize)>,
+    /// The handle a CPU of the batch closes.
+    closing: Option<usize>,
+}
+
+impl<'a> Batch<'a> {
+    /// The batch over `open` handles; None when nothing is open or nothing is to be sent.
+    fn of(requests: &'a [Op], open: usize) -> Option<Self> {
+        if open == 0 {
+            return None;
+        }
+        let targets: Vec<_> = requests
+            .iter()
+            .filter_map(|r| match r {
+                Op::Control { handle, code, input, output } => {
+                    Some((handle % open, *code, input.as_slice(), *output))
+                }
+                _ => None,
+            })
+            .collect();
+        let closing = requests.iter().find_map(|r| match r {
+            Op::Close(slot) => Some(slot % open),
+            _ => None,
         });
+        (!targets.is_empty()).then_some(Self { targets, closing })
     }
-    None
+
+    /// The CPUs the batch runs on: one per request, and the closing one.
+    fn cpus(&self) -> usize {
+        self.targets.len() + usize::from(self.closing.is_some())
+    }
 }
 
 /// What a control request sent with `bed.control` did to the pending waits: a `WAIT` waited
