@@ -16,6 +16,8 @@ const MINGW_INCLUDE: &str = "/usr/share/mingw-w64/include";
 const FUNCTIONS: &[&str] = &[
     "Dbg(Print|PrintEx|Break)",
     "Ex(AllocatePool2|AllocatePoolWithTag|FreePool|FreePoolWithTag)",
+    "Ex(InitializeRundownProtection|AcquireRundownProtection|ReleaseRundownProtection)",
+    "ExWaitForRundownProtectionRelease",
     "Io(CreateDevice|DeleteDevice|CreateSymbolicLink|DeleteSymbolicLink|GetCurrentProcess)",
     "IofCompleteRequest",
     "Ke(AcquireSpinLockRaiseToDpc|ReleaseSpinLock|QueryPerformanceCounter|BugCheckEx)",
@@ -37,6 +39,7 @@ const TYPES: &[&str] = &[
     "SECURITY_INFORMATION|OBJECT_ATTRIBUTES|KPROCESSOR_MODE|POBJECT_TYPE|PEPROCESS|IO_STATUS_BLOCK",
     "_?(KTIMER|KDPC|IO_CSQ|IO_CSQ_IRP_CONTEXT|LIST_ENTRY)|TIMER_TYPE|PKDEFERRED_ROUTINE",
     "P?IO_CSQ_INSERT_IRP_EX",
+    "_?EX_RUNDOWN_REF|PEX_RUNDOWN_REF",
 ];
 
 /// Constants (plain `#define`s that bindgen turns into items).

@@ -41,6 +41,11 @@
  *   own IoCancelIrp calls that routine (CancelIoEx and handle close reach it through
  *   winedevice), with the cancel spin lock held, as Windows does.
  *
+ * - ExInitializeRundownProtection, ExAcquireRundownProtection, ExReleaseRundownProtection,
+ *   ExWaitForRundownProtectionRelease: `__wine_stub_` entries in Wine 8. Here the kernel's
+ *   encoding of EX_RUNDOWN_REF (references in twos, bit 0 once a wait began); the wait polls
+ *   instead of blocking on a wait block.
+ *
  * KeQueryPerformanceCounter, which Wine has in hal.dll and not in ntoskrnl.exe, is forwarded
  * there by the generated list.
  *
@@ -456,4 +461,37 @@ void *WINAPI shim_IoCsqRemoveNextIrp(shim_csq *csq, void *peek_context)
     }
     csq->release(csq, irql);
     return irp;
+}
+
+/* ---- Rundown protection ---- */
+
+#define RUNDOWN_ACTIVE 1
+#define RUNDOWN_REFERENCE 2
+
+void WINAPI shim_ExInitializeRundownProtection(LONG64 *rundown)
+{
+    InterlockedExchange64(rundown, 0);
+}
+
+BOOLEAN WINAPI shim_ExAcquireRundownProtection(LONG64 *rundown)
+{
+    for (;;) {
+        LONG64 count = *(volatile LONG64 *)rundown;
+        if (count & RUNDOWN_ACTIVE)
+            return FALSE;
+        if (InterlockedCompareExchange64(rundown, count + RUNDOWN_REFERENCE, count) == count)
+            return TRUE;
+    }
+}
+
+void WINAPI shim_ExReleaseRundownProtection(LONG64 *rundown)
+{
+    InterlockedExchangeAdd64(rundown, -RUNDOWN_REFERENCE);
+}
+
+void WINAPI shim_ExWaitForRundownProtectionRelease(LONG64 *rundown)
+{
+    InterlockedOr64(rundown, RUNDOWN_ACTIVE);
+    while (*(volatile LONG64 *)rundown != RUNDOWN_ACTIVE)
+        Sleep(1);
 }

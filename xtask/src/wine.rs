@@ -57,7 +57,11 @@ const SHIM: &str = "ntoswine.dll";
 /// The routines `tests/wine/ntoswine.c` defines (as `shim_<name>`); every other import of the
 /// driver is forwarded to Wine.
 const SHIM_ROUTINES: &[&str] = &[
+    "ExAcquireRundownProtection",
     "ExAllocatePool2",
+    "ExInitializeRundownProtection",
+    "ExReleaseRundownProtection",
+    "ExWaitForRundownProtectionRelease",
     "IoCsqInitialize",
     "IoCsqInitializeEx",
     "IoCsqInsertIrp",

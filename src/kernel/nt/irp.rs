@@ -204,9 +204,9 @@ impl Irp {
     /// Completes a request that the queue refused (`IoCsqInsertIrpEx`) with `status`, and
     /// returns `STATUS_PENDING` for the dispatch routine.
     ///
-    /// ReactOS's `IoCsqInsertIrpEx` marks the IRP pending before it calls the insert callback,
-    /// and leaves it marked when the callback refuses; Microsoft documents the mark only for
-    /// `IoCsqInsertIrp`. Marking it here too (`IoMarkIrpPending` only sets a bit) makes the IRP
+    /// The `IoCsqInsertIrpEx` of `ReactOS` marks the IRP pending before it calls the insert
+    /// callback, and leaves it marked when the callback refuses; Microsoft documents the mark
+    /// only for `IoCsqInsertIrp`. Marking it here too (`IoMarkIrpPending` only sets a bit) makes the IRP
     /// marked under either, and a marked IRP's dispatch routine must return `STATUS_PENDING`,
     /// even when it completed the IRP itself.
     #[must_use]

@@ -23,6 +23,7 @@ mod runtime;
 
 mod irp;
 mod queue;
+mod rundown;
 mod security;
 
 pub use irp::{Control, Irp};
@@ -420,6 +421,7 @@ pub unsafe extern "C" fn driver_entry(
     };
     // INVARIANT: the I/O manager passes this driver's object, live until the driver unloads.
     let mut driver = Driver(raw);
+    rundown::DISPATCHING.init();
     match crate::device::load(&driver) {
         Ok(()) => {
             driver.set_routines();
@@ -432,17 +434,27 @@ pub unsafe extern "C" fn driver_entry(
 /// Unload: called at `PASSIVE_LEVEL` after every handle is closed.
 #[paged]
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    // ExWaitForRundownProtectionRelease at PASSIVE_LEVEL: a dispatch routine whose request is
+    // done (and whose handle's close led here) may still be returning through the image.
+    rundown::DISPATCHING.wait();
     if let Some(raw) = NonNull::new(driver) {
         // INVARIANT: the I/O manager passes this driver's object, live until unload returns.
         crate::device::unload(&Driver(raw));
     }
 }
 
-/// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread.
+/// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread, and
+/// runs under a rundown reference that unload waits for (see [`rundown`]).
 #[paged]
 unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
-    NonNull::new(irp).map_or(status::INVALID_PARAMETER, |raw| {
-        // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
-        crate::dispatch::dispatch(unsafe { Irp::from_raw(raw) })
-    })
+    let Some(raw) = NonNull::new(irp) else { return status::INVALID_PARAMETER };
+    // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.
+    let irp = unsafe { Irp::from_raw(raw) };
+    // ExAcquireRundownProtection: released as `_running` drops, after the dispatch routine's
+    // last line, the last call before the return to the I/O manager.
+    let Some(_running) = rundown::DISPATCHING.enter() else {
+        // Unload is waiting: no handle is open, so no request can come; refused if one did.
+        return irp.complete(status::INVALID_DEVICE_STATE, &[]);
+    };
+    crate::dispatch::dispatch(irp)
 }

@@ -137,8 +137,9 @@ pub fn flush_dpcs() {
     unsafe { ntddk::KeFlushQueuedDpcs() };
 }
 
-/// Queues a `WAIT` with its deadline and cookie (`IoCsqInsertIrpEx`, which marks it pending),
-/// unless its handle's [`QueueGate`] is closed: then the IRP comes back, not queued, for the
+/// Queues a `WAIT` with its deadline and cookie (`IoCsqInsertIrpEx`, which marks it pending).
+///
+/// Unless its handle's [`QueueGate`] is closed: then the IRP comes back, not queued, for the
 /// caller to complete (`Irp::complete_pended`). Once queued, the IRP may be completed by the
 /// time this returns (it was cancelled).
 ///

@@ -1,11 +1,15 @@
-//! The executive's pool (`Ex`): allocations with their tags, leak tracking at unload, and the
-//! checks on frees.
+//! The executive (`Ex`): the pool, with allocations by tag, leak tracking at unload and the
+//! checks on frees; and rundown protection (`EX_RUNDOWN_REF`).
 //!
 //! Blocks come from the C heap (16-byte aligned on `x86_64`, as pool blocks are); blocks the
 //! driver asked not to have zeroed are filled with a pattern, so reads of uninitialised pool
 //! show.
 
-use std::{collections::BTreeMap, ffi::c_void, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    ffi::c_void,
+    sync::{Mutex, atomic::Ordering::SeqCst},
+};
 
 use crate::{
     ke::irql,
@@ -140,5 +144,73 @@ pub fn check_at_unload() {
             [0x62, 0, 0, leaks.len() as u64],
             format!("{} block(s) left: {}", leaks.len(), leaks.join("; ")),
         );
+    }
+}
+
+// ---- Rundown protection ----
+
+/// Set in an `EX_RUNDOWN_REF`'s count once a wait for rundown began (`EX_RUNDOWN_ACTIVE`).
+const RUNDOWN_ACTIVE: usize = 1;
+/// One reference (`EX_RUNDOWN_COUNT_INC`): references count in twos above the flag.
+const RUNDOWN_REFERENCE: usize = 2;
+
+/// The count of the `EX_RUNDOWN_REF` at `rundown`. The kernel's encoding, but for one detail:
+/// once a wait begins with references held, Windows keeps a pointer to its wait block in the
+/// count; the bed keeps the references, and the waiter polls them on its emulated CPU.
+fn rundown_count<'a>(rundown: *mut usize) -> &'a std::sync::atomic::AtomicUsize {
+    // SAFETY: the driver passes its EX_RUNDOWN_REF (one pointer-sized count, aligned), which
+    // lives as long as the driver and is only ever touched atomically.
+    unsafe { std::sync::atomic::AtomicUsize::from_ptr(rundown) }
+}
+
+/// `ExInitializeRundownProtection`: no reference, no wait.
+pub(crate) extern "win64" fn initialize_rundown_protection(rundown: *mut usize) {
+    routine::enter(Routine::ExInitializeRundownProtection);
+    rundown_count(rundown).store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `ExAcquireRundownProtection`: one more reference, unless a wait for rundown has begun.
+pub(crate) extern "win64" fn acquire_rundown_protection(rundown: *mut usize) -> u8 {
+    routine::enter(Routine::ExAcquireRundownProtection);
+    irql::at_most(Routine::ExAcquireRundownProtection, irql::DISPATCH_LEVEL);
+    let count = rundown_count(rundown);
+    let taken = count.fetch_update(SeqCst, SeqCst, |c| {
+        (c & RUNDOWN_ACTIVE == 0).then_some(c + RUNDOWN_REFERENCE)
+    });
+    u8::from(taken.is_ok())
+}
+
+/// `ExReleaseRundownProtection`: one reference less.
+pub(crate) extern "win64" fn release_rundown_protection(rundown: *mut usize) {
+    routine::enter(Routine::ExReleaseRundownProtection);
+    irql::at_most(Routine::ExReleaseRundownProtection, irql::DISPATCH_LEVEL);
+    rundown_count(rundown).fetch_sub(RUNDOWN_REFERENCE, SeqCst);
+}
+
+/// `ExWaitForRundownProtectionRelease`: no reference is granted from now on, and the caller
+/// waits until the last one held is released, while the other CPUs run. When none can, the
+/// references are never released: the machine would hang.
+pub(crate) extern "win64" fn wait_for_rundown_release(rundown: *mut usize) {
+    routine::enter(Routine::ExWaitForRundownProtectionRelease);
+    irql::at_most(Routine::ExWaitForRundownProtectionRelease, irql::APC_LEVEL);
+    let count = rundown_count(rundown);
+    count.fetch_or(RUNDOWN_ACTIVE, SeqCst);
+    loop {
+        let held = count.load(SeqCst) / RUNDOWN_REFERENCE;
+        if held == 0 {
+            return;
+        }
+        let scheduled = crate::sched::active() && crate::sched::current_cpu().is_some();
+        if !(scheduled && crate::sched::wait_on_other_cpu()) {
+            record::stop(
+                Rule::Deadlock,
+                None,
+                [rundown as u64, held as u64, 0, 0],
+                format!(
+                    "ExWaitForRundownProtectionRelease waits for {held} reference(s) that \
+                     nothing left running can release"
+                ),
+            );
+        }
     }
 }

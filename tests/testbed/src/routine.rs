@@ -81,6 +81,10 @@ routines! {
     ExAllocatePoolWithTag => Some(Failure::Null);
     ExFreePool => None;
     ExFreePoolWithTag => None;
+    ExInitializeRundownProtection => None;
+    ExAcquireRundownProtection => None;
+    ExReleaseRundownProtection => None;
+    ExWaitForRundownProtectionRelease => None;
     IoCreateDevice => NO_MEMORY;
     IoDeleteDevice => None;
     IoCreateSymbolicLink => NO_MEMORY;
