@@ -157,7 +157,7 @@ const RUNDOWN_REFERENCE: usize = 2;
 /// The count of the `EX_RUNDOWN_REF` at `rundown`. The kernel's encoding, but for one detail:
 /// once a wait begins with references held, Windows keeps a pointer to its wait block in the
 /// count; the bed keeps the references, and the waiter polls them on its emulated CPU.
-fn rundown_count<'a>(rundown: *mut usize) -> &'a std::sync::atomic::AtomicUsize {
+const fn rundown_count<'a>(rundown: *mut usize) -> &'a std::sync::atomic::AtomicUsize {
     // SAFETY: the driver passes its EX_RUNDOWN_REF (one pointer-sized count, aligned), which
     // lives as long as the driver and is only ever touched atomically.
     unsafe { std::sync::atomic::AtomicUsize::from_ptr(rundown) }
@@ -172,7 +172,9 @@ pub(crate) extern "win64" fn initialize_rundown_protection(rundown: *mut usize) 
 /// `ExAcquireRundownProtection`: one more reference, unless a wait for rundown has begun.
 pub(crate) extern "win64" fn acquire_rundown_protection(rundown: *mut usize) -> u8 {
     routine::enter(Routine::ExAcquireRundownProtection);
-    irql::at_most(Routine::ExAcquireRundownProtection, irql::DISPATCH_LEVEL);
+    if !irql::at_most(Routine::ExAcquireRundownProtection, irql::DISPATCH_LEVEL) {
+        return 0;
+    }
     let count = rundown_count(rundown);
     let taken = count.fetch_update(SeqCst, SeqCst, |c| {
         (c & RUNDOWN_ACTIVE == 0).then_some(c + RUNDOWN_REFERENCE)
@@ -183,7 +185,9 @@ pub(crate) extern "win64" fn acquire_rundown_protection(rundown: *mut usize) -> 
 /// `ExReleaseRundownProtection`: one reference less.
 pub(crate) extern "win64" fn release_rundown_protection(rundown: *mut usize) {
     routine::enter(Routine::ExReleaseRundownProtection);
-    irql::at_most(Routine::ExReleaseRundownProtection, irql::DISPATCH_LEVEL);
+    if !irql::at_most(Routine::ExReleaseRundownProtection, irql::DISPATCH_LEVEL) {
+        return;
+    }
     rundown_count(rundown).fetch_sub(RUNDOWN_REFERENCE, SeqCst);
 }
 
@@ -192,7 +196,9 @@ pub(crate) extern "win64" fn release_rundown_protection(rundown: *mut usize) {
 /// references are never released: the machine would hang.
 pub(crate) extern "win64" fn wait_for_rundown_release(rundown: *mut usize) {
     routine::enter(Routine::ExWaitForRundownProtectionRelease);
-    irql::at_most(Routine::ExWaitForRundownProtectionRelease, irql::APC_LEVEL);
+    if !irql::at_most(Routine::ExWaitForRundownProtectionRelease, irql::APC_LEVEL) {
+        return;
+    }
     let count = rundown_count(rundown);
     count.fetch_or(RUNDOWN_ACTIVE, SeqCst);
     loop {
