@@ -24,14 +24,21 @@ pub const MINIMUM: Release = WINDOWS_10_2004;
 /// (as Microsoft's reference pages state under "Requirements").
 pub const ROUTINES: &[(&str, Release)] = &[
     ("DbgPrintEx", WINDOWS_XP),
+    // Rundown protection: "available in Windows XP and later versions of Windows".
+    ("ExAcquireRundownProtection", WINDOWS_XP),
     ("ExAllocatePool2", WINDOWS_10_2004),
     ("ExFreePool", WINDOWS_2000),
     ("ExFreePoolWithTag", WINDOWS_2000),
+    ("ExInitializeRundownProtection", WINDOWS_XP),
+    ("ExReleaseRundownProtection", WINDOWS_XP),
+    ("ExWaitForRundownProtectionRelease", WINDOWS_XP),
     ("IoCreateDevice", WINDOWS_2000),
     ("IoCreateSymbolicLink", WINDOWS_2000),
     // The cancel-safe queue: ntoskrnl exports from Windows XP (Windows 2000 had csq.lib).
     ("IoCsqInitialize", WINDOWS_XP),
+    ("IoCsqInitializeEx", WINDOWS_XP),
     ("IoCsqInsertIrp", WINDOWS_XP),
+    ("IoCsqInsertIrpEx", WINDOWS_XP),
     ("IoCsqRemoveIrp", WINDOWS_XP),
     ("IoCsqRemoveNextIrp", WINDOWS_XP),
     ("IoDeleteDevice", WINDOWS_2000),

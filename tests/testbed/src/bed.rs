@@ -585,8 +585,23 @@ impl Bed {
             number: handle.number,
             entry: std::sync::Arc::clone(&handle.entry),
         };
+        // A synchronous file object: IopCloseFile first takes the file object's lock, waiting
+        // for a request of it still in the driver. An overlapped one: no wait at all.
+        while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
+            if !sched::wait_on_other_cpu() {
+                record::stop(
+                    Rule::Deadlock,
+                    None,
+                    [file as u64, 0, 0, 0],
+                    format!("CloseHandle of handle {}: its request never finishes", handle.number),
+                );
+            }
+        }
         let queued_before: Vec<usize> = irp::pended(Some(file)).iter().map(|p| p.0).collect();
         self.send_close_major(&closing, major::CLEANUP, "");
+        if handle.synchronous {
+            handle.busy.store(false, Ordering::Release);
+        }
         // What the driver left queued: an IRP of the file object that still has a cancel
         // routine. (One without is being completed on another CPU, which is legal: close waits
         // for it.) The bed cancels each, as the I/O manager cancels a thread's requests. One

@@ -1067,3 +1067,34 @@ pub fn stress(driver: &Path, threads: usize, iterations: u64) -> Result<StressSt
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Op, Rng, random_op};
+
+    #[test]
+    fn concurrent_batches_on_one_handle_sometimes_close_it_and_only_that_handle() {
+        let mut rng = Rng::new(20_261_207);
+        let batches: Vec<Vec<Op>> = (0..3000)
+            .filter_map(|_| match random_op(&mut rng, 2) {
+                Op::Parallel { requests, .. } => Some(requests),
+                _ => None,
+            })
+            .collect();
+        let closing: Vec<&Vec<Op>> =
+            batches.iter().filter(|b| b.iter().any(|op| matches!(op, Op::Close(_)))).collect();
+        assert!(closing.len() * 10 > batches.len(), "{} of {}", closing.len(), batches.len());
+        for batch in closing {
+            let closes: Vec<usize> = batch
+                .iter()
+                .filter_map(|op| if let Op::Close(slot) = op { Some(*slot) } else { None })
+                .collect();
+            assert_eq!(closes.len(), 1, "{batch:?}");
+            let on_it = batch.iter().all(|op| match op {
+                Op::Control { handle, .. } => *handle == closes[0],
+                op => matches!(op, Op::Close(_)),
+            });
+            assert!(on_it, "a close with requests on other handles: {batch:?}");
+        }
+    }
+}

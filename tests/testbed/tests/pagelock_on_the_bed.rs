@@ -563,6 +563,32 @@ fn closing_the_shared_handle_under_requests(sys: &Path, seed: u64, schedules: u6
 }
 
 #[test]
+fn the_real_driver_refuses_waits_racing_cleanup_over_the_fixtures_schedules() {
+    // The schedules under which the fixture's defect `pend-after-cleanup` is caught for every
+    // seed 1 to 10 (tests/fixtures.rs): four CPUs, the fourth closing the shared handle.
+    let wait = wait_spec(1, 0xC105E);
+    let sys = release();
+    let args = [
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--ioctl",
+        &wait,
+        "--threads",
+        "4",
+        "--shared",
+        "--close-shared",
+        "--seed",
+        "1",
+        "--schedules",
+        "69",
+    ];
+    let reached = races_reached(&args);
+    assert!(reached.iter().any(|(r, n)| r == CLEANUP_MEETS_A_REQUEST && *n > 0), "{reached:?}");
+}
+
+#[test]
 fn the_real_driver_stays_clean_when_a_handle_closes_under_its_own_requests() {
     let args = closing_the_shared_handle_under_requests(&release(), 1, 300);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
