@@ -301,7 +301,9 @@ fn the_fuzzer_catches_a_lost_unlock_and_shrinks_it() {
     // The defect needs an open and two LOCKs (nesting depth 2 then released): nothing shorter
     // fails, and the shrinker gets there.
     assert!(ops.as_array().unwrap().len() <= 4, "{ops:#}");
-    assert!(failure["reason"].as_str().unwrap().contains("lock"), "{failure:#}");
+    // A lock count that disagrees, or the handle's locked code run after its locks went.
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(reason.contains("lock") || reason.contains("PAGELK"), "{failure:#}");
 }
 
 #[test]
@@ -343,7 +345,7 @@ fn lock_unlock_from_two_cpus(
 }
 
 fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
-    lock_unlock_from_two_cpus(sys, true, 40, seed, schedules)
+    lock_unlock_from_two_cpus(sys, true, 60, seed, schedules)
 }
 
 #[test]
@@ -381,7 +383,9 @@ fn the_fuzzer_on_two_cpus_catches_the_unsynchronized_per_open_state_and_shrinks_
     assert!(ops.len() <= 12, "{ops:#?}");
     // What remains needs requests in flight at once: the last step is a parallel one.
     assert!(ops.last().is_some_and(|op| op.get("Parallel").is_some()), "{ops:#?}");
-    assert!(failure["reason"].as_str().unwrap().contains("lock"), "{failure:#}");
+    // A lock count that disagrees, or the handle's locked code run after its locks went.
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(reason.contains("lock") || reason.contains("PAGELK"), "{failure:#}");
     // The same seed finds the same failure: the schedules are part of the sequence.
     let again = json(&bed(&[&args[..], &["--json"]].concat()));
     assert_eq!(again["minimal_failure"], stats["minimal_failure"]);
@@ -634,7 +638,8 @@ fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean(
         "--seed",
         "1",
         "--schedules",
-        "100",
+        // The last unlock meets a running DPC in a few schedules of a thousand.
+        "1000",
         "--pend",
         &short,
     ]);

@@ -524,7 +524,7 @@ pub unsafe fn start(
             format!("{name} marked its IRP pending and returned {returned:#x}"),
         );
     }
-    let after_cleanup = cleaned_up().contains(&file);
+    let after_cleanup = major != major::CLOSE && cleaned_up().contains(&file);
     if after_cleanup {
         record::reached("a request returned from its dispatch after its file object's cleanup");
     }
