@@ -60,9 +60,9 @@ const DRIVER_LINK_ARGS: &[&str] = &[
     // directory of the optional header, never by a section name (the WRK's
     // MiCaptureImageExceptionValues records that directory at load, RtlLookupFunctionTable
     // hands it to RtlLookupFunctionEntry, which binary-searches it for exception dispatch and
-    // stack walks alike), and lld-link points the directory at the merged table and sorts it.
-    // `.rdata` is resident, so the table stays readable at any IRQL, as the lookup (at
-    // SYNCH_LEVEL) needs. check-pe checks all of this on the image.
+    // stack walks alike, at its caller's IRQL, DISPATCH_LEVEL included), and lld-link points
+    // the directory at the merged table and sorts it. `.rdata` is resident, so the table stays
+    // readable at any IRQL. check-pe checks the image for all of this.
     "/MERGE:.pdata=.rdata",
 ];
 

@@ -489,9 +489,9 @@ fn hvci(pe: &PeFile64<'_>, sections: &[Section], add: &mut impl FnMut(&str, bool
 /// The exception table (`.pdata`, merged into `.rdata`). The kernel finds a driver's table
 /// through the exception directory of its optional header, never by a section name (the WRK's
 /// `MiCaptureImageExceptionValues` records it at load; `RtlLookupFunctionTable` returns it and
-/// `RtlLookupFunctionEntry` binary-searches it, at `SYNCH_LEVEL` under the loaded-module list's
-/// spin lock, for exception dispatch and stack walks alike). So it must be sorted, and lie in
-/// one resident section that nothing writes.
+/// `RtlLookupFunctionEntry` binary-searches it, for exception dispatch and stack walks alike, at
+/// its caller's IRQL, `DISPATCH_LEVEL` included). So it must be sorted, and lie in one resident
+/// section that nothing writes.
 fn exception_table(pe: &PeFile64<'_>, data: &[u8], sections: &[Section]) -> (bool, String) {
     let section = match placement(pe, sections, IMAGE_DIRECTORY_ENTRY_EXCEPTION) {
         Placement::Absent => {
