@@ -12,6 +12,11 @@ fn main() -> Result<(), wdk_build::ConfigError> {
     // wdk-build passes no /SECTION for INIT; link.exe is told its attributes explicitly.
     println!("cargo::rustc-cdylib-link-arg=/MERGE:INITX=INIT");
     println!("cargo::rustc-cdylib-link-arg=/SECTION:INIT,ERD");
+    // The exception table goes into .rdata, whose resident read-only page it fits in: one page
+    // less. Safe for exception dispatch and stack walks: the kernel finds the table through the
+    // image's exception directory (which link.exe points at the merged, sorted table), never by
+    // section name, and .rdata is resident, so the table is readable at any IRQL.
+    println!("cargo::rustc-cdylib-link-arg=/MERGE:.pdata=.rdata");
     Ok(())
 }
 

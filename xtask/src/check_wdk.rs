@@ -546,9 +546,14 @@ fn clippy(tool: &Toolchain, dir: &Path, env: &[(&str, String)], profile: Profile
     toolchain::run(&mut command)
 }
 
+/// The link.exe arguments the WDK build must get besides `/DRIVER`, as the cross build gives
+/// lld-link the same (xtask/src/cross.rs).
+const LINK_EXE_ARGUMENTS: [&str; 4] =
+    ["/INTEGRITYCHECK", "/MERGE:INITX=INIT", "/SECTION:INIT,ERD", "/MERGE:.pdata=.rdata"];
+
 /// That the driver's build script really ran wdk-build's `configure_wdk_binary_build`: its
-/// newest output holds the WDM driver's `/DRIVER` link argument, and the driver's own INIT
-/// arguments.
+/// newest output holds the WDM driver's `/DRIVER` link argument, and the driver's own
+/// arguments for link.exe ([`LINK_EXE_ARGUMENTS`]).
 fn build_script_configured(dir: &Path, profile: Profile) -> Result<()> {
     let name = match profile {
         Profile::Debug => "debug",
@@ -574,8 +579,9 @@ fn build_script_configured(dir: &Path, profile: Profile) -> Result<()> {
         "{} holds no /DRIVER link argument: build.rs did not run configure_wdk_binary_build",
         newest.display()
     );
-    // And the driver's own arguments for link.exe: INIT discardable and trailing.
-    for argument in ["/MERGE:INITX=INIT", "/SECTION:INIT,ERD"] {
+    // wdk-build's FORCE_INTEGRITY, which the cross build passes too, and the driver's own
+    // arguments for link.exe: INIT discardable and trailing, the exception table in `.rdata`.
+    for argument in LINK_EXE_ARGUMENTS {
         ensure!(
             text.lines().any(|l| l.ends_with(&format!("link-arg={argument}"))),
             "{} holds no {argument} link argument for link.exe",

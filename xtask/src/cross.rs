@@ -48,10 +48,22 @@ const DRIVER_LINK_ARGS: &[&str] = &[
     "/NXCOMPAT",
     "/DYNAMICBASE",
     "/OPT:REF",
+    // As wdk-build passes to link.exe: the kernel loads the image only with a valid signature
+    // (FORCE_INTEGRITY), so the image tested here carries the flag the users' image carries.
+    "/INTEGRITYCHECK",
     // INIT code is emitted into INITX and merged into the INIT that lib.rs declares
     // discardable, so that INIT trails every other section. (Never /SECTION:INIT,D here:
     // lld-link would drop INIT's execute and read bits and move nothing.)
     "/MERGE:INITX=INIT",
+    // The exception table shares the resident read-only page of `.rdata` (both are read-only
+    // data, not paged): one page less. The kernel finds the table through the exception
+    // directory of the optional header, never by a section name (the WRK's
+    // MiCaptureImageExceptionValues records that directory at load, RtlLookupFunctionTable
+    // hands it to RtlLookupFunctionEntry, which binary-searches it for exception dispatch and
+    // stack walks alike, at its caller's IRQL, DISPATCH_LEVEL included), and lld-link points
+    // the directory at the merged table and sorts it. `.rdata` is resident, so the table stays
+    // readable at any IRQL. check-pe checks the image for all of this.
+    "/MERGE:.pdata=.rdata",
 ];
 
 /// A `cargo` command for the Windows kernel target with the cross toolchain.

@@ -1,7 +1,7 @@
 //! pagelock's build tool, run as `cargo xtask <command>`.
 //!
 //! - `build [--debug]`: cross-builds pagelock.sys (on Windows: the official `cargo make` flow).
-//! - `check-pe <file.sys>`: structural checks and the footprint of a kernel image.
+//! - `check-pe <file.sys>`: structural and HVCI checks and the footprint of a kernel image.
 //! - `check-wdk [--source DIR]`: the official `wdk` path type-checked and linted on this host.
 //! - `test`: every check the project has, in one command.
 //! - `run`: the main job.
@@ -54,7 +54,7 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
-    /// Check a kernel image's structure and print its footprint.
+    /// Check a kernel image's structure and HVCI's rules, and print its footprint.
     CheckPe {
         /// The image to check.
         file: PathBuf,

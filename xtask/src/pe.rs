@@ -8,12 +8,15 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use object::{
     LittleEndian as LE, Object,
     pe::{
-        IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE, IMAGE_DLLCHARACTERISTICS_NX_COMPAT,
-        IMAGE_FILE_MACHINE_AMD64, IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA,
-        IMAGE_SCN_MEM_DISCARDABLE, IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_NOT_PAGED,
-        IMAGE_SCN_MEM_READ, IMAGE_SCN_MEM_WRITE, IMAGE_SUBSYSTEM_NATIVE, ImageOptionalHeader64,
-        ImageSectionHeader,
+        IMAGE_DIRECTORY_ENTRY_DEBUG, IMAGE_DIRECTORY_ENTRY_EXCEPTION, IMAGE_DIRECTORY_ENTRY_EXPORT,
+        IMAGE_DIRECTORY_ENTRY_IAT, IMAGE_DIRECTORY_ENTRY_IMPORT,
+        IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE, IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY,
+        IMAGE_DLLCHARACTERISTICS_NX_COMPAT, IMAGE_FILE_MACHINE_AMD64, IMAGE_SCN_CNT_CODE,
+        IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_DISCARDABLE, IMAGE_SCN_MEM_EXECUTE,
+        IMAGE_SCN_MEM_NOT_PAGED, IMAGE_SCN_MEM_READ, IMAGE_SCN_MEM_WRITE, IMAGE_SUBSYSTEM_NATIVE,
+        ImageOptionalHeader64, ImageRuntimeFunctionEntry, ImageSectionHeader,
     },
+    pod,
     read::pe::{ImageNtHeaders, PeFile64},
 };
 
@@ -32,14 +35,41 @@ pub struct Budget {
     pub pageable_code_percent: u64,
 }
 
-/// pagelock's own budget.
+/// Resident code of the release image when the budget became 4 pages: the DPC routine, the
+/// queue's callbacks that run with no handle's lock behind them, the spin lock's acquire and
+/// release, the completion path and the panic handler. Code that must be resident is added
+/// only with a reason; raise this figure in the same change, with that reason.
+pub const RESIDENT_CODE_BYTES: u64 = 518;
+
+/// pagelock's own budget: with W^X, as HVCI demands, 4 pages is the floor (the headers, one
+/// executable page, one read-only page, one writable page).
 pub const PAGELOCK_BUDGET: Budget =
-    Budget { resident_pages: 5, resident_code: 1536, pageable_code_percent: 90 };
+    Budget { resident_pages: 4, resident_code: RESIDENT_CODE_BYTES, pageable_code_percent: 90 };
+
+/// HVCI maps each page of a kernel image either writable or executable, never both: a section
+/// must start on a page of its own (Driver Verifier's code-integrity check 0x2004).
+const HVCI_SECTION_ALIGNMENT: u32 = 0x1000;
+
+/// Names of the checks the tests refer to.
+mod rule {
+    pub const NX_COMPAT: &str = "NX compatible (HVCI)";
+    pub const DYNAMIC_BASE: &str = "dynamic base (HVCI)";
+    pub const FORCE_INTEGRITY: &str = "FORCE_INTEGRITY: signature checked at load (HVCI)";
+    pub const NO_WX: &str = "no writable and executable section (HVCI)";
+    pub const ALIGNMENT: &str = "section alignment a multiple of 0x1000 (HVCI)";
+    pub const IMPORTS_NX: &str = "import directory in no executable section (HVCI)";
+    pub const IAT_NX: &str = "import address table in no executable section (HVCI)";
+    pub const EXCEPTION_TABLE: &str = "exception table sorted, in one resident read-only section";
+    pub const BUDGET_PAGES: &str = "budget: resident image";
+    pub const BUDGET_CODE: &str = "budget: resident code";
+    pub const BUDGET_PAGEABLE: &str = "budget: code pageable or discardable";
+}
 
 /// One section as the checks see it.
 struct Section {
     name: String,
     header_offset: usize,
+    rva: u64,
     virtual_size: u64,
     characteristics: u32,
     /// One of the trailing run of discardable sections, which is what the kernel frees after
@@ -67,6 +97,15 @@ impl Section {
     const fn pages(&self) -> u64 {
         self.virtual_size.div_ceil(PAGE_SIZE)
     }
+    fn place(&self) -> &'static str {
+        if self.pageable() {
+            "pageable"
+        } else if self.discarded() {
+            "discarded"
+        } else {
+            "resident"
+        }
+    }
 }
 
 fn sections(data: &[u8]) -> Result<Vec<Section>> {
@@ -78,6 +117,7 @@ fn sections(data: &[u8]) -> Result<Vec<Section>> {
         .map(|s| Section {
             name: String::from_utf8_lossy(s.raw_name()).trim_end_matches('\0').to_owned(),
             header_offset: std::ptr::from_ref(s) as usize - base,
+            rva: u64::from(s.virtual_address.get(LE)),
             virtual_size: u64::from(s.virtual_size.get(LE)),
             characteristics: s.characteristics.get(LE),
             discarded: false,
@@ -97,11 +137,16 @@ fn mark_trailing_discardable(sections: &mut [Section]) {
     }
 }
 
-/// Offset of the optional header's `CheckSum` field in the file.
-fn checksum_offset(data: &[u8]) -> Result<usize> {
+/// Offset of the optional header in the file.
+fn optional_header_offset(data: &[u8]) -> Result<usize> {
     let pe = PeFile64::parse(data).context("not a 64-bit PE image")?;
     let optional = std::ptr::from_ref(pe.nt_headers().optional_header()) as usize;
-    Ok(optional - data.as_ptr() as usize + offset_of!(ImageOptionalHeader64, check_sum))
+    Ok(optional - data.as_ptr() as usize)
+}
+
+/// Offset of the optional header's `CheckSum` field in the file.
+fn checksum_offset(data: &[u8]) -> Result<usize> {
+    Ok(optional_header_offset(data)? + offset_of!(ImageOptionalHeader64, check_sum))
 }
 
 /// The PE checksum as `CheckSumMappedFile` computes it: a 16-bit one's-complement style sum
@@ -132,15 +177,21 @@ pub fn pe_checksum(data: &[u8], checksum_offset: usize) -> u32 {
 /// When the file cannot be read, parsed or written.
 pub fn fix_up(path: &Path) -> Result<()> {
     let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    for section in sections(&data)? {
+    fix_up_image(&mut data).with_context(|| format!("fixing up {}", path.display()))?;
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// [`fix_up`] of an image in memory.
+fn fix_up_image(data: &mut [u8]) -> Result<()> {
+    for section in sections(data)? {
         let extra = if section.resident() { IMAGE_SCN_MEM_NOT_PAGED } else { 0 };
         let at = section.header_offset + offset_of!(ImageSectionHeader, characteristics);
         data[at..at + 4].copy_from_slice(&(section.characteristics | extra).to_le_bytes());
     }
-    let at = checksum_offset(&data)?;
-    let sum = pe_checksum(&data, at);
+    let at = checksum_offset(data)?;
+    let sum = pe_checksum(data, at);
     data[at..at + 4].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }
 
 /// The result of `check-pe`.
@@ -179,13 +230,18 @@ impl Report {
 ///
 /// # Errors
 /// When the file cannot be read or is not a 64-bit PE image.
-#[expect(clippy::too_many_lines, reason = "one list of checks reads best in one place")]
 pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let pe = PeFile64::parse(&*data).context("not a 64-bit PE image")?;
+    check_image(&data, budget).with_context(|| format!("checking {}", path.display()))
+}
+
+/// [`check`] of an image in memory.
+#[expect(clippy::too_many_lines, reason = "one list of checks reads best in one place")]
+fn check_image(data: &[u8], budget: Option<Budget>) -> Result<Report> {
+    let pe = PeFile64::parse(data).context("not a 64-bit PE image")?;
     let nt = pe.nt_headers();
     let optional = nt.optional_header();
-    let sections = sections(&data)?;
+    let sections = sections(data)?;
     let mut checks = Vec::new();
     let mut add = |name: &str, ok: bool, detail: String| checks.push((name.to_owned(), ok, detail));
 
@@ -193,11 +249,8 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     add("machine AMD64", machine == IMAGE_FILE_MACHINE_AMD64, format!("{machine:#06x}"));
     let subsystem = optional.subsystem.get(LE);
     add("subsystem NATIVE", subsystem == IMAGE_SUBSYSTEM_NATIVE, subsystem.to_string());
-    let dll = optional.dll_characteristics.get(LE);
-    add("NX compatible", dll & IMAGE_DLLCHARACTERISTICS_NX_COMPAT != 0, format!("{dll:#06x}"));
-    add("dynamic base", dll & IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE != 0, format!("{dll:#06x}"));
     let stored = optional.check_sum.get(LE);
-    let computed = pe_checksum(&data, checksum_offset(&data)?);
+    let computed = pe_checksum(data, checksum_offset(data)?);
     add(
         "checksum valid",
         stored != 0 && stored == computed,
@@ -296,71 +349,89 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
         paged_resident.is_empty(),
         format!("without the flag: {paged_resident:?}"),
     );
-    let wx: Vec<&str> = sections
-        .iter()
-        .filter(|s| s.has(IMAGE_SCN_MEM_WRITE | IMAGE_SCN_MEM_EXECUTE))
-        .map(|s| s.name.as_str())
-        .collect();
-    add("no writable and executable section (HVCI)", wx.is_empty(), format!("{wx:?}"));
+    let (ok, detail) = exception_table(&pe, data, &sections);
+    add(rule::EXCEPTION_TABLE, ok, detail);
+    hvci(&pe, &sections, &mut add);
 
     // Footprint.
-    let headers = u64::from(optional.size_of_headers.get(LE)).div_ceil(PAGE_SIZE);
+    let header_bytes = u64::from(optional.size_of_headers.get(LE));
+    let resident = || sections.iter().filter(|s| s.resident());
     let resident_pages =
-        headers + sections.iter().filter(|s| s.resident()).map(Section::pages).sum::<u64>();
-    let resident_bytes = u64::from(optional.size_of_headers.get(LE))
-        + sections.iter().filter(|s| s.resident()).map(|s| s.virtual_size).sum::<u64>();
+        header_bytes.div_ceil(PAGE_SIZE) + resident().map(Section::pages).sum::<u64>();
+    let resident_bytes = header_bytes + resident().map(|s| s.virtual_size).sum::<u64>();
     let pageable_bytes: u64 =
         sections.iter().filter(|s| s.pageable()).map(|s| s.virtual_size).sum();
     let code_bytes: u64 = sections.iter().filter(|s| s.code()).map(|s| s.virtual_size).sum();
-    let resident_code: u64 =
-        sections.iter().filter(|s| s.code() && s.resident()).map(|s| s.virtual_size).sum();
+    let resident_code: u64 = resident().filter(|s| s.code()).map(|s| s.virtual_size).sum();
     let movable_code = code_bytes - resident_code;
     let percent = (movable_code * 100).checked_div(code_bytes).unwrap_or(0);
     let directory =
         |index: usize| optional_directory(&pe, index).map_or(0, |(_, size)| u64::from(size));
+    let read_only = resident().filter(|s| !s.has(IMAGE_SCN_MEM_WRITE) && !s.code());
+    let (read_only_pages, read_only_bytes) =
+        read_only.fold((0, 0), |(pages, bytes), s| (pages + s.pages(), bytes + s.virtual_size));
     let mut footprint = vec![
         (
             "resident image (idle)".to_owned(),
             format!("{resident_pages} pages, {resident_bytes} bytes"),
         ),
         ("resident code (.text etc.)".to_owned(), format!("{resident_code} bytes")),
+        (
+            "resident read-only data".to_owned(),
+            format!(
+                "{read_only_pages} page{}, {read_only_bytes} bytes ({} bytes left in the last)",
+                if read_only_pages == 1 { "" } else { "s" },
+                (read_only_pages * PAGE_SIZE).saturating_sub(read_only_bytes)
+            ),
+        ),
         ("pageable (PAGE*)".to_owned(), format!("{pageable_bytes} bytes")),
         (
             "code pageable or discardable".to_owned(),
             format!("{percent}% ({movable_code} of {code_bytes} bytes)"),
         ),
-        ("import tables (resident)".to_owned(), format!("{} bytes", directory(1) + directory(12))),
-        ("unwind table .pdata (resident)".to_owned(), format!("{} bytes", directory(3))),
+        (
+            "import directory and IAT (resident)".to_owned(),
+            format!(
+                "{} bytes",
+                directory(IMAGE_DIRECTORY_ENTRY_IMPORT) + directory(IMAGE_DIRECTORY_ENTRY_IAT)
+            ),
+        ),
+        (
+            "exception table, the merged .pdata (resident)".to_owned(),
+            format!("{} bytes", directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)),
+        ),
         // DriverEntry and _fltused: rustc exports a cdylib's `export_name` and `no_mangle` items
         // (src/kernel/nt/mod.rs, runtime/src/kernel.rs).
-        ("export directory (resident)".to_owned(), format!("{} bytes", directory(0))),
+        (
+            "export directory (resident)".to_owned(),
+            format!("{} bytes", directory(IMAGE_DIRECTORY_ENTRY_EXPORT)),
+        ),
+        // The debug directory and its CodeView record (the PDB's name and signature).
+        (
+            "debug directory (resident)".to_owned(),
+            format!("{} bytes", directory(IMAGE_DIRECTORY_ENTRY_DEBUG)),
+        ),
+        ("  (headers)".to_owned(), format!("{header_bytes} bytes, resident")),
     ];
     for s in &sections {
-        let place = if s.pageable() {
-            "pageable"
-        } else if s.discarded() {
-            "discarded"
-        } else {
-            "resident"
-        };
         footprint.push((
             format!("  {}", s.name),
-            format!("{} bytes, {place}, {:#010x}", s.virtual_size, s.characteristics),
+            format!("{} bytes, {}, {:#010x}", s.virtual_size, s.place(), s.characteristics),
         ));
     }
     if let Some(budget) = budget {
         add(
-            "budget: resident image",
+            rule::BUDGET_PAGES,
             resident_pages <= budget.resident_pages,
             format!("{resident_pages} pages (at most {})", budget.resident_pages),
         );
         add(
-            "budget: resident code",
+            rule::BUDGET_CODE,
             resident_code <= budget.resident_code,
             format!("{resident_code} bytes (at most {})", budget.resident_code),
         );
         add(
-            "budget: code pageable or discardable",
+            rule::BUDGET_PAGEABLE,
             percent >= budget.pageable_code_percent,
             format!("{percent}% (at least {}%)", budget.pageable_code_percent),
         );
@@ -368,10 +439,120 @@ pub fn check(path: &Path, budget: Option<Budget>) -> Result<Report> {
     Ok(Report { checks, footprint })
 }
 
+/// The checks HVCI (memory integrity) makes of a driver image: what Driver Verifier's
+/// code-integrity checks report (a section writable and executable, 0x2003; a section alignment
+/// that is not a multiple of a page, 0x2004; the import table in an executable section, 0x2005)
+/// and the DLL characteristics that wdk-build's link.exe arguments set (`/NXCOMPAT`,
+/// `/DYNAMICBASE`, `/INTEGRITYCHECK`).
+fn hvci(pe: &PeFile64<'_>, sections: &[Section], add: &mut impl FnMut(&str, bool, String)) {
+    let optional = pe.nt_headers().optional_header();
+    let dll = optional.dll_characteristics.get(LE);
+    let flag = |name: &str, bit: u16| {
+        let set = dll & bit == bit;
+        (set, format!("{dll:#06x}: {name} {}", if set { "set" } else { "clear" }))
+    };
+    let (ok, detail) = flag("NX_COMPAT", IMAGE_DLLCHARACTERISTICS_NX_COMPAT);
+    add(rule::NX_COMPAT, ok, detail);
+    let (ok, detail) = flag("DYNAMIC_BASE", IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE);
+    add(rule::DYNAMIC_BASE, ok, detail);
+    // Set by /INTEGRITYCHECK: the kernel loads the image only with a valid signature.
+    let (ok, detail) = flag("FORCE_INTEGRITY", IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY);
+    add(rule::FORCE_INTEGRITY, ok, detail);
+    let wx: Vec<&str> = sections
+        .iter()
+        .filter(|s| s.has(IMAGE_SCN_MEM_WRITE | IMAGE_SCN_MEM_EXECUTE))
+        .map(|s| s.name.as_str())
+        .collect();
+    add(rule::NO_WX, wx.is_empty(), format!("writable and executable: {wx:?}"));
+    let alignment = optional.section_alignment.get(LE);
+    add(
+        rule::ALIGNMENT,
+        alignment != 0 && alignment % HVCI_SECTION_ALIGNMENT == 0,
+        format!("{alignment:#x}"),
+    );
+    for (name, index) in [
+        (rule::IMPORTS_NX, IMAGE_DIRECTORY_ENTRY_IMPORT),
+        (rule::IAT_NX, IMAGE_DIRECTORY_ENTRY_IAT),
+    ] {
+        let (ok, detail) = match placement(pe, sections, index) {
+            Placement::Absent => (true, "none".to_owned()),
+            Placement::In(s) => (
+                !s.has(IMAGE_SCN_MEM_EXECUTE),
+                format!("in {} ({:#010x})", s.name, s.characteristics),
+            ),
+            Placement::Outside(range) => (false, format!("{range} lies in no one section")),
+        };
+        add(name, ok, detail);
+    }
+}
+
+/// The exception table (`.pdata`, merged into `.rdata`). The kernel finds a driver's table
+/// through the exception directory of its optional header, never by a section name (the WRK's
+/// `MiCaptureImageExceptionValues` records it at load; `RtlLookupFunctionTable` returns it and
+/// `RtlLookupFunctionEntry` binary-searches it, for exception dispatch and stack walks alike, at
+/// its caller's IRQL, `DISPATCH_LEVEL` included). So it must be sorted, and lie in one resident
+/// section that nothing writes.
+fn exception_table(pe: &PeFile64<'_>, data: &[u8], sections: &[Section]) -> (bool, String) {
+    let section = match placement(pe, sections, IMAGE_DIRECTORY_ENTRY_EXCEPTION) {
+        Placement::Absent => {
+            return (false, "absent: no function of the image can be unwound".into());
+        }
+        Placement::Outside(range) => return (false, format!("{range} lies in no one section")),
+        Placement::In(section) => section,
+    };
+    let entries = pe
+        .data_directories()
+        .get(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
+        .and_then(|d| d.data(data, &pe.section_table()).ok())
+        .and_then(|bytes| pod::slice_from_all_bytes::<ImageRuntimeFunctionEntry>(bytes).ok());
+    let Some(entries) = entries else {
+        return (false, "not a whole number of entries inside the file".into());
+    };
+    let range = |e: &ImageRuntimeFunctionEntry| (e.begin_address.get(LE), e.end_address.get(LE));
+    let sorted = entries.iter().map(range).all(|(begin, end)| begin < end)
+        && entries.windows(2).all(|w| range(&w[0]).1 <= range(&w[1]).0);
+    let writable = section.has(IMAGE_SCN_MEM_WRITE);
+    (
+        sorted && section.resident() && !writable,
+        format!(
+            "{} entries, {}, in {} ({}{})",
+            entries.len(),
+            if sorted { "sorted" } else { "NOT sorted" },
+            section.name,
+            section.place(),
+            if writable { ", writable" } else { "" }
+        ),
+    )
+}
+
+/// Where a data directory lies.
+enum Placement<'s> {
+    /// The image has none.
+    Absent,
+    /// Wholly inside this section.
+    In(&'s Section),
+    /// Not wholly inside any one section (the range, printed).
+    Outside(String),
+}
+
+fn placement<'s>(pe: &PeFile64<'_>, sections: &'s [Section], index: usize) -> Placement<'s> {
+    let Some((rva, size)) = optional_directory(pe, index).filter(|&(rva, _)| rva != 0) else {
+        return Placement::Absent;
+    };
+    let (start, end) = (u64::from(rva), u64::from(rva) + u64::from(size));
+    sections
+        .iter()
+        .find(|s| s.rva <= start && end <= s.rva + s.virtual_size)
+        .map_or_else(|| Placement::Outside(format!("{start:#x}..{end:#x}")), Placement::In)
+}
+
 fn optional_directory(pe: &PeFile64<'_>, index: usize) -> Option<(u32, u32)> {
     let dir = pe.data_directories().get(index)?;
     Some((dir.virtual_address.get(LE), dir.size.get(LE)))
 }
+
+#[cfg(test)]
+mod mutated;
 
 #[cfg(test)]
 mod tests {
@@ -404,6 +585,7 @@ mod tests {
         let s = |name: &str, characteristics| Section {
             name: name.into(),
             header_offset: 0,
+            rva: 0,
             virtual_size: 1,
             characteristics,
             discarded: false,
@@ -418,6 +600,7 @@ mod tests {
             .map(|(name, characteristics)| Section {
                 name: (*name).into(),
                 header_offset: 0,
+                rva: 0,
                 virtual_size: 1,
                 characteristics: *characteristics,
                 discarded: false,
