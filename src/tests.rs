@@ -276,17 +276,18 @@ mod pending {
         reply.expect("a valid signal").completed
     }
 
-    /// Ticks until nothing is pending (at most `limit` ticks); how many it took.
-    fn tick_until_idle(limit: u32) -> u32 {
-        for ticks in 1..=limit {
-            kernel::set_irql(kernel::DISPATCH_LEVEL);
-            pending::on_tick();
-            kernel::set_irql(kernel::PASSIVE_LEVEL);
-            if pending::pending() == 0 {
-                return ticks;
-            }
-        }
-        panic!("waits still pending after {limit} ticks");
+    /// Nanoseconds in a millisecond, the stand-in performance counter's unit being 1 ns.
+    const MS: u64 = 1_000_000;
+    /// One period of the timer, in nanoseconds.
+    const PERIOD: u64 = WAIT_TICK_MS as u64 * MS;
+
+    /// The timer's next tick, `ns` after the last thing that moved the clock: the clock moves
+    /// on, then the DPC runs at `DISPATCH_LEVEL`.
+    fn tick_after(ns: u64) {
+        kernel::advance_clock(ns);
+        kernel::set_irql(kernel::DISPATCH_LEVEL);
+        pending::on_tick();
+        kernel::set_irql(kernel::PASSIVE_LEVEL);
     }
 
     #[test]
@@ -398,9 +399,7 @@ mod pending {
         let middle = wait(A, 3 * WAIT_TICK_MS, 3);
         let mut order = Vec::new();
         for _ in 0..10 {
-            kernel::set_irql(kernel::DISPATCH_LEVEL);
-            pending::on_tick();
-            kernel::set_irql(kernel::PASSIVE_LEVEL);
+            tick_after(PERIOD);
             for (name, done) in [("slow", &slow), ("fast", &fast), ("middle", &middle)] {
                 if outcome(done).is_some() && !order.contains(&name) {
                     order.push(name);
@@ -419,14 +418,30 @@ mod pending {
     }
 
     #[test]
-    fn a_wait_never_expires_before_its_timeout() {
+    fn a_wait_expires_at_the_first_tick_at_or_after_its_timeout() {
         let _turn = exclusive();
         let open = opened();
-        let done = wait(A, 3 * WAIT_TICK_MS, 7);
-        let ticks = tick_until_idle(10);
-        // Three whole periods must pass, and the tick already under way does not count.
-        assert!((3..=4).contains(&ticks), "{ticks}");
-        assert_eq!(ended(&done).and_then(|e| e.1).map(|r| r.cookie), Some(7));
+        // Sent at several points of a period (`phase` after the last tick), with timeouts on,
+        // just after and just before a whole number of periods.
+        for phase in [0, 1, PERIOD / 2, PERIOD - 1] {
+            for timeout_ms in [1, WAIT_TICK_MS, 3 * WAIT_TICK_MS, 3 * WAIT_TICK_MS + 1] {
+                let timeout = u64::from(timeout_ms) * MS;
+                kernel::advance_clock(phase);
+                let done = wait(A, timeout_ms, 7);
+                // The ticks after the send come at `PERIOD - phase`, then a period apart.
+                let mut since_sent = PERIOD - phase;
+                tick_after(PERIOD - phase);
+                while outcome(&done).is_none() {
+                    assert!(since_sent < timeout, "not expired {since_sent} ns after the send");
+                    since_sent += PERIOD;
+                    tick_after(PERIOD);
+                }
+                let case = format!("phase {phase} ns, timeout {timeout_ms} ms");
+                assert!(since_sent >= timeout, "{case}: expired {since_sent} ns after the send");
+                assert!(since_sent < timeout + PERIOD, "{case}: expired a period late");
+                assert_eq!(ended(&done).and_then(|e| e.1).map(|r| r.cookie), Some(7), "{case}");
+            }
+        }
         drop(open);
     }
 

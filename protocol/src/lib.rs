@@ -171,8 +171,13 @@ pub const MAX_BENCH_ITERATIONS: u32 = 10_000;
 pub const MAX_PENDING: u32 = 64;
 /// Longest timeout one `WAIT` may ask for, in milliseconds.
 pub const MAX_WAIT_MS: u32 = 60_000;
-/// The period of the driver's timer while waits are queued, in milliseconds: a wait expires
-/// at the first tick after its timeout has passed, so at most this much late.
+/// The period of the driver's timer while waits are queued, in milliseconds.
+///
+/// A wait's deadline is a reading of the performance counter, and each tick completes the waits
+/// whose deadline the counter has reached: a wait expires at the first tick at or after its
+/// timeout, never before it and at most one tick after it (plus however long the timer's DPC
+/// waits to run). Windows lets a timer fire only at a clock interrupt, every 15.6 ms unless a
+/// program has asked for a finer timer resolution; there a tick can be that far apart.
 pub const WAIT_TICK_MS: u32 = 10;
 
 /// Number of lockable sections the driver reports.

@@ -154,7 +154,7 @@ pub enum Filter {
     Any,
     /// The waits of one file object (`SIGNAL` of the caller's, `IRP_MJ_CLEANUP`).
     File(FileId),
-    /// The waits whose deadline is at or before this tick (the timer's DPC).
+    /// The waits whose deadline this performance-counter reading has reached (the timer's DPC).
     ExpiredBy(u64),
 }
 

@@ -5,7 +5,7 @@ use core::{
     ptr::{self, NonNull},
 };
 
-use pagelock_macros::{init, paged};
+use pagelock_macros::{init, paged, resident};
 
 #[cfg(feature = "wdk")]
 use wdk_sys as sys;
@@ -79,9 +79,12 @@ pub fn log_error(message: &CStr, first: u32, second: u32) {
     }
 }
 
-/// The performance counter now, and its frequency in ticks per second.
+/// The performance counter now, and its frequency in counts per second.
+///
+/// Resident: the timer's DPC reads it to expire waits, whether or not a handle holds the
+/// lockable sections. Callable at any IRQL.
 #[must_use]
-#[paged]
+#[resident]
 pub fn performance_counter() -> (u64, u64) {
     let mut frequency = sys::LARGE_INTEGER::default();
     // SAFETY: callable at any IRQL; `frequency` is a valid out-parameter.

@@ -423,6 +423,7 @@ impl Bed {
             status: Some(completion.status),
             information: Some(completion.information),
             output: Some(hex(&output)),
+            times: Some(completion.times),
             ..Step::default()
         });
         (completion.status, output)
@@ -879,10 +880,14 @@ impl Pending {
 
     /// Waits for the IRP's end (once) and releases the file object to the next request.
     fn complete(&mut self) -> irp::Completion {
-        let completion = self
-            .sent
-            .take()
-            .map_or(irp::Completion { status: status::UNSUCCESSFUL, information: 0 }, Sent::wait);
+        let completion = self.sent.take().map_or_else(
+            || irp::Completion {
+                status: status::UNSUCCESSFUL,
+                information: 0,
+                times: crate::report::RequestTimes::default(),
+            },
+            Sent::wait,
+        );
         if let Some(busy) = self.busy.take() {
             busy.store(false, Ordering::Release);
         }
