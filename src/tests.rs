@@ -232,6 +232,77 @@ fn a_guard_raises_to_dispatch_level_and_its_drop_returns_and_releases() {
     drop(LOCK.acquire());
 }
 
+/// A driver's device list as the I/O manager keeps it, for [`kernel::delete_each`]: `delete`
+/// marks a device, and unlinks and frees it only when nothing references it (as
+/// `IoDeleteDevice` and `IopCompleteUnloadOrDelete` do); a freed device's link reads as
+/// garbage.
+struct DeviceList {
+    head: Option<usize>,
+    next: Vec<Option<usize>>,
+    referenced: Vec<bool>,
+    deletes: Vec<u32>,
+    freed: Vec<bool>,
+}
+
+impl DeviceList {
+    /// Devices `0..referenced.len()`, linked in order; `referenced[i]` says whether a file
+    /// object still references device `i`.
+    fn new(referenced: &[bool]) -> Self {
+        let n = referenced.len();
+        Self {
+            head: (n > 0).then_some(0),
+            next: (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect(),
+            referenced: referenced.to_vec(),
+            deletes: vec![0; n],
+            freed: vec![false; n],
+        }
+    }
+
+    fn delete(&mut self, device: usize) {
+        assert!(!self.freed[device], "device {device} deleted after it was freed");
+        self.deletes[device] += 1;
+        if self.referenced[device] {
+            return;
+        }
+        let successor = self.next[device];
+        if self.head == Some(device) {
+            self.head = successor;
+        } else if let Some(before) = self.next.iter().position(|n| *n == Some(device)) {
+            self.next[before] = successor;
+        }
+        self.freed[device] = true;
+        // Freed memory: what its link reads is not the successor any more.
+        self.next[device] = None;
+    }
+}
+
+#[test]
+fn deleting_the_devices_deletes_each_once_even_when_a_delete_leaves_it_linked() {
+    for referenced in [
+        &[][..],
+        &[false],
+        &[true],
+        &[false, false, false],
+        &[true, false, true],
+        &[false, true, false, true],
+    ] {
+        let list = std::cell::RefCell::new(DeviceList::new(referenced));
+        let head = list.borrow().head;
+        kernel::delete_each(head, |d| list.borrow().next[d], |d| list.borrow_mut().delete(d));
+        let list = list.into_inner();
+        assert!(list.deletes.iter().all(|&n| n == 1), "{referenced:?}: {:?}", list.deletes);
+        // Only the referenced devices stay on the list, to be freed at their last close.
+        let mut left = Vec::new();
+        let mut at = list.head;
+        while let Some(device) = at {
+            left.push(device);
+            at = list.next[device];
+        }
+        let expected: Vec<usize> = (0..referenced.len()).filter(|&i| referenced[i]).collect();
+        assert_eq!(left, expected, "{referenced:?}");
+    }
+}
+
 mod pending {
     //! `WAIT`, `SIGNAL`, cleanup, cancel and the timer's tick, over the stand-in queue.
 

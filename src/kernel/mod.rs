@@ -26,6 +26,8 @@ use core::{
     sync::atomic::{AtomicPtr, Ordering},
 };
 
+use pagelock_macros::paged;
+
 /// Major function codes of the IRPs the driver serves (fixed by the kernel ABI).
 pub mod major {
     /// `IRP_MJ_CREATE`: a handle is being opened.
@@ -141,6 +143,31 @@ macro_rules! wide_name {
         const WIDE: [u16; $ascii.len() + 1] = $crate::kernel::ascii_to_utf16($ascii);
         $crate::kernel::WideName::new(&WIDE)
     }};
+}
+
+/// Deletes every item of the list linked from `first` through `next`, each once.
+///
+/// `delete` may leave the item it deletes on the list: each item's successor is read before
+/// the item is deleted, never after, and the list's head is read once.
+///
+/// The driver's devices are such a list: `IoDeleteDevice` only marks a device for deletion,
+/// and the I/O manager unlinks it from its driver's list (and frees it) in
+/// `IopCompleteUnloadOrDelete`, once its reference count is zero (the WRK's
+/// `io/iomgr/iosubs.c` and `internal.c`). Reading the head again after each delete would meet a
+/// device that is still referenced again and again; reading a device's successor after its
+/// delete could read freed memory.
+#[paged]
+pub fn delete_each<T: Copy>(
+    first: Option<T>,
+    next: impl Fn(T) -> Option<T>,
+    delete: impl FnMut(T),
+) {
+    let mut delete = delete;
+    let mut current = first;
+    while let Some(item) = current {
+        current = next(item);
+        delete(item);
+    }
 }
 
 /// Which file object a request came on: its address, compared and never dereferenced.
