@@ -232,6 +232,21 @@ fn a_guard_raises_to_dispatch_level_and_its_drop_returns_and_releases() {
     drop(LOCK.acquire());
 }
 
+#[test]
+fn an_open_of_a_name_below_the_device_or_of_a_directory_is_refused_with_its_status() {
+    use crate::kernel::CreateRequest;
+    use crate::open::check_create;
+    let device = CreateRequest::default();
+    let below = CreateRequest { names_a_file: true, ..device };
+    let directory = CreateRequest { directory: true, ..device };
+    assert_eq!(check_create(device), Ok(()));
+    assert_eq!(check_create(below), Err(status::OBJECT_NAME_NOT_FOUND));
+    assert_eq!(check_create(directory), Err(status::NOT_A_DIRECTORY));
+    // A directory below the device names nothing first.
+    let both = CreateRequest { names_a_file: true, directory: true };
+    assert_eq!(check_create(both), Err(status::OBJECT_NAME_NOT_FOUND));
+}
+
 /// A driver's device list as the I/O manager keeps it, for [`kernel::delete_each`]: `delete`
 /// marks a device, and unlinks and frees it only when nothing references it (as
 /// `IoDeleteDevice` and `IopCompleteUnloadOrDelete` do); a freed device's link reads as

@@ -170,6 +170,16 @@ pub fn delete_each<T: Copy>(
     }
 }
 
+/// What an `IRP_MJ_CREATE` asks to open besides the device itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateRequest {
+    /// A name below the device's (`\Device\PageLock\anything`): the file object's `FileName`,
+    /// what is left of the path once the object manager reached the device, is not empty.
+    pub names_a_file: bool,
+    /// The caller asked for a directory: `FILE_DIRECTORY_FILE` in the create options.
+    pub directory: bool,
+}
+
 /// Which file object a request came on: its address, compared and never dereferenced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileId(pub usize);

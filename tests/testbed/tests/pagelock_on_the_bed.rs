@@ -722,3 +722,50 @@ fn no_wait_expires_before_its_timeout_whatever_the_schedule() {
         }
     }
 }
+
+#[test]
+fn opens_of_a_name_below_the_device_or_of_a_directory_are_refused_and_change_nothing() {
+    use pagelock_protocol::status;
+    let sys = release();
+    for (name, directory, expected) in [
+        (r"\\.\PageLock\anything", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\\.\PageLock\", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\Device\PageLock\a\b", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\\.\PageLock", true, status::NOT_A_DIRECTORY),
+        (r"\\.\PageLock\anything", true, status::OBJECT_NAME_NOT_FOUND),
+    ] {
+        let case = format!("{name}{}", if directory { " as a directory" } else { "" });
+        let mut args = vec!["exec", sys.to_str().unwrap(), "--device", name, "--open", "2"];
+        if directory {
+            args.push("--as-directory");
+        }
+        args.push("--json");
+        let output = bed(&args);
+        let report = json(&output);
+        assert!(output.status.success(), "{case}: {report:#}");
+        let creates: Vec<&Value> = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["what"].as_str().unwrap_or_default().starts_with("IRP_MJ_CREATE"))
+            .collect();
+        assert_eq!(creates.len(), 2, "{case}: {report:#}");
+        for create in creates {
+            // The driver's answer, not the bed's: the name reached the device.
+            assert!(!create["what"].as_str().unwrap().contains("no such object"), "{create:#}");
+            assert_eq!(create["status"], expected, "{case}: {create:#}");
+            for pair in create["lock_counts"].as_array().unwrap() {
+                assert_eq!(pair[1], 0, "{case}: a refused open locked {pair}");
+            }
+        }
+        // Refused before anything was allocated or locked, not undone afterwards.
+        let calls = report["calls"].as_array().unwrap();
+        for routine in ["ExAllocatePool2", "MmLockPagableSectionByHandle"] {
+            assert!(
+                !calls.iter().any(|c| c[0] == routine),
+                "{case}: {routine} was called: {calls:?}"
+            );
+        }
+        assert_eq!(report["pool_outstanding"], 0, "{case}");
+    }
+}

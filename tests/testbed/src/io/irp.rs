@@ -316,6 +316,9 @@ pub struct Request {
     pub file: *mut ddk::FILE_OBJECT,
     /// For device control, its parameters.
     pub control: Option<Control>,
+    /// For create, `Parameters.Create.Options`: the disposition in the top 8 bits, the create
+    /// options below.
+    pub create_options: u32,
 }
 
 /// The parameters of a device-control IRP, with its buffers as the transfer method places them.
@@ -568,6 +571,12 @@ fn prepare(device: *mut ddk::DEVICE_OBJECT, request: Request) -> Box<Frame> {
     frame.stack.MajorFunction = request.major;
     frame.stack.DeviceObject = device;
     frame.stack.FileObject = request.file;
+    if request.major == major::CREATE {
+        frame.stack.Parameters.Create = ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_1 {
+            Options: request.create_options,
+            ..Default::default()
+        };
+    }
     if let Some(control) = request.control {
         frame.stack.Parameters.DeviceIoControl =
             ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_17 {
