@@ -14,7 +14,7 @@ use crate::{
 const FILE_OPENED: u64 = 1;
 /// `FILE_DIRECTORY_FILE` (wdm.h), a create option: the caller wants a directory.
 const FILE_DIRECTORY_FILE: u32 = 0x0000_0001;
-/// The create options in `Parameters.Create.Options`; its top 8 bits are the disposition.
+/// The create options of `Parameters.Create.Options`, whose top 8 bits are the disposition.
 const CREATE_OPTIONS: u32 = 0x00FF_FFFF;
 
 /// An IRP the I/O manager sent to this driver.
@@ -93,7 +93,8 @@ impl Irp {
     #[paged]
     pub fn create_request(&self) -> CreateRequest {
         let stack = self.stack();
-        // SAFETY: the I/O manager fills `Create` for IRP_MJ_CREATE, the only caller's request.
+        // SAFETY: the I/O manager fills `Create` for IRP_MJ_CREATE, the request create (its only
+        // caller) serves.
         let options = unsafe { stack.Parameters.Create.Options } & CREATE_OPTIONS;
         // SAFETY: as in `context_slot`: the file object of the create, live for the request.
         let file = unsafe { stack.FileObject.as_ref() };

@@ -75,27 +75,7 @@ impl WindowsDevice {
         // INVARIANT: opened just now, with FILE_FLAG_OVERLAPPED exactly when asked.
         Ok(DeviceHandle { handle, overlapped: flags & FILE_FLAG_OVERLAPPED != 0 })
     }
-}
 
-/// Whether this process runs under Wine: its ntdll exports `wine_get_version`, Windows' does
-/// not.
-fn under_wine() -> bool {
-    let ntdll = wide("ntdll.dll");
-    // SAFETY: a NUL-terminated module name; ntdll is loaded in every process, and the handle is
-    // not reference-counted (nothing to release).
-    let module = unsafe { GetModuleHandleW(ntdll.as_ptr()) };
-    // SAFETY: a module handle or null, and a NUL-terminated export name.
-    !module.is_null()
-        && unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
-}
-
-/// The device's name in the object manager's namespace, as `NtCreateFile` takes it: `\??\`
-/// where Win32 says `\\.\`.
-fn nt_path() -> String {
-    WIN32_PATH.replacen(r"\\.\", r"\??\", 1)
-}
-
-impl WindowsDevice {
     /// Opens the device asking for a directory (`FILE_DIRECTORY_FILE`) through the native
     /// `NtCreateFile`: `CreateFileW` cannot ask for one. A refusal is the `NTSTATUS` itself.
     fn open_as_directory() -> Result<DeviceHandle, i32> {
@@ -135,6 +115,24 @@ impl WindowsDevice {
         // INVARIANT: opened just now, for synchronous I/O.
         Ok(DeviceHandle { handle, overlapped: false })
     }
+}
+
+/// Whether this process runs under Wine: its ntdll exports `wine_get_version`, Windows' does
+/// not.
+fn under_wine() -> bool {
+    let ntdll = wide("ntdll.dll");
+    // SAFETY: a NUL-terminated module name; ntdll is loaded in every process, and the handle is
+    // not reference-counted (nothing to release).
+    let module = unsafe { GetModuleHandleW(ntdll.as_ptr()) };
+    // SAFETY: a module handle or null, and a NUL-terminated export name.
+    !module.is_null()
+        && unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
+}
+
+/// The device's name in the object manager's namespace, as `NtCreateFile` takes it: `\??\`
+/// where Win32 says `\\.\`.
+fn nt_path() -> String {
+    WIN32_PATH.replacen(r"\\.\", r"\??\", 1)
 }
 
 /// An event for one overlapped request, closed when dropped.
