@@ -26,9 +26,14 @@ pub fn dispatch(irp: Irp) -> Status {
     }
 }
 
-/// `IRP_MJ_CREATE`: allocates the per-open state, then locks both sections by handle.
+/// `IRP_MJ_CREATE`: checks what is opened, allocates the per-open state, then locks both
+/// sections by handle.
 #[paged]
 fn create(mut irp: Irp) -> Status {
+    // A name below the device, or a directory: refused before anything is allocated or locked.
+    if let Err(refused) = crate::open::check_create(irp.create_request()) {
+        return irp.complete(refused, &[]);
+    }
     let Ok(open) = try_box(Open::new()) else {
         return irp.complete(status::INSUFFICIENT_RESOURCES, &[]);
     };

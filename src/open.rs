@@ -14,9 +14,36 @@ use pagelock_macros::paged;
 use pagelock_protocol::MAX_EXTRA_LOCKS;
 
 use crate::{
-    kernel::{QueueGate, Status, status},
+    kernel::{CreateRequest, QueueGate, Status, status},
     sections::{LOCKED_CODE, PAGED_DATA},
 };
+
+/// Checks what an `IRP_MJ_CREATE` asks to open, before anything is allocated or locked, so
+/// that a refusal changes nothing.
+///
+/// The device has no namespace (Microsoft's "Controlling Device Namespace Access": a driver
+/// that has none fails a create whose `FileObject->FileName` is not empty; the device's
+/// `FILE_DEVICE_SECURE_OPEN` only extends its DACL to such names). A name below it names
+/// nothing: `STATUS_OBJECT_NAME_NOT_FOUND`, what the object manager answers for a name that does
+/// not exist, and what `CreateFileW` reports as `ERROR_FILE_NOT_FOUND`.
+/// (`STATUS_OBJECT_PATH_NOT_FOUND` would say that a directory on the way is missing; the device
+/// is the end of the path.) Nor is it a directory: `STATUS_NOT_A_DIRECTORY`, as the serial and
+/// parallel-port drivers (Microsoft's samples, the `serial.sys` of `ReactOS`) answer
+/// `FILE_DIRECTORY_FILE`.
+///
+/// # Errors
+/// `STATUS_OBJECT_NAME_NOT_FOUND` for a name below the device's, else `STATUS_NOT_A_DIRECTORY`
+/// for a directory.
+#[paged]
+pub fn check_create(request: CreateRequest) -> Result<(), Status> {
+    if request.names_a_file {
+        Err(status::OBJECT_NAME_NOT_FOUND)
+    } else if request.directory {
+        Err(status::NOT_A_DIRECTORY)
+    } else {
+        Ok(())
+    }
+}
 
 /// At most this many pairs per handle: the one taken at create and the extra ones.
 const MAX_PAIRS: u32 = MAX_EXTRA_LOCKS + 1;

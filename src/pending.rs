@@ -8,7 +8,8 @@
 //!
 //! - **Resident** (`.text`): the timer's DPC routine and [`on_tick`], the queue's
 //!   complete-cancelled callback and [`on_cancelled`], [`finish`] (and in `kernel`: the lock
-//!   callbacks, the peek's emptiness test, `dequeue`, `timer_stop`, `QueuedWait::complete`).
+//!   callbacks, the peek's emptiness test, `dequeue`, `timer_stop`, `performance_counter`,
+//!   `QueuedWait::complete`).
 //!   The timer can fire, and a cancel can come, when no handle is open and both lockable
 //!   sections may be paged out; and the code that returns from an `IoCompleteRequest` may be
 //!   running after the last lock is gone. The `KTIMER`, `KDPC`, `IO_CSQ`, the list head and the
@@ -43,8 +44,15 @@
 //! spin lock so that an arm and a cancel cannot cross. Unload stops arming, cancels the timer and
 //! waits for a DPC already queued or running (`KeFlushQueuedDpcs`), in that order, before
 //! anything is unlocked or freed.
+//!
+//! The ticks only say when to look; a wait's deadline is a reading of the performance counter
+//! ([`deadline`]), which each tick reads again. So a wait expires at the first tick at or after
+//! its timeout, at most one tick late. Counted in ticks, a deadline would have to add a
+//! whole tick for the period already under way when the wait arrived, and could then be nearly
+//! two periods late; and where the clock interrupt is coarser than the period (15.6 ms by
+//! default on Windows), the ticks come further apart and every counted tick adds that much.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pagelock_macros::{locked, paged, resident};
 use pagelock_protocol::{
@@ -62,8 +70,6 @@ static TIMER_LOCK: SpinLock = SpinLock::new();
 /// Waits queued or being completed: reserved before insertion, released just before
 /// completion. Resident: the DPC reads it before anything else.
 static PENDING: AtomicU32 = AtomicU32::new(0);
-/// Ticks of the timer since load; a wait's deadline is a tick number. Resident.
-static TICKS: AtomicU64 = AtomicU64::new(0);
 /// Set at unload: the timer is never armed again. Resident.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
@@ -73,11 +79,16 @@ pub fn pending() -> u32 {
     PENDING.load(Ordering::SeqCst)
 }
 
-/// The tick at which a wait of `timeout_ms` sent at tick `now` has surely waited that long: the
-/// current period may be nearly over, so one tick more than the timeout's.
+/// The performance-counter reading at which a wait of `timeout_ms`, queued when the counter
+/// read `now`, has waited that long; the counter runs at `frequency` counts a second.
+///
+/// Rounded up, so that a wait never expires early; saturated, so that no frequency can wrap
+/// it into the past.
 #[must_use]
-pub const fn deadline(now: u64, timeout_ms: u32) -> u64 {
-    now + timeout_ms.div_ceil(WAIT_TICK_MS) as u64 + 1
+pub fn deadline(now: u64, timeout_ms: u32, frequency: u64) -> u64 {
+    let counts =
+        u64::from(timeout_ms).checked_mul(frequency).map_or(u64::MAX, |c| c.div_ceil(1000));
+    now.saturating_add(counts)
 }
 
 /// Checks a `WAIT` before anything changes.
@@ -97,12 +108,14 @@ pub fn check_wait(input: &[u8], output_capacity: usize) -> Result<WaitRequest, S
 /// Returns the status for the dispatch routine: `STATUS_PENDING` once queued (the IRP may
 /// already be completed by then, if it was cancelled) or once completed as cancelled because
 /// its handle's cleanup ran while it was on its way here, or the refusal it was completed with.
+#[must_use]
 #[paged]
 pub fn wait(irp: Irp, request: WaitRequest) -> Status {
     if let Err(refused) = reserve() {
         return irp.complete(refused, &[]);
     }
-    let deadline = deadline(TICKS.load(Ordering::SeqCst), request.timeout_ms);
+    let (now, frequency) = kernel::performance_counter();
+    let deadline = deadline(now, request.timeout_ms, frequency);
     // IoCsqInsertIrpEx at PASSIVE_LEVEL: marks the IRP pending, queues it unless the handle's
     // cleanup closed its gate, and completes it through `on_cancelled` at once if it was
     // cancelled already.
@@ -202,7 +215,8 @@ pub fn on_tick() {
     if idle {
         return;
     }
-    let expired = Filter::ExpiredBy(TICKS.fetch_add(1, Ordering::SeqCst) + 1);
+    // KeQueryPerformanceCounter at DISPATCH_LEVEL: every wait whose deadline it has reached.
+    let expired = Filter::ExpiredBy(kernel::performance_counter().0);
     for _ in 0..MAX_PENDING {
         // IoCsqRemoveNextIrp at DISPATCH_LEVEL: the next expired wait, in queue order.
         let Some(wait) = kernel::dequeue(expired) else { break };

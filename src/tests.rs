@@ -232,6 +232,92 @@ fn a_guard_raises_to_dispatch_level_and_its_drop_returns_and_releases() {
     drop(LOCK.acquire());
 }
 
+#[test]
+fn an_open_of_a_name_below_the_device_or_of_a_directory_is_refused_with_its_status() {
+    use crate::kernel::CreateRequest;
+    use crate::open::check_create;
+    let device = CreateRequest::default();
+    let below = CreateRequest { names_a_file: true, ..device };
+    let directory = CreateRequest { directory: true, ..device };
+    assert_eq!(check_create(device), Ok(()));
+    assert_eq!(check_create(below), Err(status::OBJECT_NAME_NOT_FOUND));
+    assert_eq!(check_create(directory), Err(status::NOT_A_DIRECTORY));
+    // A directory below the device names nothing first.
+    let both = CreateRequest { names_a_file: true, directory: true };
+    assert_eq!(check_create(both), Err(status::OBJECT_NAME_NOT_FOUND));
+}
+
+/// A driver's device list as the I/O manager keeps it, for [`kernel::delete_each`]: `delete`
+/// marks a device, and unlinks and frees it only when nothing references it (as
+/// `IoDeleteDevice` and `IopCompleteUnloadOrDelete` do); a freed device's link reads as
+/// garbage.
+struct DeviceList {
+    head: Option<usize>,
+    next: Vec<Option<usize>>,
+    referenced: Vec<bool>,
+    deletes: Vec<u32>,
+    freed: Vec<bool>,
+}
+
+impl DeviceList {
+    /// Devices `0..referenced.len()`, linked in order; `referenced[i]` says whether a file
+    /// object still references device `i`.
+    fn new(referenced: &[bool]) -> Self {
+        let n = referenced.len();
+        Self {
+            head: (n > 0).then_some(0),
+            next: (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect(),
+            referenced: referenced.to_vec(),
+            deletes: vec![0; n],
+            freed: vec![false; n],
+        }
+    }
+
+    fn delete(&mut self, device: usize) {
+        assert!(!self.freed[device], "device {device} deleted after it was freed");
+        self.deletes[device] += 1;
+        if self.referenced[device] {
+            return;
+        }
+        let successor = self.next[device];
+        if self.head == Some(device) {
+            self.head = successor;
+        } else if let Some(before) = self.next.iter().position(|n| *n == Some(device)) {
+            self.next[before] = successor;
+        }
+        self.freed[device] = true;
+        // Freed memory: what its link reads is not the successor any more.
+        self.next[device] = None;
+    }
+}
+
+#[test]
+fn deleting_the_devices_deletes_each_once_even_when_a_delete_leaves_it_linked() {
+    for referenced in [
+        &[][..],
+        &[false],
+        &[true],
+        &[false, false, false],
+        &[true, false, true],
+        &[false, true, false, true],
+    ] {
+        let list = std::cell::RefCell::new(DeviceList::new(referenced));
+        let head = list.borrow().head;
+        kernel::delete_each(head, |d| list.borrow().next[d], |d| list.borrow_mut().delete(d));
+        let list = list.into_inner();
+        assert!(list.deletes.iter().all(|&n| n == 1), "{referenced:?}: {:?}", list.deletes);
+        // Only the referenced devices stay on the list, to be freed at their last close.
+        let mut left = Vec::new();
+        let mut at = list.head;
+        while let Some(device) = at {
+            left.push(device);
+            at = list.next[device];
+        }
+        let expected: Vec<usize> = (0..referenced.len()).filter(|&i| referenced[i]).collect();
+        assert_eq!(left, expected, "{referenced:?}");
+    }
+}
+
 mod pending {
     //! `WAIT`, `SIGNAL`, cleanup, cancel and the timer's tick, over the stand-in queue.
 
@@ -276,17 +362,18 @@ mod pending {
         reply.expect("a valid signal").completed
     }
 
-    /// Ticks until nothing is pending (at most `limit` ticks); how many it took.
-    fn tick_until_idle(limit: u32) -> u32 {
-        for ticks in 1..=limit {
-            kernel::set_irql(kernel::DISPATCH_LEVEL);
-            pending::on_tick();
-            kernel::set_irql(kernel::PASSIVE_LEVEL);
-            if pending::pending() == 0 {
-                return ticks;
-            }
-        }
-        panic!("waits still pending after {limit} ticks");
+    /// Nanoseconds in a millisecond, the stand-in performance counter's unit being 1 ns.
+    const MS: u64 = 1_000_000;
+    /// One period of the timer, in nanoseconds.
+    const PERIOD: u64 = WAIT_TICK_MS as u64 * MS;
+
+    /// The timer's next tick, `ns` after the last thing that moved the clock: the clock moves
+    /// on, then the DPC runs at `DISPATCH_LEVEL`.
+    fn tick_after(ns: u64) {
+        kernel::advance_clock(ns);
+        kernel::set_irql(kernel::DISPATCH_LEVEL);
+        pending::on_tick();
+        kernel::set_irql(kernel::PASSIVE_LEVEL);
     }
 
     #[test]
@@ -419,9 +506,7 @@ mod pending {
         let middle = wait(A, 3 * WAIT_TICK_MS, 3);
         let mut order = Vec::new();
         for _ in 0..10 {
-            kernel::set_irql(kernel::DISPATCH_LEVEL);
-            pending::on_tick();
-            kernel::set_irql(kernel::PASSIVE_LEVEL);
+            tick_after(PERIOD);
             for (name, done) in [("slow", &slow), ("fast", &fast), ("middle", &middle)] {
                 if outcome(done).is_some() && !order.contains(&name) {
                     order.push(name);
@@ -440,14 +525,30 @@ mod pending {
     }
 
     #[test]
-    fn a_wait_never_expires_before_its_timeout() {
+    fn a_wait_expires_at_the_first_tick_at_or_after_its_timeout() {
         let _turn = exclusive();
         let open = opened();
-        let done = wait(A, 3 * WAIT_TICK_MS, 7);
-        let ticks = tick_until_idle(10);
-        // Three whole periods must pass, and the tick already under way does not count.
-        assert!((3..=4).contains(&ticks), "{ticks}");
-        assert_eq!(ended(&done).and_then(|e| e.1).map(|r| r.cookie), Some(7));
+        // Sent at several points of a period (`phase` after the last tick), with timeouts on,
+        // just after and just before a whole number of periods.
+        for phase in [0, 1, PERIOD / 2, PERIOD - 1] {
+            for timeout_ms in [1, WAIT_TICK_MS, 3 * WAIT_TICK_MS, 3 * WAIT_TICK_MS + 1] {
+                let timeout = u64::from(timeout_ms) * MS;
+                kernel::advance_clock(phase);
+                let done = wait(A, timeout_ms, 7);
+                // The ticks after the send come at `PERIOD - phase`, then a period apart.
+                let mut since_sent = PERIOD - phase;
+                tick_after(PERIOD - phase);
+                while outcome(&done).is_none() {
+                    assert!(since_sent < timeout, "not expired {since_sent} ns after the send");
+                    since_sent += PERIOD;
+                    tick_after(PERIOD);
+                }
+                let case = format!("phase {phase} ns, timeout {timeout_ms} ms");
+                assert!(since_sent >= timeout, "{case}: expired {since_sent} ns after the send");
+                assert!(since_sent < timeout + PERIOD, "{case}: expired a period late");
+                assert_eq!(ended(&done).and_then(|e| e.1).map(|r| r.cookie), Some(7), "{case}");
+            }
+        }
         drop(open);
     }
 

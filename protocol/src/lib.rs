@@ -12,6 +12,10 @@
 //!   version, or a value out of range: `STATUS_INVALID_PARAMETER`;
 //! - an unknown code: `STATUS_INVALID_DEVICE_REQUEST`;
 //! - the reply length is exactly the reply's size; a failed request changes no state.
+//!
+//! Opening: the device has no namespace and is no directory. An open of a name below it
+//! (`\\.\PageLock\anything`) is refused with `STATUS_OBJECT_NAME_NOT_FOUND`, an open asking
+//! for a directory (`FILE_DIRECTORY_FILE`) with `STATUS_NOT_A_DIRECTORY`; neither changes state.
 
 #![no_std]
 #![forbid(
@@ -50,6 +54,12 @@ pub mod status {
     pub const INVALID_DEVICE_STATE: i32 = code(0xC000_0184);
     /// `STATUS_PENDING`: the driver queued the request and completes it later (`WAIT`).
     pub const PENDING: i32 = code(0x0000_0103);
+    /// `STATUS_OBJECT_NAME_NOT_FOUND`: no such object; for an open of a name below the device
+    /// (`\\.\PageLock\anything`), which has no namespace.
+    pub const OBJECT_NAME_NOT_FOUND: i32 = code(0xC000_0034);
+    /// `STATUS_NOT_A_DIRECTORY`: an open asked for a directory (`FILE_DIRECTORY_FILE`), and the
+    /// device is not one.
+    pub const NOT_A_DIRECTORY: i32 = code(0xC000_0103);
     /// `STATUS_CANCELLED`: a queued `WAIT` was cancelled.
     ///
     /// By its caller (`CancelIoEx`, `IoCancelIrp`) or because its handle was closed
@@ -77,6 +87,8 @@ pub mod status {
             INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
             PENDING => "STATUS_PENDING",
             CANCELLED => "STATUS_CANCELLED",
+            OBJECT_NAME_NOT_FOUND => "STATUS_OBJECT_NAME_NOT_FOUND",
+            NOT_A_DIRECTORY => "STATUS_NOT_A_DIRECTORY",
             _ => "(other)",
         }
     }
@@ -171,8 +183,13 @@ pub const MAX_BENCH_ITERATIONS: u32 = 10_000;
 pub const MAX_PENDING: u32 = 64;
 /// Longest timeout one `WAIT` may ask for, in milliseconds.
 pub const MAX_WAIT_MS: u32 = 60_000;
-/// The period of the driver's timer while waits are queued, in milliseconds: a wait expires
-/// at the first tick after its timeout has passed, so at most this much late.
+/// The period of the driver's timer while waits are queued, in milliseconds.
+///
+/// A wait's deadline is a reading of the performance counter, and each tick completes the waits
+/// whose deadline the counter has reached: a wait expires at the first tick at or after its
+/// timeout, never before it and at most one tick after it (plus however long the timer's DPC
+/// waits to run). Windows lets a timer fire only at a clock interrupt, every 15.6 ms unless a
+/// program has asked for a finer timer resolution; there a tick can be that far apart.
 pub const WAIT_TICK_MS: u32 = 10;
 
 /// Number of lockable sections the driver reports.

@@ -6,7 +6,7 @@ use core::{
     cell::Cell,
     ffi::{CStr, c_void},
     ptr::NonNull,
-    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
 };
 use std::{boxed::Box, sync::Mutex, vec::Vec};
 
@@ -37,12 +37,19 @@ pub fn log_error(message: &CStr, first: u32, second: u32) {
     std::eprintln!("pagelock: {} ({first}, {second})", message.to_string_lossy());
 }
 
-/// Nanoseconds since the first call, at 1 GHz.
+/// The stand-in performance counter, in nanoseconds (1 GHz). It moves only when a test moves it
+/// ([`advance_clock`]), so that the timing of waits is exact in tests.
+static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The stand-in performance counter and its frequency (1 GHz).
 #[must_use]
 pub fn performance_counter() -> (u64, u64) {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
-    (u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), 1_000_000_000)
+    (CLOCK_NS.load(Ordering::SeqCst), 1_000_000_000)
+}
+
+/// Moves the stand-in performance counter `ns` nanoseconds on, for tests.
+pub fn advance_clock(ns: u64) {
+    CLOCK_NS.fetch_add(ns, Ordering::SeqCst);
 }
 
 /// Boxes `value`; the host allocator does not fail.

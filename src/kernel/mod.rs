@@ -26,6 +26,8 @@ use core::{
     sync::atomic::{AtomicPtr, Ordering},
 };
 
+use pagelock_macros::paged;
+
 /// Major function codes of the IRPs the driver serves (fixed by the kernel ABI).
 pub mod major {
     /// `IRP_MJ_CREATE`: a handle is being opened.
@@ -187,6 +189,41 @@ impl Default for QueueGate {
     }
 }
 
+/// Deletes every item of the list linked from `first` through `next`, each once.
+///
+/// `delete` may leave the item it deletes on the list: each item's successor is read before
+/// the item is deleted, never after, and the list's head is read once.
+///
+/// The driver's devices are such a list: `IoDeleteDevice` only marks a device for deletion,
+/// and the I/O manager unlinks it from its driver's list (and frees it) in
+/// `IopCompleteUnloadOrDelete`, once its reference count is zero (the WRK's
+/// `io/iomgr/iosubs.c` and `internal.c`). Reading the head again after each delete would meet a
+/// device that is still referenced again and again; reading a device's successor after its
+/// delete could read freed memory.
+#[paged]
+pub fn delete_each<T: Copy>(
+    first: Option<T>,
+    next: impl Fn(T) -> Option<T>,
+    delete: impl FnMut(T),
+) {
+    let mut delete = delete;
+    let mut current = first;
+    while let Some(item) = current {
+        current = next(item);
+        delete(item);
+    }
+}
+
+/// What an `IRP_MJ_CREATE` asks to open besides the device itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateRequest {
+    /// A name below the device's (`\Device\PageLock\anything`): the file object's `FileName`,
+    /// what is left of the path once the object manager reached the device, is not empty.
+    pub names_a_file: bool,
+    /// The caller asked for a directory: `FILE_DIRECTORY_FILE` in the create options.
+    pub directory: bool,
+}
+
 /// Which file object a request came on: its address, compared and never dereferenced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileId(pub usize);
@@ -198,7 +235,7 @@ pub enum Filter {
     Any,
     /// The waits of one file object (`SIGNAL` of the caller's, `IRP_MJ_CLEANUP`).
     File(FileId),
-    /// The waits whose deadline is at or before this tick (the timer's DPC).
+    /// The waits whose deadline this performance-counter reading has reached (the timer's DPC).
     ExpiredBy(u64),
 }
 

@@ -454,11 +454,22 @@ fn steps() -> Vec<Step> {
         step("run waits-signalled", &["run", "--scenario", "waits-signalled"], 0, &[" 0 failed"]),
         step("run waits-cancelled", &["run", "--scenario", "waits-cancelled"], 0, &[" 0 failed"]),
         step("run many-waits", &["run", "--scenario", "many-waits"], 0, &[" 0 failed"]),
+        // bad-input's opens: a name below the device is refused by Wine itself (its server
+        // resolves no name below a device, and its IRP_MJ_CREATE carries no FileName), so it
+        // never reaches the driver; a directory open reaches it with FILE_DIRECTORY_FILE, and
+        // since Wine returns the handle without waiting for the driver's answer, the scenario
+        // checks that the driver keeps no state for that handle.
         step(
             "run --verbose",
             &["run", "--verbose", "--skip", "close-with-waits"],
             0,
-            &["ok: ", " 0 failed"],
+            &[
+                "ok: ",
+                "ok: an open of the device as a directory: QUERY_STATE on the handle the I/O \
+                 manager gave",
+                "an open of a name below the device: refused by Wine itself",
+                " 0 failed",
+            ],
         ),
         step("stress", &["stress"], 0, &["stress: PASS"]),
         // Every thread on one overlapped handle: Wine's I/O manager lets the requests of the

@@ -6,7 +6,7 @@ use pagelock_macros::paged;
 
 use super::sys::{self, IO_STACK_LOCATION, IRP};
 use crate::{
-    kernel::{QueueGate, Status, status},
+    kernel::{CreateRequest, QueueGate, Status, status},
     open::Open,
 };
 
@@ -14,6 +14,10 @@ use crate::{
 const FILE_OPENED: u64 = 1;
 /// `SL_PENDING_RETURNED` (wdm.h): the bit `IoMarkIrpPending` sets in the stack location.
 const SL_PENDING_RETURNED: u8 = 0x01;
+/// `FILE_DIRECTORY_FILE` (wdm.h), a create option: the caller wants a directory.
+const FILE_DIRECTORY_FILE: u32 = 0x0000_0001;
+/// The create options of `Parameters.Create.Options`, whose top 8 bits are the disposition.
+const CREATE_OPTIONS: u32 = 0x00FF_FFFF;
 
 /// An IRP the I/O manager sent to this driver.
 ///
@@ -84,6 +88,22 @@ impl Irp {
     #[paged]
     pub fn major(&self) -> u32 {
         u32::from(self.stack().MajorFunction)
+    }
+
+    /// What an `IRP_MJ_CREATE` asks to open besides the device: a name below it, a directory.
+    #[must_use]
+    #[paged]
+    pub fn create_request(&self) -> CreateRequest {
+        let stack = self.stack();
+        // SAFETY: the I/O manager fills `Create` for IRP_MJ_CREATE, the request create (its only
+        // caller) serves.
+        let options = unsafe { stack.Parameters.Create.Options } & CREATE_OPTIONS;
+        // SAFETY: as in `context_slot`: the file object of the create, live for the request.
+        let file = unsafe { stack.FileObject.as_ref() };
+        CreateRequest {
+            names_a_file: file.is_some_and(|file| file.FileName.Length != 0),
+            directory: options & FILE_DIRECTORY_FILE != 0,
+        }
     }
 
     /// The file object's `FsContext` slot, where the per-open state lives.

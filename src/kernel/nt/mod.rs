@@ -5,7 +5,7 @@ use core::{
     ptr::{self, NonNull},
 };
 
-use pagelock_macros::{init, paged};
+use pagelock_macros::{init, paged, resident};
 
 #[cfg(feature = "wdk")]
 use wdk_sys as sys;
@@ -81,9 +81,12 @@ pub fn log_error(message: &CStr, first: u32, second: u32) {
     }
 }
 
-/// The performance counter now, and its frequency in ticks per second.
+/// The performance counter now, and its frequency in counts per second.
+///
+/// Resident: the timer's DPC reads it to expire waits, whether or not a handle holds the
+/// lockable sections. Callable at any IRQL.
 #[must_use]
-#[paged]
+#[resident]
 pub fn performance_counter() -> (u64, u64) {
     let mut frequency = sys::LARGE_INTEGER::default();
     // SAFETY: callable at any IRQL; `frequency` is a valid out-parameter.
@@ -344,17 +347,28 @@ impl Drop for Device {
 }
 
 /// Deletes every device this driver still owns (at unload).
+///
+/// Each device's `NextDevice` is read before the device is deleted ([`super::delete_each`]):
+/// `IoDeleteDevice` only marks a device, which stays on `DriverObject->DeviceObject` until
+/// `IopCompleteUnloadOrDelete` unlinks it at a reference count of zero. Unload comes only once
+/// every reference is gone (the I/O manager defers it until then), so today each delete
+/// unlinks at once; the walk does not depend on it.
 #[paged]
 pub fn delete_devices(driver: &Driver) {
-    loop {
-        // SAFETY: the driver object is live; its device list is only changed by this driver,
-        // and Unload runs with no other routine of it active.
-        let first = unsafe { driver.0.as_ref() }.DeviceObject;
-        let Some(device) = NonNull::new(first) else { break };
-        // INVARIANT: the driver's list holds only devices it created and has not deleted;
-        // deleting one (the drop) takes it off the list.
-        drop(Device(device));
-    }
+    // SAFETY: the driver object is live; its device list is only changed by this driver and by
+    // the I/O manager's deletes, and Unload runs with no other routine of the driver active.
+    let first = unsafe { driver.0.as_ref() }.DeviceObject;
+    super::delete_each(
+        NonNull::new(first),
+        |device| {
+            // SAFETY: a device of the driver's list that this walk has not deleted yet (it
+            // reads a device's successor before deleting it), so it is live.
+            NonNull::new(unsafe { device.as_ref() }.NextDevice)
+        },
+        // INVARIANT: the driver's list holds only devices it created, and the walk meets each
+        // once, so none has been deleted before.
+        |device| drop(Device(device)),
+    );
 }
 
 /// A symbolic link from a DOS name to a device, removed when the value drops.

@@ -20,7 +20,7 @@
 //! None of that code runs after the `IofCompleteRequest` of the IRP that covers it.
 //!
 //! The queue's list is linked through each IRP's `Tail.Overlay.ListEntry`; a wait's deadline
-//! (a tick number) is kept in `Tail.Overlay.DriverContext[0]` and its cookie in
+//! (a performance-counter reading) is kept in `Tail.Overlay.DriverContext[0]` and its cookie in
 //! `DriverContext[1]`; the queue routines use `DriverContext[3]` themselves.
 
 use core::{cell::UnsafeCell, ffi::c_void, mem::offset_of, ptr::NonNull};

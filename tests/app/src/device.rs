@@ -13,6 +13,62 @@ pub struct Reply {
     pub output: Vec<u8>,
 }
 
+/// An open the driver refuses: the device has no namespace and is no directory (the protocol's
+/// opening rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadOpen {
+    /// A name below the device's, `\\.\PageLock\anything`: the driver sees what follows the
+    /// device's name in the file object's `FileName`.
+    NameBelowDevice,
+    /// The device opened as a directory: `FILE_DIRECTORY_FILE` in the create options. Only the
+    /// native `NtCreateFile` can ask for it: `CreateFileW` always asks for a non-directory
+    /// (`FILE_NON_DIRECTORY_FILE`), or with `FILE_FLAG_BACKUP_SEMANTICS` for either.
+    AsDirectory,
+}
+
+impl BadOpen {
+    /// Every kind.
+    pub const ALL: [Self; 2] = [Self::NameBelowDevice, Self::AsDirectory];
+
+    /// What [`BadOpen::NameBelowDevice`] appends to the device's name.
+    pub const NAME_BELOW: &str = r"\anything";
+
+    /// What the open is, for reports.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::NameBelowDevice => "an open of a name below the device",
+            Self::AsDirectory => "an open of the device as a directory",
+        }
+    }
+
+    /// The status the protocol documents for it.
+    #[must_use]
+    pub const fn expected(self) -> i32 {
+        match self {
+            Self::NameBelowDevice => pagelock_protocol::status::OBJECT_NAME_NOT_FOUND,
+            Self::AsDirectory => pagelock_protocol::status::NOT_A_DIRECTORY,
+        }
+    }
+}
+
+/// What became of a [`BadOpen`].
+#[derive(Debug)]
+pub enum BadOpenOutcome<H> {
+    /// The open failed with this status: on Windows and the test bed, the one the driver
+    /// completed `IRP_MJ_CREATE` with.
+    Refused(i32),
+    /// A handle came back: the driver accepted the open. The handle is the caller's to close.
+    Opened(H),
+    /// A handle came back from an I/O manager that answers an open without waiting for the
+    /// driver's `IRP_MJ_CREATE` (Wine 8's server queues the IRP and returns the handle): whether
+    /// the driver refused the open shows only in whether it keeps state for the handle. The
+    /// handle is the caller's to close.
+    OpenedBeforeTheDriverAnswered(H),
+    /// The open cannot reach the driver through this transport, for the reason given.
+    NotDelivered(String),
+}
+
 /// A failure of the transport itself, not a status from the driver.
 #[derive(Debug)]
 pub struct TransportError(pub String);
@@ -43,6 +99,12 @@ pub trait Device: Sync {
     /// `Ok(Err(status))` when the open was refused with an `NTSTATUS` (for example
     /// `STATUS_ACCESS_DENIED`), `Err` when the transport failed.
     fn open(&self) -> Result<Result<Self::Handle, i32>, TransportError>;
+
+    /// Tries `open`, which the driver must refuse, and says what became of it.
+    ///
+    /// # Errors
+    /// When the transport failed.
+    fn open_bad(&self, open: BadOpen) -> Result<BadOpenOutcome<Self::Handle>, TransportError>;
 
     /// Opens a handle for overlapped I/O (`FILE_FLAG_OVERLAPPED`): the I/O manager lets several
     /// requests of one such handle into the driver at once, where a synchronous handle's

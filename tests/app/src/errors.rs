@@ -3,7 +3,7 @@
 //!
 //! The I/O manager hands a failed request's status to user mode through
 //! `RtlNtStatusToDosError`; the table below is the part of its documented mapping that covers
-//! the statuses of `pagelock_protocol::status` (and the two an open can end with besides). The
+//! the statuses of `pagelock_protocol::status` (and `STATUS_NO_MEMORY` besides). The
 //! mapping is many-to-one, so the way back is only exact for these: any other Win32 error is
 //! carried as `NTSTATUS_FROM_WIN32(error)` and stays recognisable as what it was.
 
@@ -14,8 +14,6 @@ use pagelock_protocol::status;
 /// `STATUS_NO_MEMORY`: not a status the driver completes with, but what `ERROR_NOT_ENOUGH_MEMORY`
 /// comes from.
 pub const STATUS_NO_MEMORY: i32 = ntstatus(0xC000_0017);
-/// `STATUS_OBJECT_NAME_NOT_FOUND`: `\\.\PageLock` does not exist (the driver is not loaded).
-pub const STATUS_OBJECT_NAME_NOT_FOUND: i32 = ntstatus(0xC000_0034);
 
 /// `FACILITY_NTWIN32`, the facility of an `NTSTATUS` that wraps a Win32 error.
 const FACILITY_NTWIN32: u32 = 7;
@@ -35,7 +33,8 @@ pub const fn bits(status: i32) -> u32 {
 pub mod win32 {
     /// `ERROR_INVALID_FUNCTION`.
     pub const INVALID_FUNCTION: u32 = 1;
-    /// `ERROR_FILE_NOT_FOUND`.
+    /// `ERROR_FILE_NOT_FOUND`: no `\\.\PageLock` (the driver is not loaded), or a name below
+    /// it.
     pub const FILE_NOT_FOUND: u32 = 2;
     /// `ERROR_ACCESS_DENIED`.
     pub const ACCESS_DENIED: u32 = 5;
@@ -49,6 +48,8 @@ pub mod win32 {
     pub const INVALID_PARAMETER: u32 = 87;
     /// `ERROR_INSUFFICIENT_BUFFER`.
     pub const INSUFFICIENT_BUFFER: u32 = 122;
+    /// `ERROR_DIRECTORY`: what `STATUS_NOT_A_DIRECTORY` becomes.
+    pub const DIRECTORY: u32 = 267;
     /// `ERROR_INVALID_IMAGE_HASH`: the driver's signature is not trusted.
     pub const INVALID_IMAGE_HASH: u32 = 577;
     /// `ERROR_SERVICE_ALREADY_RUNNING`.
@@ -70,7 +71,7 @@ pub mod win32 {
 }
 
 /// `RtlNtStatusToDosError` for the statuses this crate deals with: (status, Win32 error).
-const MAPPING: [(i32, u32); 10] = [
+const MAPPING: [(i32, u32); 11] = [
     (status::BUFFER_TOO_SMALL, win32::INSUFFICIENT_BUFFER),
     (status::INVALID_PARAMETER, win32::INVALID_PARAMETER),
     (status::INVALID_DEVICE_REQUEST, win32::INVALID_FUNCTION),
@@ -79,7 +80,8 @@ const MAPPING: [(i32, u32); 10] = [
     (status::INSUFFICIENT_RESOURCES, win32::NO_SYSTEM_RESOURCES),
     (status::UNSUCCESSFUL, win32::GEN_FAILURE),
     (STATUS_NO_MEMORY, win32::NOT_ENOUGH_MEMORY),
-    (STATUS_OBJECT_NAME_NOT_FOUND, win32::FILE_NOT_FOUND),
+    (status::OBJECT_NAME_NOT_FOUND, win32::FILE_NOT_FOUND),
+    (status::NOT_A_DIRECTORY, win32::DIRECTORY),
     (status::CANCELLED, win32::OPERATION_ABORTED),
 ];
 
@@ -119,7 +121,6 @@ pub fn win32_from_status(status: i32) -> Option<u32> {
 pub fn status_text(status: i32) -> String {
     let name = match status {
         STATUS_NO_MEMORY => "STATUS_NO_MEMORY",
-        STATUS_OBJECT_NAME_NOT_FOUND => "STATUS_OBJECT_NAME_NOT_FOUND",
         other => status::name(other),
     };
     let bits = bits(status);
@@ -204,6 +205,8 @@ mod tests {
             (status::INVALID_DEVICE_STATE, 22),
             (status::ACCESS_DENIED, 5),
             (status::INSUFFICIENT_RESOURCES, 1450),
+            (status::OBJECT_NAME_NOT_FOUND, 2),
+            (status::NOT_A_DIRECTORY, 267),
         ];
         for (status, error) in documented {
             assert_eq!(win32_from_status(status), Some(error), "{}", status_text(status));

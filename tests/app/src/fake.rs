@@ -19,7 +19,7 @@ use pagelock_protocol::{
     StateReply, status,
 };
 
-use crate::device::{Device, Reply, TransportError};
+use crate::device::{BadOpen, BadOpenOutcome, Device, Reply, TransportError};
 
 /// One way the fake driver breaks the protocol (or none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +42,11 @@ pub enum Fault {
     RunsAtPassive,
     /// An input longer than the request (or any input to a code that takes none) is accepted.
     AcceptsOversizedInput,
-    /// A refused request still counts as a run.
+    /// A refused request (or open) still counts as a run.
     RefusalChangesState,
+    /// A name below the device and a directory open both open the device, as the driver did
+    /// before it checked what a create asks for.
+    AcceptsAnyOpen,
     /// `held_by_caller` counts every handle's locks, not the caller's.
     HeldCountsEveryHandle,
     /// `BENCH` measures nothing.
@@ -100,6 +103,9 @@ struct State {
     handle_bias: u32,
     /// Handles opened for overlapped I/O.
     overlapped: std::collections::BTreeSet<u64>,
+    /// Handles an I/O manager gave for a create the driver refused: the driver keeps no state
+    /// for them, and answers their requests as for a handle without state.
+    stateless: std::collections::BTreeSet<u64>,
     /// The model's clock in milliseconds (see the module's docs).
     clock_ms: u64,
     /// The number of the next `WAIT`.
@@ -162,6 +168,9 @@ impl State {
 pub struct Model {
     fault: Fault,
     state: Mutex<State>,
+    /// Behind an I/O manager that answers an open before the driver's `IRP_MJ_CREATE` (Wine 8):
+    /// a refused open still gives a handle, one without state.
+    answers_opens_early: bool,
 }
 
 const SECTIONS: [(&[u8; 8], u32); SECTION_COUNT] = [(b"PAGELK\0\0", 4096), (b"PAGEDATA", 8192)];
@@ -182,7 +191,13 @@ impl Model {
         if fault == Fault::StaleLock {
             state.locks = 1;
         }
-        Self { fault, state: Mutex::new(state) }
+        Self { fault, state: Mutex::new(state), answers_opens_early: false }
+    }
+
+    /// The driver with `fault`, behind an I/O manager that answers an open before the driver's
+    /// `IRP_MJ_CREATE` (Wine 8).
+    pub fn answering_opens_early(fault: Fault) -> Self {
+        Self { answers_opens_early: true, ..Self::with(fault) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -452,6 +467,30 @@ impl Device for Model {
         Ok(Ok(handle))
     }
 
+    fn open_bad(&self, open: BadOpen) -> Result<BadOpenOutcome<u64>, TransportError> {
+        if self.fault == Fault::AcceptsAnyOpen {
+            let handle = self.open()?.map_err(|status| TransportError(format!("{status:#x}")))?;
+            return Ok(if self.answers_opens_early {
+                BadOpenOutcome::OpenedBeforeTheDriverAnswered(handle)
+            } else {
+                BadOpenOutcome::Opened(handle)
+            });
+        }
+        if self.fault == Fault::RefusalChangesState {
+            self.state().runs += 1;
+        }
+        if !self.answers_opens_early {
+            return Ok(BadOpenOutcome::Refused(open.expected()));
+        }
+        // As Wine 8: a handle for the refused create, which the driver keeps no state for.
+        let mut state = self.state();
+        let handle = state.next_handle;
+        state.next_handle += 1;
+        state.stateless.insert(handle);
+        drop(state);
+        Ok(BadOpenOutcome::OpenedBeforeTheDriverAnswered(handle))
+    }
+
     fn open_overlapped(&self) -> Result<Result<u64, i32>, TransportError> {
         let handle = self.open()?;
         if let Ok(handle) = handle {
@@ -536,6 +575,9 @@ impl Device for Model {
 
     fn close(&self, handle: u64) -> Result<(), TransportError> {
         let mut state = self.state();
+        if state.stateless.remove(&handle) {
+            return Ok(());
+        }
         let Some(extra) = state.opens.remove(&handle) else {
             drop(state);
             return Err(TransportError(format!("handle {handle} is not open")));
@@ -585,6 +627,13 @@ impl Device for Unopenable {
             Self::Refused(status) => Ok(Err(*status)),
             Self::Gone(why) => Err(TransportError((*why).to_owned())),
         }
+    }
+
+    fn open_bad(&self, _: BadOpen) -> Result<BadOpenOutcome<()>, TransportError> {
+        Ok(match self.open()? {
+            Ok(()) => BadOpenOutcome::Opened(()),
+            Err(status) => BadOpenOutcome::Refused(status),
+        })
     }
 
     fn control(&self, (): &(), _: u32, _: &[u8], _: usize) -> Result<Reply, TransportError> {

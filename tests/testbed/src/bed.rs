@@ -48,11 +48,20 @@ pub struct Options {
     pub fail_call: Option<(Routine, u64)>,
     /// Record every IRP with the lock counts after it (off for benchmarks).
     pub trace: bool,
+    /// Every handle is opened as a directory (`FILE_DIRECTORY_FILE`, see [`OpenOptions`]).
+    pub as_directory: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { force_irql: true, caller: Caller::Admin, access: 3, fail_call: None, trace: true }
+        Self {
+            force_irql: true,
+            caller: Caller::Admin,
+            access: 3,
+            fail_call: None,
+            trace: true,
+            as_directory: false,
+        }
     }
 }
 
@@ -77,6 +86,46 @@ pub struct Handle {
     /// The handle's entry in the process's handle table, which any thread may close while
     /// others use the handle.
     entry: std::sync::Arc<HandleEntry>,
+    /// What the file object's `FileName` points at, kept as long as the file object.
+    file_name: std::sync::Arc<[u16]>,
+}
+
+/// How a handle is opened, as the caller's flags reach the create IRP.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// For synchronous I/O (`CreateFileW` without `FILE_FLAG_OVERLAPPED`):
+    /// `FILE_SYNCHRONOUS_IO_NONALERT`.
+    pub synchronous: bool,
+    /// As a directory: `FILE_DIRECTORY_FILE`, which only the native `NtCreateFile` can send;
+    /// otherwise `FILE_NON_DIRECTORY_FILE`, which `CreateFileW` always sends (unless told
+    /// `FILE_FLAG_BACKUP_SEMANTICS`, which drops it and still asks for no directory).
+    pub directory: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { synchronous: true, directory: false }
+    }
+}
+
+impl OpenOptions {
+    /// `FILE_OPEN`, the disposition of `OPEN_EXISTING`, in the top 8 bits.
+    const FILE_OPEN: u32 = 1 << 24;
+    /// `FILE_DIRECTORY_FILE`.
+    const FILE_DIRECTORY_FILE: u32 = 0x01;
+    /// `FILE_SYNCHRONOUS_IO_NONALERT`.
+    const FILE_SYNCHRONOUS_IO_NONALERT: u32 = 0x20;
+    /// `FILE_NON_DIRECTORY_FILE`.
+    const FILE_NON_DIRECTORY_FILE: u32 = 0x40;
+
+    /// `Parameters.Create.Options` of the create IRP.
+    #[must_use]
+    pub const fn create_options(self) -> u32 {
+        let kind =
+            if self.directory { Self::FILE_DIRECTORY_FILE } else { Self::FILE_NON_DIRECTORY_FILE };
+        let io = if self.synchronous { Self::FILE_SYNCHRONOUS_IO_NONALERT } else { 0 };
+        Self::FILE_OPEN | kind | io
+    }
 }
 
 /// A handle's entry in the handle table, as the object manager keeps it: whether the handle is
@@ -123,6 +172,8 @@ struct Closing {
     device: usize,
     number: u64,
     entry: std::sync::Arc<HandleEntry>,
+    /// The buffer of the file object's `FileName`, freed with it.
+    _file_name: std::sync::Arc<[u16]>,
 }
 
 // SAFETY: as for `Handle`: the file object is the bed's, reached by the driver through IRPs.
@@ -251,14 +302,15 @@ impl Bed {
         }
     }
 
-    /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`), as
-    /// `CreateFileW` would.
+    /// Opens `name` (a device or a link: `\Device\X`, `\DosDevices\X`, `\\.\X`, or a name
+    /// below one of them), as `CreateFileW` would.
     ///
     /// # Errors
     /// The status the open failed with: `STATUS_OBJECT_NAME_NOT_FOUND`, the access check's
     /// `STATUS_ACCESS_DENIED`, or the driver's. A failed create gets no cleanup or close.
     pub fn open(&self, name: &str) -> std::result::Result<Handle, i32> {
-        self.open_as(name, true)
+        let directory = self.options.as_directory;
+        self.open_with(name, OpenOptions { directory, ..OpenOptions::default() })
     }
 
     /// Opens `name` for overlapped I/O (`FILE_FLAG_OVERLAPPED`): requests on the handle from
@@ -267,13 +319,25 @@ impl Bed {
     /// # Errors
     /// As [`Self::open`].
     pub fn open_overlapped(&self, name: &str) -> std::result::Result<Handle, i32> {
-        self.open_as(name, false)
+        let directory = self.options.as_directory;
+        self.open_with(name, OpenOptions { synchronous: false, directory })
     }
 
-    fn open_as(&self, name: &str, synchronous: bool) -> std::result::Result<Handle, i32> {
+    /// Opens `name` with `options`, as `CreateFileW` or (for a directory) `NtCreateFile`
+    /// would.
+    ///
+    /// The create IRP carries what the I/O manager puts in it: the rest of the name below the
+    /// device in the file object's `FileName` (empty for the device itself), and the
+    /// disposition and create options in `Parameters.Create.Options`.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_with(&self, name: &str, options: OpenOptions) -> std::result::Result<Handle, i32> {
+        let synchronous = options.synchronous;
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
-        let what = format!("{} {name} (handle {number})", major::name(major::CREATE));
-        let Some(device) = device::find_device(name) else {
+        let directory = if options.directory { ", as a directory" } else { "" };
+        let what = format!("{} {name}{directory} (handle {number})", major::name(major::CREATE));
+        let Some((device, below)) = device::resolve(name) else {
             self.step(|| Step {
                 what: format!("{what}: no such object"),
                 status: Some(STATUS_OBJECT_NAME_NOT_FOUND),
@@ -293,12 +357,19 @@ impl Bed {
             });
             return Err(status::ACCESS_DENIED);
         }
+        // The name below the device, kept as long as the file object that points at it.
+        let file_name: std::sync::Arc<[u16]> = below.encode_utf16().collect();
         let file = Box::into_raw(Box::new(ddk::FILE_OBJECT {
             Type: io::IO_TYPE_FILE,
             Size: i16::try_from(size_of::<ddk::FILE_OBJECT>()).unwrap_or(0),
             DeviceObject: device as *mut ddk::DEVICE_OBJECT,
             ReadAccess: u8::from(wanted & 1 != 0),
             WriteAccess: u8::from(wanted & 2 != 0),
+            FileName: if file_name.is_empty() {
+                ddk::UNICODE_STRING::default()
+            } else {
+                counted(&file_name)
+            },
             ..Default::default()
         }));
         let mut open_handles = sched::lock(&self.open_handles);
@@ -308,7 +379,12 @@ impl Bed {
             irp::send(
                 self.driver,
                 device as *mut _,
-                Request { major: major::CREATE, file, control: None },
+                Request {
+                    major: major::CREATE,
+                    file,
+                    control: None,
+                    create_options: options.create_options(),
+                },
             )
         };
         self.step(|| Step {
@@ -335,6 +411,7 @@ impl Bed {
             synchronous,
             busy: std::sync::Arc::new(AtomicBool::new(false)),
             entry: std::sync::Arc::default(),
+            file_name,
         })
     }
 
@@ -446,7 +523,12 @@ impl Bed {
             irp::start(
                 self.driver,
                 handle.device as *mut _,
-                Request { major: major::DEVICE_CONTROL, file: handle.file, control: Some(control) },
+                Request {
+                    major: major::DEVICE_CONTROL,
+                    file: handle.file,
+                    control: Some(control),
+                    create_options: 0,
+                },
             )
         };
         Pending {
@@ -485,6 +567,7 @@ impl Bed {
             status: Some(completion.status),
             information: Some(completion.information),
             output: Some(hex(&output)),
+            times: Some(completion.times),
             ..Step::default()
         });
         (completion.status, output)
@@ -584,6 +667,7 @@ impl Bed {
             device: handle.device,
             number: handle.number,
             entry: std::sync::Arc::clone(&handle.entry),
+            _file_name: std::sync::Arc::clone(&handle.file_name),
         };
         // A synchronous file object: IopCloseFile first takes the file object's lock, waiting
         // for a request of it still in the driver. An overlapped one: no wait at all.
@@ -635,7 +719,7 @@ impl Bed {
     }
 
     fn send_close_major(&self, closing: &Closing, m: u8, how: &str) {
-        let request = Request { major: m, file: closing.file, control: None };
+        let request = Request { major: m, file: closing.file, control: None, create_options: 0 };
         // SAFETY: the loaded driver's object and the handle's device.
         let completion = unsafe { irp::send(self.driver, closing.device as *mut _, request) };
         self.step(|| Step {
@@ -993,10 +1077,14 @@ impl Pending {
 
     /// Waits for the IRP's end (once) and releases the file object to the next request.
     fn complete(&mut self) -> irp::Completion {
-        let completion = self
-            .sent
-            .take()
-            .map_or(irp::Completion { status: status::UNSUCCESSFUL, information: 0 }, Sent::wait);
+        let completion = self.sent.take().map_or_else(
+            || irp::Completion {
+                status: status::UNSUCCESSFUL,
+                information: 0,
+                times: crate::report::RequestTimes::default(),
+            },
+            Sent::wait,
+        );
         if let Some(busy) = self.busy.take() {
             busy.store(false, Ordering::Release);
         }

@@ -40,6 +40,10 @@ struct Common {
     /// Make the Nth call (from 1) of a kernel routine fail as it can on Windows: NAME:N.
     #[arg(long, value_parser = parse_fail_call)]
     fail_call: Option<(Routine, u64)>,
+    /// Open every handle as a directory (`FILE_DIRECTORY_FILE` in the create options, as
+    /// `NtCreateFile` can ask; `CreateFileW` cannot).
+    #[arg(long)]
+    as_directory: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -53,6 +57,7 @@ impl Common {
             access: self.access,
             fail_call: self.fail_call,
             trace: true,
+            as_directory: self.as_directory,
         }
     }
 }

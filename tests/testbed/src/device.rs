@@ -1,9 +1,9 @@
 //! The scenario suite's device interface, served in process by the bed, so that the scenarios
 //! that run against the real kernel on Windows run against the real driver image here.
 
-use pagelock_test::device::{Device, Reply, TransportError};
+use pagelock_test::device::{BadOpen, BadOpenOutcome, Device, Reply, TransportError};
 
-use crate::bed::{Bed, Handle, Pending};
+use crate::bed::{Bed, Handle, OpenOptions, Pending};
 
 /// The seed of the schedules the scenario suite's concurrent parts run under.
 const SUITE_SEED: u64 = 0x5CED_0001;
@@ -22,6 +22,21 @@ impl Device for BedDevice<'_> {
 
     fn open(&self) -> Result<Result<Handle, i32>, TransportError> {
         Ok(self.bed.open(&self.name))
+    }
+
+    /// Both reach the driver: the bed builds the create IRP as the I/O manager does, with the
+    /// name below the device in the file object's `FileName`, or with `FILE_DIRECTORY_FILE` in
+    /// its create options, and fails the open with the driver's status.
+    fn open_bad(&self, open: BadOpen) -> Result<BadOpenOutcome<Handle>, TransportError> {
+        let opened = match open {
+            BadOpen::NameBelowDevice => {
+                self.bed.open(&format!("{}{}", self.name, BadOpen::NAME_BELOW))
+            }
+            BadOpen::AsDirectory => self
+                .bed
+                .open_with(&self.name, OpenOptions { directory: true, ..OpenOptions::default() }),
+        };
+        Ok(opened.map_or_else(BadOpenOutcome::Refused, BadOpenOutcome::Opened))
     }
 
     fn open_overlapped(&self) -> Result<Result<Handle, i32>, TransportError> {

@@ -20,6 +20,22 @@ pub struct Step {
     pub output: Option<String>,
     /// Lock count of every pageable section after the step.
     pub lock_counts: Vec<(String, i64)>,
+    /// When a request was sent, had returned from its dispatch routine and was completed, on
+    /// the bed's virtual interrupt time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<RequestTimes>,
+}
+
+/// When a request was sent, left its dispatch routine and was completed: the bed's virtual
+/// interrupt time, in 100 ns units (see [`crate::ke::timer`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTimes {
+    /// The I/O manager called the dispatch routine.
+    pub sent: u64,
+    /// The dispatch routine returned (with `STATUS_PENDING` for a request it queued).
+    pub dispatched: u64,
+    /// The driver completed the request (`IofCompleteRequest`).
+    pub completed: u64,
 }
 
 /// A bugcheck that stopped the run.

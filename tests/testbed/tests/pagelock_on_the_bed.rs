@@ -696,3 +696,154 @@ fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean(
         );
     }
 }
+
+/// The bed's interrupt time counts 100 ns units: this many to a millisecond.
+const UNITS_PER_MS: u64 = 10_000;
+
+/// Every `WAIT` of `report` that expired: its timeout (its cookie, by [`timed_waits`]'s
+/// convention) and the interrupt times of its request (sent, dispatched, completed).
+fn expired_waits(report: &Value) -> Vec<(u64, [u64; 3])> {
+    use pagelock_protocol::{WaitOutcome, WaitReply, zerocopy::FromBytes};
+    let steps = report["steps"].as_array().expect("steps");
+    steps
+        .iter()
+        .filter_map(|step| {
+            let output = step["output"].as_str()?;
+            let bytes: Vec<u8> = (0..output.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&output[i..i + 2], 16).expect("hex"))
+                .collect();
+            let reply = WaitReply::read_from_bytes(&bytes).ok()?;
+            (WaitOutcome::from_u32(reply.outcome) == Some(WaitOutcome::Expired)).then(|| {
+                let times = &step["times"];
+                let at = |field: &str| times[field].as_u64().expect("the request's times");
+                (reply.cookie, [at("sent"), at("dispatched"), at("completed")])
+            })
+        })
+        .collect()
+}
+
+/// `WAIT`s of each of `timeouts` (ms), sent in order and each waited for; the cookie of each is
+/// its timeout.
+fn timed_waits(timeouts: &[u32]) -> Vec<String> {
+    timeouts
+        .iter()
+        .flat_map(|&timeout| ["--ioctl".to_owned(), wait_spec(timeout, u64::from(timeout))])
+        .collect()
+}
+
+/// Timeouts on, just before and just after whole numbers of the timer's period, and the
+/// shortest.
+fn timeouts_around_the_tick() -> Vec<u32> {
+    let tick = pagelock_protocol::WAIT_TICK_MS;
+    vec![1, tick - 1, tick, tick + 1, 2 * tick - 1, 2 * tick, 2 * tick + 1, 5 * tick + 3]
+}
+
+#[test]
+fn a_wait_expires_never_before_its_timeout_and_at_most_one_tick_after_it() {
+    // On one CPU, where the timer's DPC runs the moment it is due, two WAITs of each timeout,
+    // each waited for, on a freshly loaded driver: the first arms the timer, so its period
+    // starts with it; the second comes at the tick that completed the first, just after that
+    // tick read the clock.
+    let sys = release();
+    let tick = u64::from(pagelock_protocol::WAIT_TICK_MS) * UNITS_PER_MS;
+    for timeout_ms in timeouts_around_the_tick() {
+        let mut args = vec!["exec".to_owned(), sys.to_str().unwrap().to_owned()];
+        args.extend(["--device".to_owned(), DEVICE.to_owned(), "--json".to_owned()]);
+        args.extend(timed_waits(&[timeout_ms, timeout_ms]));
+        let output = bed(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let report = json(&output);
+        assert!(output.status.success(), "{report:#}");
+        let expired = expired_waits(&report);
+        assert_eq!(expired.len(), 2, "{timeout_ms} ms: both waits expired: {report:#}");
+        let timeout = u64::from(timeout_ms) * UNITS_PER_MS;
+        for (which, (_, [sent, dispatched, completed])) in expired.into_iter().enumerate() {
+            let waited = completed - sent;
+            assert!(waited >= timeout, "{timeout_ms} ms, wait {which}: expired after {waited}");
+            assert!(
+                completed - dispatched <= timeout + tick,
+                "{timeout_ms} ms, wait {which}: expired {} units after its timeout, more than \
+                 one tick",
+                completed - dispatched - timeout
+            );
+        }
+    }
+}
+
+#[test]
+fn no_wait_expires_before_its_timeout_whatever_the_schedule() {
+    // Three CPUs send WAITs on handles of their own; a CPU with nothing to do lets the timer
+    // fire, and the tick's DPC meets the other CPUs' WAITs anywhere in their dispatch, before
+    // or after its own reading of the clock. Few schedules send a WAIT in the instant between a
+    // tick and its DPC's reading; these 200 seeds include some that do. (How late a wait ends
+    // here also depends on when the schedule lets the DPC run, so only this bound is exact.)
+    let sys = release();
+    let timeouts = timeouts_around_the_tick();
+    for seed in 1..=200 {
+        let seed = seed.to_string();
+        let mut args = vec!["exec".to_owned(), sys.to_str().unwrap().to_owned()];
+        args.extend(
+            ["--device", DEVICE, "--threads", "3", "--seed", &seed, "--json"].map(str::to_owned),
+        );
+        args.extend(timed_waits(&timeouts));
+        let output = bed(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let report = json(&output);
+        assert!(output.status.success(), "seed {seed}: {report:#}");
+        let expired = expired_waits(&report);
+        assert_eq!(expired.len(), 3 * timeouts.len(), "seed {seed}: every wait expired");
+        for (timeout_ms, [sent, _, completed]) in expired {
+            assert!(
+                completed - sent >= timeout_ms * UNITS_PER_MS,
+                "seed {seed}: a wait of {timeout_ms} ms expired {} units after it was sent",
+                completed - sent
+            );
+        }
+    }
+}
+
+#[test]
+fn opens_of_a_name_below_the_device_or_of_a_directory_are_refused_and_change_nothing() {
+    use pagelock_protocol::status;
+    let sys = release();
+    for (name, directory, expected) in [
+        (r"\\.\PageLock\anything", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\\.\PageLock\", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\Device\PageLock\a\b", false, status::OBJECT_NAME_NOT_FOUND),
+        (r"\\.\PageLock", true, status::NOT_A_DIRECTORY),
+        (r"\\.\PageLock\anything", true, status::OBJECT_NAME_NOT_FOUND),
+    ] {
+        let case = format!("{name}{}", if directory { " as a directory" } else { "" });
+        let mut args = vec!["exec", sys.to_str().unwrap(), "--device", name, "--open", "2"];
+        if directory {
+            args.push("--as-directory");
+        }
+        args.push("--json");
+        let output = bed(&args);
+        let report = json(&output);
+        assert!(output.status.success(), "{case}: {report:#}");
+        let creates: Vec<&Value> = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["what"].as_str().unwrap_or_default().starts_with("IRP_MJ_CREATE"))
+            .collect();
+        assert_eq!(creates.len(), 2, "{case}: {report:#}");
+        for create in creates {
+            // The driver's answer, not the bed's: the name reached the device.
+            assert!(!create["what"].as_str().unwrap().contains("no such object"), "{create:#}");
+            assert_eq!(create["status"], expected, "{case}: {create:#}");
+            for pair in create["lock_counts"].as_array().unwrap() {
+                assert_eq!(pair[1], 0, "{case}: a refused open locked {pair}");
+            }
+        }
+        // Refused before anything was allocated or locked, not undone afterwards.
+        let calls = report["calls"].as_array().unwrap();
+        for routine in ["ExAllocatePool2", "MmLockPagableSectionByHandle"] {
+            assert!(
+                !calls.iter().any(|c| c[0] == routine),
+                "{case}: {routine} was called: {calls:?}"
+            );
+        }
+        assert_eq!(report["pool_outstanding"], 0, "{case}");
+    }
+}

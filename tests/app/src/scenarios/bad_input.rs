@@ -1,5 +1,6 @@
-//! bad-input: every malformed request gets its documented status and changes nothing; the
-//! table of those requests ([`bad_requests`]) is here with the scenario that sends them.
+//! bad-input: every malformed request, and every open of what the device is not, gets its
+//! documented status and changes nothing; the table of those requests ([`bad_requests`]) is
+//! here with the scenario that sends them.
 
 use pagelock_protocol::zerocopy::IntoBytes;
 use pagelock_protocol::{
@@ -8,7 +9,7 @@ use pagelock_protocol::{
 };
 
 use crate::client::{Failure, Session, code_name};
-use crate::device::Device;
+use crate::device::{BadOpen, BadOpenOutcome, Device};
 use crate::errors::status_text;
 
 use super::recorder::{reply_text, scenario};
@@ -201,16 +202,62 @@ fn unknown_codes() -> Vec<BadRequest> {
     .collect()
 }
 
-/// Every malformed request is answered with its documented status and no reply.
+/// Every bad open and every malformed request is refused with its documented status.
+///
+/// The opens ([`BadOpen`]): a name below the device, the device as a directory. The requests
+/// get no reply.
 ///
 /// After each, `QUERY_STATE` on the same handle works and shows that nothing changed. The handle
 /// holds one extra lock throughout, so a wrongly accepted `LOCK` or `UNLOCK` shows in the counts.
+///
+/// Where an I/O manager hands out a handle before the driver has answered the create (Wine 8),
+/// the driver's refusal shows as a handle it keeps no state for: `QUERY_STATE` on it is refused
+/// with `STATUS_INVALID_DEVICE_STATE`. An open a transport cannot bring to the driver is noted,
+/// not checked.
 pub fn bad_input<D: Device + ?Sized>(device: &D) -> Verdict {
     scenario(Scenario::BadInput, device, |r, device| {
         let session = r.require("open a handle", Session::open(device))?;
         r.require("LOCK, so that a wrong UNLOCK would show", session.lock())?;
         // Earlier scenarios' closes must not show up as changes below.
         r.require("QUERY_STATE", settled(&session, 1))?;
+        for open in BadOpen::ALL {
+            let what = open.describe();
+            let before = r.require("QUERY_STATE", session.query())?;
+            let expected = status_text(open.expected());
+            match device.open_bad(open)? {
+                BadOpenOutcome::Refused(status) => {
+                    let seen = status_text(status);
+                    r.check(format!("{what}: status"), expected, seen, status == open.expected());
+                }
+                BadOpenOutcome::Opened(handle) => {
+                    r.check(format!("{what}: status"), expected, "opened", false);
+                    device.close(handle)?;
+                }
+                BadOpenOutcome::OpenedBeforeTheDriverAnswered(handle) => {
+                    r.notes.push(format!(
+                        "{what}: the I/O manager gave a handle without waiting for the driver's \
+                         answer; checked instead that the driver keeps no state for it"
+                    ));
+                    let reply = device.control(&handle, protocol::IOCTL_QUERY_STATE, &[], 200);
+                    device.close(handle)?;
+                    let reply = reply?;
+                    r.check(
+                        format!("{what}: QUERY_STATE on the handle the I/O manager gave"),
+                        status_text(status::INVALID_DEVICE_STATE),
+                        reply_text(reply.status, reply.output.len()),
+                        reply.status == status::INVALID_DEVICE_STATE,
+                    );
+                }
+                BadOpenOutcome::NotDelivered(why) => r.notes.push(format!("{what}: {why}")),
+            }
+            // A wrongly opened handle was closed just now: its close may come later.
+            let after = r.require("QUERY_STATE", settled(&session, 1))?;
+            r.eq(
+                format!("{what}: QUERY_STATE afterwards"),
+                "no change".to_owned(),
+                describe_changes(&state_changes(&before, &after)),
+            );
+        }
         for request in bad_requests() {
             let before = r.require("QUERY_STATE", session.query())?;
             let reply = session.raw(request.code, &request.input, request.output_capacity)?;
@@ -271,6 +318,39 @@ mod tests {
         let verdict = bad_input(&Model::with(Fault::RefusalChangesState));
         let failure = verdict.failures().next().expect("a failed check");
         assert_eq!(failure.seen, "runs 0 -> 1");
+    }
+
+    #[test]
+    fn fails_when_an_open_below_the_device_or_as_a_directory_succeeds() {
+        let verdict = bad_input(&Model::with(Fault::AcceptsAnyOpen));
+        let failed: Vec<_> = verdict.failures().map(|c| c.what.as_str()).collect();
+        for open in BadOpen::ALL {
+            let what = open.describe();
+            assert!(failed.contains(&format!("{what}: status").as_str()), "{failed:?}");
+            // Opened and closed again: the driver's counts show the lock pair it took.
+            let afterwards = format!("{what}: QUERY_STATE afterwards");
+            assert!(failed.contains(&afterwards.as_str()), "{failed:?}");
+        }
+        assert_eq!(failed.len(), 2 * BadOpen::ALL.len(), "{failed:?}");
+    }
+
+    #[test]
+    fn passes_where_the_io_manager_gives_a_handle_for_a_refused_open() {
+        let verdict = bad_input(&Model::answering_opens_early(Fault::None));
+        assert!(verdict.passed(), "{verdict:?}");
+        let noted = verdict.notes.iter().filter(|n| n.contains("keeps no state")).count();
+        assert_eq!(noted, BadOpen::ALL.len(), "{:?}", verdict.notes);
+    }
+
+    #[test]
+    fn fails_when_an_open_is_accepted_behind_an_io_manager_that_does_not_wait() {
+        let verdict = bad_input(&Model::answering_opens_early(Fault::AcceptsAnyOpen));
+        let failed: Vec<_> = verdict.failures().map(|c| c.what.as_str()).collect();
+        for open in BadOpen::ALL {
+            let what = open.describe();
+            let on_handle = format!("{what}: QUERY_STATE on the handle the I/O manager gave");
+            assert!(failed.contains(&on_handle.as_str()), "{failed:?}");
+        }
     }
 
     #[test]

@@ -1,23 +1,29 @@
-//! `\\.\PageLock` through `CreateFileW`, `DeviceIoControl` and `CloseHandle`.
+//! `\\.\PageLock` through `CreateFileW`, `DeviceIoControl` and `CloseHandle`; and, for the one
+//! open `CreateFileW` cannot ask for (a directory), the native `NtCreateFile`.
 
 use std::ptr;
 
 use pagelock_protocol::{WIN32_PATH, status};
-use windows_sys::Win32::Foundation::ERROR_NOT_FOUND;
+use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+use windows_sys::Wdk::Storage::FileSystem::{
+    FILE_DIRECTORY_FILE, FILE_OPEN, FILE_SYNCHRONOUS_IO_NONALERT, NtCreateFile,
+};
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_IO_PENDING, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE,
+    CloseHandle, ERROR_IO_PENDING, ERROR_NOT_FOUND, GENERIC_READ, GENERIC_WRITE, HANDLE,
+    INVALID_HANDLE_VALUE, OBJ_CASE_INSENSITIVE, UNICODE_STRING,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE,
-    OPEN_EXISTING,
+    OPEN_EXISTING, SYNCHRONIZE,
 };
 use windows_sys::Win32::System::IO::{
-    CancelIoEx, DeviceIoControl, GetOverlappedResult, OVERLAPPED,
+    CancelIoEx, DeviceIoControl, GetOverlappedResult, IO_STATUS_BLOCK, OVERLAPPED,
 };
+use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Threading::CreateEventW;
 
 use super::system::{failed, last_error, wide};
-use crate::device::{Device, Reply, TransportError};
+use crate::device::{BadOpen, BadOpenOutcome, Device, Reply, TransportError};
 use crate::errors::status_from_win32;
 
 /// The device transport of a Windows machine.
@@ -44,7 +50,12 @@ unsafe impl Sync for DeviceHandle {}
 impl WindowsDevice {
     /// Opens the device with `flags`; a refusal is the status `CreateFileW`'s error maps to.
     fn open_with(flags: u32) -> Result<DeviceHandle, i32> {
-        let path = wide(WIN32_PATH);
+        Self::open_path(WIN32_PATH, flags)
+    }
+
+    /// Opens `path` with `CreateFileW` and `flags`; a refusal is the status its error maps to.
+    fn open_path(path: &str, flags: u32) -> Result<DeviceHandle, i32> {
+        let path = wide(path);
         // SAFETY: `path` is NUL-terminated and outlives the call; no security attributes and
         // no template file.
         let handle = unsafe {
@@ -64,6 +75,64 @@ impl WindowsDevice {
         // INVARIANT: opened just now, with FILE_FLAG_OVERLAPPED exactly when asked.
         Ok(DeviceHandle { handle, overlapped: flags & FILE_FLAG_OVERLAPPED != 0 })
     }
+
+    /// Opens the device asking for a directory (`FILE_DIRECTORY_FILE`) through the native
+    /// `NtCreateFile`: `CreateFileW` cannot ask for one. A refusal is the `NTSTATUS` itself.
+    fn open_as_directory() -> Result<DeviceHandle, i32> {
+        let mut name: Vec<u16> = nt_path().encode_utf16().collect();
+        let bytes = u16::try_from(name.len() * 2).unwrap_or(u16::MAX);
+        let unicode =
+            UNICODE_STRING { Length: bytes, MaximumLength: bytes, Buffer: name.as_mut_ptr() };
+        let attributes = OBJECT_ATTRIBUTES {
+            Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).unwrap_or(u32::MAX),
+            ObjectName: &raw const unicode,
+            Attributes: OBJ_CASE_INSENSITIVE,
+            ..Default::default()
+        };
+        let mut handle: HANDLE = ptr::null_mut();
+        let mut io_status = IO_STATUS_BLOCK::default();
+        // SAFETY: every pointer is to a live local for the call's duration (the name's buffer
+        // outlives `unicode`, which outlives `attributes`); no allocation size, no extended
+        // attributes. A synchronous open, as `open` makes without FILE_FLAG_OVERLAPPED.
+        let status = unsafe {
+            NtCreateFile(
+                &raw mut handle,
+                GENERIC_READ | SYNCHRONIZE,
+                &raw const attributes,
+                &raw mut io_status,
+                ptr::null(),
+                FILE_ATTRIBUTE_NORMAL,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                FILE_OPEN,
+                FILE_DIRECTORY_FILE | FILE_SYNCHRONOUS_IO_NONALERT,
+                ptr::null(),
+                0,
+            )
+        };
+        if !status::is_success(status) {
+            return Err(status);
+        }
+        // INVARIANT: opened just now, for synchronous I/O.
+        Ok(DeviceHandle { handle, overlapped: false })
+    }
+}
+
+/// Whether this process runs under Wine: its ntdll exports `wine_get_version`, Windows' does
+/// not.
+fn under_wine() -> bool {
+    let ntdll = wide("ntdll.dll");
+    // SAFETY: a NUL-terminated module name; ntdll is loaded in every process, and the handle is
+    // not reference-counted (nothing to release).
+    let module = unsafe { GetModuleHandleW(ntdll.as_ptr()) };
+    // SAFETY: a module handle or null, and a NUL-terminated export name.
+    !module.is_null()
+        && unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
+}
+
+/// The device's name in the object manager's namespace, as `NtCreateFile` takes it: `\??\`
+/// where Win32 says `\\.\`.
+fn nt_path() -> String {
+    WIN32_PATH.replacen(r"\\.\", r"\??\", 1)
 }
 
 /// An event for one overlapped request, closed when dropped.
@@ -157,6 +226,40 @@ impl Device for WindowsDevice {
 
     fn open_overlapped(&self) -> Result<Result<DeviceHandle, i32>, TransportError> {
         Ok(Self::open_with(FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OVERLAPPED))
+    }
+
+    /// Both, as a program can ask them: a name below the device through `CreateFileW`
+    /// (`\\.\PageLock\anything`, whose `ERROR_FILE_NOT_FOUND` maps back to
+    /// `STATUS_OBJECT_NAME_NOT_FOUND`), and a directory through `NtCreateFile`. On Windows each
+    /// open fails with the status the driver completed `IRP_MJ_CREATE` with.
+    ///
+    /// Wine 8 differs in both. Its server resolves no name below a device, and its
+    /// `IRP_MJ_CREATE` carries no `FileName`: a name below the device never reaches the driver,
+    /// and Wine's own refusal is reported as not delivered. A directory open does reach the
+    /// driver, with `FILE_DIRECTORY_FILE` in the create options, but the server returns the
+    /// handle as soon as it has queued the `IRP_MJ_CREATE`, whatever the driver answers: the
+    /// scenario then checks that the driver keeps no state for that handle.
+    fn open_bad(&self, open: BadOpen) -> Result<BadOpenOutcome<DeviceHandle>, TransportError> {
+        let wine = under_wine();
+        let opened = match open {
+            BadOpen::NameBelowDevice => Self::open_path(
+                &format!("{WIN32_PATH}{}", BadOpen::NAME_BELOW),
+                FILE_ATTRIBUTE_NORMAL,
+            ),
+            BadOpen::AsDirectory => Self::open_as_directory(),
+        };
+        Ok(match opened {
+            Err(status) if wine && open == BadOpen::NameBelowDevice => {
+                BadOpenOutcome::NotDelivered(format!(
+                    "refused by Wine itself ({}), which resolves no name below a device and \
+                     passes the driver no FileName",
+                    crate::errors::status_text(status)
+                ))
+            }
+            Err(status) => BadOpenOutcome::Refused(status),
+            Ok(handle) if wine => BadOpenOutcome::OpenedBeforeTheDriverAnswered(handle),
+            Ok(handle) => BadOpenOutcome::Opened(handle),
+        })
     }
 
     fn control(

@@ -53,6 +53,24 @@ pub fn find_device(name: &str) -> Option<usize> {
     names.devices.iter().find(|d| d.name == target && !d.delete_pending).map(|d| d.object)
 }
 
+/// The device object `name` reaches, and the rest of the name below that device.
+///
+/// As the object manager parses a name: the longest prefix that names a device (directly or
+/// through a link) ends at the device, and what follows it, from its backslash on, is the name
+/// the I/O manager hands the driver in the file object (`FileName`), empty for the device
+/// itself (`IopParseDevice`).
+#[must_use]
+pub fn resolve(name: &str) -> Option<(usize, String)> {
+    let name = canonical_name(name);
+    if let Some(device) = find_device(&name) {
+        return Some((device, String::new()));
+    }
+    name.char_indices()
+        .rev()
+        .filter(|&(at, c)| c == '\\' && at > 0)
+        .find_map(|(at, _)| find_device(&name[..at]).map(|device| (device, name[at..].to_owned())))
+}
+
 /// A file object now references `device`, from before its create is dispatched, as in the
 /// kernel: a driver that deletes its device during the create cannot free it.
 pub fn reference_device(device: usize) {

@@ -18,6 +18,7 @@ use crate::{
     io::{STATUS_PENDING, major},
     ke::irql,
     record,
+    report::RequestTimes,
     routine::{self, Routine},
     verifier::{Rule, bed_number},
 };
@@ -38,6 +39,12 @@ struct Frame {
     completions: AtomicU32,
     /// The caller's output buffer size, for the check at completion.
     output_capacity: usize,
+    /// The interrupt time when the IRP was sent.
+    sent_at: u64,
+    /// The interrupt time when its dispatch routine returned (written by the requester).
+    dispatched_at: AtomicU64,
+    /// The interrupt time when it was completed (written by whichever CPU completed it).
+    completed_at: AtomicU64,
 }
 
 impl Default for Frame {
@@ -48,6 +55,9 @@ impl Default for Frame {
             tag: AtomicU64::new(0),
             completions: AtomicU32::new(0),
             output_capacity: 0,
+            sent_at: 0,
+            dispatched_at: AtomicU64::new(0),
+            completed_at: AtomicU64::new(0),
         }
     }
 }
@@ -159,6 +169,8 @@ pub(crate) extern "win64" fn iof_complete_request(irp: *mut ddk::IRP, _boost: i8
         );
     }
     outstanding().retain(|o| o.irp != irp as usize);
+    // SAFETY: as above; the frame is live.
+    unsafe { &(*frame).completed_at }.store(crate::ke::timer::now(), Ordering::SeqCst);
     // SAFETY: as above; the frame is live. Counted last: a requester waiting on another CPU
     // finishes the request once it sees the count.
     let completions = unsafe { &(*frame).completions };
@@ -308,6 +320,8 @@ pub struct Completion {
     pub status: i32,
     /// `IoStatus.Information`.
     pub information: u64,
+    /// When it was sent, left its dispatch routine and was completed.
+    pub times: RequestTimes,
 }
 
 /// An IRP to send.
@@ -318,6 +332,9 @@ pub struct Request {
     pub file: *mut ddk::FILE_OBJECT,
     /// For device control, its parameters.
     pub control: Option<Control>,
+    /// For create, `Parameters.Create.Options`: the disposition in the top 8 bits, the create
+    /// options below.
+    pub create_options: u32,
 }
 
 /// The parameters of a device-control IRP, with its buffers as the transfer method places them.
@@ -375,6 +392,11 @@ impl Sent {
         // SAFETY: the status union's members overlay one 32-bit value.
         let io_status = unsafe { frame.irp.IoStatus.__bindgen_anon_1.Status };
         let information = frame.irp.IoStatus.Information;
+        let times = RequestTimes {
+            sent: frame.sent_at,
+            dispatched: frame.dispatched_at.load(Ordering::SeqCst),
+            completed: frame.completed_at.load(Ordering::SeqCst),
+        };
         let capacity = frame.output_capacity;
         if self.major == major::DEVICE_CONTROL
             && status::is_success(io_status)
@@ -393,7 +415,7 @@ impl Sent {
         let frame = unsafe { Box::from_raw(self.frame) };
         frame.tag.store(0, Ordering::SeqCst);
         FRAMES.with(|frames| frames.borrow_mut().push_back(frame));
-        Completion { status: io_status, information }
+        Completion { status: io_status, information, times }
     }
 }
 
@@ -464,7 +486,9 @@ pub unsafe fn start(
 ) -> Sent {
     let major = request.major;
     let file = request.file as usize;
-    let frame = Box::into_raw(prepare(device, request));
+    let mut prepared = prepare(device, request);
+    prepared.sent_at = crate::ke::timer::now();
+    let frame = Box::into_raw(prepared);
     let irp = frame.cast::<ddk::IRP>();
     outstanding().push(Outstanding {
         irp: irp as usize,
@@ -495,6 +519,7 @@ pub unsafe fn start(
         let frame = unsafe { &mut *frame };
         frame.irp.IoStatus.__bindgen_anon_1.Status = status::INVALID_DEVICE_REQUEST;
         outstanding().retain(|o| o.irp != irp as usize);
+        frame.completed_at.store(crate::ke::timer::now(), Ordering::SeqCst);
         frame.completions.store(1, Ordering::SeqCst);
         status::INVALID_DEVICE_REQUEST
     };
@@ -502,6 +527,8 @@ pub unsafe fn start(
     if let Some(o) = outstanding().iter_mut().find(|o| o.irp == irp as usize) {
         o.returned = true;
     }
+    // SAFETY: the frame lives until `wait` retires it.
+    unsafe { &(*frame).dispatched_at }.store(crate::ke::timer::now(), Ordering::SeqCst);
     check_irql_and_locks(device, major, before);
     let sent = Sent { frame, major };
     // SAFETY: the frame lives until `wait` retires it; once dispatch has returned, the bed only
@@ -600,6 +627,12 @@ fn prepare(device: *mut ddk::DEVICE_OBJECT, request: Request) -> Box<Frame> {
     frame.stack.MajorFunction = request.major;
     frame.stack.DeviceObject = device;
     frame.stack.FileObject = request.file;
+    if request.major == major::CREATE {
+        frame.stack.Parameters.Create = ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_1 {
+            Options: request.create_options,
+            ..Default::default()
+        };
+    }
     if let Some(control) = request.control {
         frame.stack.Parameters.DeviceIoControl =
             ddk::_IO_STACK_LOCATION__bindgen_ty_1__bindgen_ty_17 {

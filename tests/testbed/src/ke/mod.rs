@@ -14,7 +14,7 @@ pub mod spinlock;
 pub mod timer;
 pub mod trap;
 
-use std::{sync::OnceLock, time::Instant};
+use std::sync::Mutex;
 
 use crate::{
     ke::irql::DISPATCH_LEVEL,
@@ -70,21 +70,36 @@ pub(crate) extern "win64" fn lower_irql(new: u8) {
     irql::set(new);
 }
 
-/// The performance counter runs at 10 MHz, as on most Windows machines.
-const PERFORMANCE_FREQUENCY: i64 = 10_000_000;
+/// Performance-counter counts to one unit of the interrupt time (100 ns).
+const COUNTS_PER_UNIT: u64 = 1024;
+/// The performance counter's frequency: the interrupt time's 10 MHz, times
+/// [`COUNTS_PER_UNIT`].
+const PERFORMANCE_FREQUENCY: u64 = 10_000_000 * COUNTS_PER_UNIT;
 
-/// The performance counter's zero: the first time it is read.
-static STARTED: OnceLock<Instant> = OnceLock::new();
+/// The last reading: the interrupt time it was taken at, and the counts read past it.
+static LAST_READING: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
-/// `KeQueryPerformanceCounter`.
+/// `KeQueryPerformanceCounter`: the bed's virtual interrupt time ([`timer::now`]), the clock
+/// its timers run on, so that a driver timing its waits with the counter sees the time its
+/// timer's ticks see, and a run stays a function of its seed.
+///
+/// That time stands still while the driver runs, so each read within one instant of it counts
+/// one more (up to [`COUNTS_PER_UNIT`] − 1): two reads in a row differ, as on a machine (`BENCH`
+/// times its loops with them), and no reading runs ahead of the interrupt time.
 pub(crate) extern "win64" fn query_performance_counter(frequency: *mut i64) -> i64 {
     routine::enter(Routine::KeQueryPerformanceCounter);
     if !frequency.is_null() {
         // SAFETY: the driver passes a LARGE_INTEGER to fill.
-        unsafe { frequency.write(PERFORMANCE_FREQUENCY) };
+        unsafe { frequency.write(PERFORMANCE_FREQUENCY.cast_signed()) };
     }
-    let started = STARTED.get_or_init(Instant::now);
-    i64::try_from(started.elapsed().as_nanos() / 100).unwrap_or(i64::MAX)
+    let now = timer::now();
+    let counts = {
+        let mut last = crate::sched::lock(&LAST_READING);
+        let counts = if last.0 == now { (last.1 + 1).min(COUNTS_PER_UNIT - 1) } else { 0 };
+        *last = (now, counts);
+        counts
+    };
+    i64::try_from(now * COUNTS_PER_UNIT + counts).unwrap_or(i64::MAX)
 }
 
 /// `KeBugCheckEx`: the driver stops the machine itself.
