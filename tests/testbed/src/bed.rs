@@ -179,6 +179,28 @@ struct Closing {
 // SAFETY: as for `Handle`: the file object is the bed's, reached by the driver through IRPs.
 unsafe impl Send for Closing {}
 
+impl Handle {
+    /// The I/O manager's file object lock (`IopAcquireFileObjectLock`), which only a file object
+    /// opened for synchronous I/O has: waits until no request of it is in the driver and takes
+    /// it (true; release it with `busy`); false for an overlapped one, which has none.
+    fn lock_file_object(&self, what: &dyn Fn() -> String) -> bool {
+        if !self.synchronous {
+            return false;
+        }
+        while self.busy.swap(true, Ordering::Acquire) {
+            if !sched::wait_on_other_cpu() {
+                record::stop(
+                    Rule::Deadlock,
+                    None,
+                    [self.file as u64, 0, 0, 0],
+                    format!("{}: the file object's request never finishes", what()),
+                );
+            }
+        }
+        true
+    }
+}
+
 // SAFETY: the file object is the bed's; the driver reaches it only through IRPs on this handle,
 // from whichever thread sends them, as on Windows.
 unsafe impl Send for Handle {}
@@ -507,16 +529,7 @@ impl Bed {
             },
         };
         // The I/O manager's file object lock: one request at a time on a synchronous handle.
-        while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
-            if !sched::wait_on_other_cpu() {
-                record::stop(
-                    Rule::Deadlock,
-                    None,
-                    [handle.file as u64, 0, 0, 0],
-                    format!("{what}: the file object's request never finishes"),
-                );
-            }
-        }
+        handle.lock_file_object(&|| what.clone());
         // SAFETY: the loaded driver's object and the handle's device; the buffers are the
         // Pending's, which waits for the IRP's end before it lets them go.
         let sent = unsafe {
@@ -671,26 +684,31 @@ impl Bed {
         };
         // A synchronous file object: IopCloseFile first takes the file object's lock, waiting
         // for a request of it still in the driver. An overlapped one: no wait at all.
-        while handle.synchronous && handle.busy.swap(true, Ordering::Acquire) {
-            if !sched::wait_on_other_cpu() {
-                record::stop(
-                    Rule::Deadlock,
-                    None,
-                    [file as u64, 0, 0, 0],
-                    format!("CloseHandle of handle {}: its request never finishes", handle.number),
-                );
-            }
-        }
+        let locked =
+            handle.lock_file_object(&|| format!("CloseHandle of handle {}", handle.number));
         let queued_before: Vec<usize> = irp::pended(Some(file)).iter().map(|p| p.0).collect();
         self.send_close_major(&closing, major::CLEANUP, "");
-        if handle.synchronous {
+        if locked {
             handle.busy.store(false, Ordering::Release);
         }
-        // What the driver left queued: an IRP of the file object that still has a cancel
-        // routine. (One without is being completed on another CPU, which is legal: close waits
-        // for it.) The bed cancels each, as the I/O manager cancels a thread's requests. One
-        // queued before cleanup began is one cleanup failed to drain; one that was still on its
-        // way (in its dispatch routine) is one the driver let in after cleanup had drained.
+        Self::cancel_left_queued(&closing, &queued_before);
+        let mut deferred = sched::lock(&self.deferred);
+        if let Some(queue) = deferred.as_mut() {
+            queue.push(closing);
+            return;
+        }
+        drop(deferred);
+        self.finish_close(closing);
+    }
+
+    /// What the driver left queued once cleanup returned: an IRP of the file object that still
+    /// has a cancel routine. (One without is being completed on another CPU, which is legal:
+    /// close waits for it.) The bed cancels each, as the I/O manager cancels a thread's
+    /// requests. One in `queued_before` (queued before cleanup began) is one cleanup failed to
+    /// drain; one that was still on its way, in its dispatch routine, is one the driver let in
+    /// after cleanup had drained.
+    fn cancel_left_queued(closing: &Closing, queued_before: &[usize]) {
+        let file = closing.file as usize;
         for (irp, m) in irp::pended(Some(file)) {
             if irp::cancel(irp as *mut _) {
                 let (rule, when) = if queued_before.contains(&irp) {
@@ -704,18 +722,11 @@ impl Bed {
                     format!(
                         "{} of handle {} {when} (cancellable) when IRP_MJ_CLEANUP returned",
                         major::name(m),
-                        handle.number
+                        closing.number
                     ),
                 );
             }
         }
-        let mut deferred = sched::lock(&self.deferred);
-        if let Some(queue) = deferred.as_mut() {
-            queue.push(closing);
-            return;
-        }
-        drop(deferred);
-        self.finish_close(closing);
     }
 
     fn send_close_major(&self, closing: &Closing, m: u8, how: &str) {
