@@ -3,13 +3,15 @@
 //!
 //! The I/O manager calls `DriverUnload` once the last reference to the driver's devices is
 //! gone, and frees the image when it returns. A request's reference goes away when it is
-//! completed, not when its dispatch routine returns: a `WAIT` completed on another processor
-//! (by the timer's DPC, a cancel or its handle's cleanup), or completed by its own dispatch
-//! routine after the queue refused it, is finished by the I/O manager in its thread's special
-//! kernel APC, which can run as soon as the IRP is completed, while that thread is still
-//! returning through `PAGE` code. The file object's last reference can go there, its close
-//! then comes from a worker thread, and the unload after it. Each dispatch routine therefore
-//! holds a rundown reference for as long as it runs, and unload first waits for the last one.
+//! completed, not when its dispatch routine returns: the I/O manager finishes a completed
+//! device control request in a special kernel APC of the requesting thread
+//! (`IopfCompleteRequest`, the WRK's `io/iomgr/iosubs.c`; it defers that work to the system
+//! service only for file-system controls, `IopXxxControlFile` in `internal.c`), and the APC can
+//! run as soon as the IRP is completed, by another processor or by the dispatch routine itself,
+//! while the thread is still returning through `PAGE` code. The file object's last reference can
+//! go there, its close then comes from a worker thread, and the unload after it. Each dispatch
+//! routine therefore holds a rundown reference for as long as it runs, and unload first waits
+//! for the last one.
 //!
 //! What stays is the return from the dispatch trampoline after `ExReleaseRundownProtection`
 //! returns: a few instructions, against the rest of unload and the kernel's own work before it

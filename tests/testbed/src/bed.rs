@@ -468,7 +468,7 @@ impl Bed {
             handle.number
         );
         // ObReferenceObjectByHandle: a handle closed on another thread is gone.
-        let Some(_lookup) = handle.entry.look_up() else {
+        let Some(lookup) = handle.entry.look_up() else {
             self.step(|| Step {
                 what: format!("{what}: the handle is closed"),
                 status: Some(ob::STATUS_INVALID_HANDLE),
@@ -542,6 +542,7 @@ impl Bed {
                     control: Some(control),
                     create_options: 0,
                 },
+                move || drop(lookup),
             )
         };
         Pending {

@@ -470,11 +470,12 @@ pub unsafe fn send(
     request: Request,
 ) -> Completion {
     // SAFETY: the caller's promise.
-    unsafe { start(driver, device, request) }.wait()
+    unsafe { start(driver, device, request, || ()) }.wait()
 }
 
 /// Sends one IRP to the driver (`IoCallDriver`) and applies the I/O verification checks of its
-/// dispatch; returns it, completed or pended.
+/// dispatch; returns it, completed or pended. `handed_over` runs once the IRP holds the file
+/// object, before the dispatch routine is called.
 ///
 /// # Safety
 /// `driver` must be the loaded driver's object and `device` one of its devices; the buffers
@@ -483,6 +484,7 @@ pub unsafe fn start(
     driver: *const ddk::DRIVER_OBJECT,
     device: *mut ddk::DEVICE_OBJECT,
     request: Request,
+    handed_over: impl FnOnce(),
 ) -> Sent {
     let major = request.major;
     let file = request.file as usize;
@@ -497,6 +499,9 @@ pub unsafe fn start(
         pended: false,
         returned: false,
     });
+    // The IRP holds the file object from here on (`IoCallDriver`): the reference the request
+    // took when it looked its handle up is the IRP's now.
+    handed_over();
     let before = irql::current();
     crate::trace::record(crate::trace::Kind::IrpBegin, u16::from(major));
     // SAFETY: the caller passes the loaded driver's object; DriverEntry filled MajorFunction.
