@@ -474,8 +474,9 @@ pub unsafe fn send(
 }
 
 /// Sends one IRP to the driver (`IoCallDriver`) and applies the I/O verification checks of its
-/// dispatch; returns it, completed or pended. `handed_over` runs once the IRP holds the file
-/// object, before the dispatch routine is called.
+/// dispatch; returns it, completed or pended.
+///
+/// `handed_over` runs once the IRP holds the file object, before the dispatch routine is called.
 ///
 /// # Safety
 /// `driver` must be the loaded driver's object and `device` one of its devices; the buffers
