@@ -280,8 +280,8 @@ pub fn dequeue(filter: super::Filter) -> Option<QueuedWait> {
 
 /// Cancels the first queued wait on `file`, as `IoCancelIrp` does.
 ///
-/// Through the queue's cancel routine: the wait leaves the queue and reaches the complete-cancelled callback. False when
-/// none was queued (the cancel found the IRP already taken).
+/// Through the queue's cancel routine: the wait leaves the queue and reaches the complete-cancelled
+/// callback. False when none was queued (the cancel found the IRP already taken).
 pub fn cancel_first(file: super::FileId) -> bool {
     let taken = dequeue(super::Filter::File(file));
     taken.map(crate::pending::on_cancelled).is_some()

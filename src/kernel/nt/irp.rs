@@ -225,10 +225,10 @@ impl Irp {
     /// returns `STATUS_PENDING` for the dispatch routine.
     ///
     /// The `IoCsqInsertIrpEx` of `ReactOS` marks the IRP pending before it calls the insert
-    /// callback, and leaves it marked when the callback refuses; Microsoft documents the mark
-    /// only for `IoCsqInsertIrp`. Marking it here too (`IoMarkIrpPending` only sets a bit) makes the IRP
-    /// marked under either, and a marked IRP's dispatch routine must return `STATUS_PENDING`,
-    /// even when it completed the IRP itself.
+    /// callback, and leaves it marked when the callback refuses; Microsoft documents the mark only
+    /// for `IoCsqInsertIrp`. Marking it here too (`IoMarkIrpPending` only sets a bit) makes the IRP
+    /// marked under either, and a marked IRP's dispatch routine must return `STATUS_PENDING`, even
+    /// when it completed the IRP itself.
     #[must_use]
     #[paged]
     pub fn complete_pended(self, status: Status) -> Status {

@@ -1054,8 +1054,8 @@ pub fn report_now(bugcheck: Option<Bugcheck>, wait: bool) -> Report {
 
 /// A control request sent with [`Bed::control_overlapped`].
 ///
-/// It holds its IRP and the buffers the driver may still write. Dropped unfinished, it waits for the IRP's end first, so that no buffer
-/// goes away under the driver.
+/// It holds its IRP and the buffers the driver may still write. Dropped unfinished, it waits for
+/// the IRP's end first, so that no buffer goes away under the driver.
 #[must_use = "a request is finished with `Bed::finish`"]
 pub struct Pending {
     sent: Option<Sent>,

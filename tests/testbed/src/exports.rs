@@ -1,7 +1,7 @@
 //! The export table: each import name bound to the host routine that implements it.
 //!
-//! The routines live in the component that owns them (as Wine's `ntoskrnl.exe.spec` lists one name per line and leaves
-//! the implementations to their areas). Nothing else lives here.
+//! The routines live in the component that owns them (as Wine's `ntoskrnl.exe.spec` lists one name
+//! per line and leaves the implementations to their areas). Nothing else lives here.
 //!
 //! Each host routine is an `extern "win64"` function: the driver calls it the Win64 way.
 

@@ -1,7 +1,7 @@
 //! The object manager (`Ob`): kernel handles to objects, and each object's security.
 //!
-//! The security is the DACL a driver sets on its device with `ObOpenObjectByPointer` and `ZwSetSecurityObject`, as
-//! `NtSetSecurityObject` sets it in the object's header).
+//! The security is the DACL a driver sets on its device with `ObOpenObjectByPointer` and
+//! `ZwSetSecurityObject`, as `NtSetSecurityObject` sets it in the object's header).
 
 use std::{collections::BTreeMap, ffi::c_void, sync::Mutex};
 

@@ -175,8 +175,8 @@ static ENTERED: OnceLock<fn()> = OnceLock::new();
 
 /// Installs what may happen on the calling CPU as it enters a kernel routine.
 ///
-/// It runs after the switch point and before the routine: the layer above delivers the clock interrupt there, as
-/// the schedule draws (a timer expires and its DPC runs, if the CPU is below
+/// It runs after the switch point and before the routine: the layer above delivers the clock
+/// interrupt there, as the schedule draws (a timer expires and its DPC runs, if the CPU is below
 /// `DISPATCH_LEVEL`), as an interrupt may arrive at any instruction on Windows.
 pub fn on_enter(hook: fn()) {
     let _ = ENTERED.set(hook);

@@ -142,10 +142,10 @@ pub struct Concurrency {
 
 /// `exec`: opens handles, sends the IOCTLs, closes every handle, unloads.
 ///
-/// Opens `open` handles on `device` and sends `requests.ioctls` in order on the first; then
-/// sends `requests.pends` overlapped on a handle of its own and closes that handle with them
-/// pending. With `concurrency`, each thread does both, on its own CPU. With `concurrency`, its threads send the list instead, each on its own CPU
-/// under the scheduler, on one shared overlapped handle or on their own.
+/// Opens `open` handles on `device` and sends `requests.ioctls` in order on the first; then sends
+/// `requests.pends` overlapped on a handle of its own and closes that handle with them pending.
+/// With `concurrency`, each thread does both, on its own CPU under the scheduler, on one shared
+/// overlapped handle or on their own.
 ///
 /// # Errors
 /// When the driver cannot be loaded.

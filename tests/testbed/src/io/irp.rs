@@ -421,8 +421,9 @@ impl Sent {
 
 /// Waits until `done()`.
 ///
-/// While it is not, other CPUs run; when none can, this CPU is idle and lets timers and DPCs run ([`crate::ke::idle`]); when nothing at all can make it true, the run
-/// stops with `what()`: whoever waits would wait forever.
+/// While it is not, other CPUs run; when none can, this CPU is idle and lets timers and DPCs run
+/// ([`crate::ke::idle`]); when nothing at all can make it true, the run stops with `what()`:
+/// whoever waits would wait forever.
 pub fn wait_for(done: &dyn Fn() -> bool, what: &dyn Fn() -> String) {
     while !done() {
         let scheduled = crate::sched::active() && crate::sched::current_cpu().is_some();

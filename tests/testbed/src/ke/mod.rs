@@ -25,8 +25,9 @@ use crate::{
 
 /// What an idle CPU does.
 ///
-/// It runs the queued DPCs; with none queued, it lets the interrupt time run to the next timer, which queues its DPC, and runs that. False when there was
-/// nothing to do (or this CPU is at `DISPATCH_LEVEL`, where DPCs wait).
+/// It runs the queued DPCs; with none queued, it lets the interrupt time run to the next timer,
+/// which queues its DPC, and runs that. False when there was nothing to do (or this CPU is at
+/// `DISPATCH_LEVEL`, where DPCs wait).
 #[must_use]
 pub fn idle() -> bool {
     if irql::current() >= DISPATCH_LEVEL {
