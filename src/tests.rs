@@ -429,6 +429,24 @@ mod pending {
     }
 
     #[test]
+    fn only_the_wait_that_finds_nothing_pending_arms_the_timer() {
+        let _turn = exclusive();
+        let open = opened();
+        kernel::timer_stop();
+        let first = wait(A, 1000, 1);
+        assert!(kernel::timer_armed(), "the first wait arms the timer");
+        // Stopped behind the driver's back: a later wait must not arm it again, as the
+        // periodic timer already runs for the pending one.
+        kernel::timer_stop();
+        let second = wait(B, 1000, 2);
+        assert!(!kernel::timer_armed(), "a wait that finds another pending arms nothing");
+        assert_eq!(signal(A, SignalScope::All), 2);
+        assert!([&first, &second].iter().all(|w| outcome(w) == Some(WaitOutcome::Signalled)));
+        assert_eq!(pending::pending(), 0);
+        drop(open);
+    }
+
+    #[test]
     fn signal_counts_the_waits_it_completes_by_scope() {
         let _turn = exclusive();
         let open = opened();
