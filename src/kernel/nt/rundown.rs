@@ -37,9 +37,12 @@ pub static DISPATCHING: Rundown = Rundown(UnsafeCell::new(EX_RUNDOWN_REF {
     __bindgen_anon_1: super::sys::_EX_RUNDOWN_REF__bindgen_ty_1 { Count: 0 },
 }));
 
-/// A dispatch routine running: dropping it releases its rundown reference.
+/// A dispatch routine running: dropping it releases its reference on the rundown it came from.
+///
+/// # Invariants
+/// Holds one reference on its `Rundown`, taken by [`Rundown::enter`].
 #[must_use = "the reference is released when the guard drops"]
-pub struct Running(());
+pub struct Running(&'static Rundown);
 
 impl Rundown {
     /// `ExInitializeRundownProtection`: no reference held, none refused. `DriverEntry` only.
@@ -56,7 +59,8 @@ impl Rundown {
     pub fn enter(&'static self) -> Option<Running> {
         // SAFETY: initialised at load (invariant); any IRQL up to DISPATCH_LEVEL.
         let taken = unsafe { ntddk::ExAcquireRundownProtection(self.0.get()) };
-        (taken != 0).then_some(Running(()))
+        // INVARIANT: the reference was granted; the guard releases it on this rundown.
+        (taken != 0).then_some(Running(self))
     }
 
     /// `ExWaitForRundownProtectionRelease`: refuses new references and waits until every
@@ -72,7 +76,7 @@ impl Drop for Running {
     /// `ExReleaseRundownProtection`: the last call of a dispatch routine into the kernel.
     #[pagelock_macros::paged]
     fn drop(&mut self) {
-        // SAFETY: this guard holds one reference on the dispatch routines' rundown.
-        unsafe { ntddk::ExReleaseRundownProtection(DISPATCHING.0.get()) };
+        // SAFETY: by the invariant this guard holds one reference on `self.0`, released once.
+        unsafe { ntddk::ExReleaseRundownProtection(self.0.0.get()) };
     }
 }
