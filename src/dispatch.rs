@@ -56,15 +56,6 @@ fn create(mut irp: Irp) -> Status {
 /// handle opened for overlapped I/O): a `WAIT` among them is refused by the queue.
 #[paged]
 fn cleanup(mut irp: Irp) -> Status {
-    // A deliberately broken variant for the test bed (never in a product build): the handle's
-    // locks go first, so the waits drained below complete through PAGELK code and PAGEDATA that
-    // no lock covers (paged out, when no other handle is open).
-    if cfg!(feature = "defect-unlock-before-drain")
-        && let Some(open) = irp.open()
-    {
-        // MmUnlockPagableImageSection at PASSIVE_LEVEL, too early.
-        open.release_early();
-    }
     let file = kernel::file_of(&irp);
     if let Some(open) = irp.open() {
         let _cancelled = pending::cleanup(file, open.waits());

@@ -87,11 +87,6 @@ impl Open {
     /// `STATUS_INVALID_DEVICE_STATE` when the handles were never taken; nothing changes.
     #[paged]
     pub fn lock_sections(&self) -> Result<(), Status> {
-        // A deliberately broken variant for the test bed's self-test (never in a product
-        // build): opens lock nothing, so the locked work runs from paged-out sections.
-        if cfg!(feature = "defect-unlocked-run") {
-            return Ok(());
-        }
         self.add_pair(|reserved| reserved == 0).map(|_| ())
     }
 
@@ -113,9 +108,6 @@ impl Open {
     /// `STATUS_INVALID_DEVICE_STATE` at the nesting limit; nothing changes.
     #[paged]
     pub fn lock_extra(&self) -> Result<u32, Status> {
-        if cfg!(feature = "defect-unlocked-run") {
-            return Ok(self.extra());
-        }
         // The count this LOCK made, not a later reading that another LOCK may have raised.
         let held = self.add_pair(|reserved| (1..MAX_PAIRS).contains(&reserved))?;
         Ok(held - 1)
@@ -128,49 +120,24 @@ impl Open {
     /// `STATUS_INVALID_DEVICE_STATE` when no extra lock is held; nothing changes.
     #[paged]
     pub fn unlock_extra(&self) -> Result<u32, Status> {
-        let before = if cfg!(feature = "defect-unsynchronized-open") {
-            // A deliberately broken variant for the test bed's concurrency work (never in
-            // a product build): check, release, then write back, with kernel calls in the
-            // window. Two UNLOCKs on one handle can both see the same extra lock and
-            // release two, so the handle ends up holding nothing while it is open.
-            let before = self.held.load(Ordering::Relaxed);
-            if before < 2 {
-                return Err(status::INVALID_DEVICE_STATE);
-            }
-            Self::release_pair(before);
-            self.held.store(before - 1, Ordering::Relaxed);
-            before
-        } else {
-            // INVARIANT: uncounted first (so the count never exceeds the memory manager's),
-            // then released; the check and the decrement are one atomic step, and `held >= 1`
-            // stays true for the pair taken at create.
-            let before = self
-                .held
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
-                .map_err(|_| status::INVALID_DEVICE_STATE)?;
-            Self::release_pair(before);
-            before
-        };
+        // INVARIANT: uncounted first (so the count never exceeds the memory manager's), then
+        // released; the check and the decrement are one atomic step, and `held >= 1` stays
+        // true for the pair taken at create.
+        let before = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h >= 2).then(|| h - 1))
+            .map_err(|_| status::INVALID_DEVICE_STATE)?;
+        Self::release_pair();
         // INVARIANT: `held` fell before `reserved`, so `held <= reserved` still holds.
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         Ok(before - 2)
     }
 
-    /// Releases every pair this handle holds, ahead of its close, leaving nothing for the drop
-    /// to release. Only the test-only defect `defect-unlock-before-drain` calls it, from
-    /// cleanup, before the handle's queued waits are drained: the bug the test bed must catch.
-    #[paged]
-    pub fn release_early(&self) {
-        // INVARIANT: uncounted first, then released; `reserved` follows `held` down.
-        Self::release_pairs(self.held.swap(0, Ordering::AcqRel));
-        self.reserved.store(0, Ordering::Release);
-    }
-
-    /// Releases the `held` pairs a handle counted, the last taken first.
+    /// Releases the `held` pairs a handle counted.
     #[paged]
     fn release_pairs(held: u32) {
-        for before in (1..=held).rev() {
-            Self::release_pair(before);
+        for _ in 0..held {
+            Self::release_pair();
         }
     }
 
@@ -198,14 +165,9 @@ impl Open {
         Ok(self.held.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Releases one pair that was counted as the `before`-th and is no longer counted.
+    /// Releases one pair that is no longer counted.
     #[paged]
-    fn release_pair(before: u32) {
-        // A deliberately broken variant for the fuzzer's self-test (never in a product
-        // build): the third lock of a handle is forgotten, not released.
-        if cfg!(feature = "defect-lost-unlock") && before == 3 {
-            return;
-        }
+    fn release_pair() {
         // MmUnlockPagableImageSection at PASSIVE_LEVEL (UNLOCK, close), data then code;
         // at zero a section may page out, so nothing of it may run at DISPATCH_LEVEL after.
         PAGED_DATA.unlock_held();

@@ -187,7 +187,7 @@ pub fn cleanup(file: FileId, gate: &QueueGate) -> u32 {
 #[paged]
 fn drain(filter: Filter, outcome: WaitOutcome) -> u32 {
     let mut completed = 0;
-    while completed < MAX_PENDING {
+    for _ in 0..MAX_PENDING {
         // IoCsqRemoveNextIrp at PASSIVE_LEVEL: the IRP is ours, its cancel routine cleared.
         let Some(wait) = kernel::dequeue(filter) else { break };
         finish(wait, outcome);

@@ -30,7 +30,10 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 
-use crate::toolchain::{self, TARGET, Toolchain, libclang};
+use crate::{
+    scratch::{files, sync, write_if_changed},
+    toolchain::{self, TARGET, Toolchain, libclang},
+};
 
 /// The wdk-build release the patches below are written for.
 const WDK_BUILD: &str = "wdk-build";
@@ -238,56 +241,6 @@ fn download(tool: &Toolchain, dir: &Path, name: &str, version: &str) -> Result<(
         ),
     )?;
     toolchain::run(Command::new(&tool.cargo).arg("fetch").current_dir(&dir))
-}
-
-/// Writes `bytes` to `path` unless it already holds exactly them (keeps cargo's mtimes).
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
-    if fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Every file under `dir`, relative to it; `skip` names directories left out.
-fn files(dir: &Path, skip: &[&str]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        let entries = fs::read_dir(dir.join(&relative))
-            .with_context(|| format!("reading {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry?;
-            let path = relative.join(entry.file_name());
-            if entry.file_type()?.is_dir() {
-                if !skip.iter().any(|s| entry.file_name() == *s) {
-                    pending.push(path);
-                }
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Makes `dst` hold exactly `files` (relative path, content): writes what changed, deletes the
-/// rest (directories named in `keep` excepted).
-fn sync(dst: &Path, files_wanted: &[(PathBuf, Vec<u8>)], keep: &[&str]) -> Result<()> {
-    for (relative, bytes) in files_wanted {
-        write_if_changed(&dst.join(relative), bytes)?;
-    }
-    if dst.is_dir() {
-        for stale in files(dst, keep)? {
-            if !files_wanted.iter().any(|(p, _)| *p == stale) {
-                fs::remove_file(dst.join(&stale))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The patched copy of wdk-build under `dir`: the `.crate` is checked against `Cargo.lock`

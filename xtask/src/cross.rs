@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    pe,
+    pe, scratch,
     toolchain::{self, TARGET, Toolchain},
 };
 
@@ -99,11 +99,80 @@ pub fn kernel_cargo(tool: &Toolchain, program: &Path, subcommand: &str) -> Comma
 /// # Errors
 /// When the toolchain is missing or the build fails.
 pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Result<PathBuf> {
+    // Variants (features) build in a target directory of their own, so that they neither
+    // overwrite the product image nor make cargo rebuild it.
+    // The test bed's fixture driver shares one such directory across its variants: it is
+    // never shipped, and one build of the standard library serves them all.
+    let target_dir = if features.is_empty() {
+        root().join("target")
+    } else if package == "testbed-fixtures" {
+        root().join("target").join("variants").join(package)
+    } else {
+        root().join("target").join("variants").join(features.join("+"))
+    };
+    build_driver_in(&root(), &target_dir, package, features, profile)
+}
+
+/// Cross-builds `package` from a copy of the workspace with `patch` (a unified diff against
+/// the workspace, `a/` and `b/` prefixes) applied: a deliberately broken variant of the driver.
+/// The variants share one target directory under `target/variants` (one build of the standard
+/// library serves them all) and build one at a time; each image is copied out under its
+/// patch's name.
+///
+/// # Errors
+/// When the patch does not apply, or the build fails.
+pub fn build_patched(package: &str, patch: &Path, profile: Profile) -> Result<PathBuf> {
+    let name = patch.file_stem().and_then(|s| s.to_str()).context("the patch's file name")?;
+    let dir = root().join("target").join("variants").join("patched");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join("lock"))?;
+    // Two tests may ask for variants at once: one syncs, patches and builds at a time.
+    lock.lock().context("locking the variants' directory")?;
+    let copy = scratch::Workspace::sync(&root(), &dir.join("source"))?;
+    copy.apply(patch, 1, None)?;
+    let built = build_driver_in(copy.root(), &dir, package, &[], profile)?;
+    let image = dir.join(format!("{package}-{name}-{}.sys", profile.dir()));
+    // Renamed into place, as `build_driver_in` does, for readers of an older copy.
+    let partial = image.with_extension(format!("sys.{}", std::process::id()));
+    std::fs::copy(&built, &partial)?;
+    std::fs::rename(&partial, &image)?;
+    Ok(image)
+}
+
+/// Cross-builds `package` of the workspace at `source` into `target_dir`, fixes up its image
+/// and returns the path of the `.sys`.
+///
+/// # Errors
+/// When the toolchain is missing or the build fails.
+pub fn build_driver_in(
+    source: &Path,
+    target_dir: &Path,
+    package: &str,
+    features: &[&str],
+    profile: Profile,
+) -> Result<PathBuf> {
+    let mut command = kernel_build(source, target_dir, package, features, profile)?;
+    eprintln!("cross-building {package} ({profile:?}) from {}", source.display());
+    toolchain::run(&mut command)?;
+    fix_up_image(target_dir, package, profile)
+}
+
+/// The `cargo build` of `package` of the workspace at `source` into `target_dir`, for the
+/// kernel target (see [`fix_up_image`] for what follows it).
+///
+/// # Errors
+/// When the toolchain is missing.
+pub fn kernel_build(
+    source: &Path,
+    target_dir: &Path,
+    package: &str,
+    features: &[&str],
+    profile: Profile,
+) -> Result<Command> {
     toolchain::ensure_installed()?;
     let tool = toolchain::find()?;
-    eprintln!("cross-building {package} ({profile:?}) with {}", tool.description);
     let mut command = kernel_cargo(&tool, &tool.cargo, "build");
-    command.args(["--package", package]);
+    command.current_dir(source).args(["--package", package]);
     for feature in features {
         command.args(["--features", feature]);
     }
@@ -118,19 +187,16 @@ pub fn build_driver(package: &str, features: &[&str], profile: Profile) -> Resul
         "--config",
         &format!("profile.{name}.package.compiler_builtins.codegen-units=10000"),
     ]);
-    // Variants (features) build in a target directory of their own, so that they neither
-    // overwrite the product image nor make cargo rebuild it.
-    // The test bed's fixture driver shares one such directory across its variants: it is
-    // never shipped, and one build of the standard library serves them all.
-    let target_dir = if features.is_empty() {
-        root().join("target")
-    } else if package == "testbed-fixtures" {
-        root().join("target").join("variants").join(package)
-    } else {
-        root().join("target").join("variants").join(features.join("+"))
-    };
-    command.env("CARGO_TARGET_DIR", &target_dir);
-    toolchain::run(&mut command)?;
+    command.env("CARGO_TARGET_DIR", target_dir);
+    Ok(command)
+}
+
+/// Makes the kernel image of `package` that cargo linked into `target_dir` a driver image
+/// (`pe::fix_up`), as `pagelock.sys` beside it; returns its path.
+///
+/// # Errors
+/// When the linked image is missing or cannot be fixed up.
+pub fn fix_up_image(target_dir: &Path, package: &str, profile: Profile) -> Result<PathBuf> {
     let dir = target_dir.join(TARGET).join(profile.dir());
     let library = package.replace('-', "_");
     let dll = dir.join(format!("{library}.dll"));

@@ -7,6 +7,7 @@
 //! - `run`: the main job.
 //! - `doctor`: every prerequisite, where it was found or what provides it.
 //! - `wine`: the Windows test app drives the driver through Wine (also a step of `test`).
+//! - `mutants [--file PATH] [--shard K/N] [--sample N --seed S]`: the mutation run.
 
 #![forbid(unsafe_code)]
 
@@ -14,9 +15,11 @@ mod check_wdk;
 mod cross;
 mod inf;
 mod layout;
+mod mutants;
 mod pe;
 mod reliability;
 mod routines;
+mod scratch;
 mod toolchain;
 mod wine;
 
@@ -50,6 +53,10 @@ enum Command {
         /// Cargo features to enable (repeatable).
         #[arg(long)]
         features: Vec<String>,
+        /// A unified diff (`a/`, `b/` prefixes) applied to a copy of the workspace first: a
+        /// deliberately broken variant, such as those of `tests/defects`.
+        #[arg(long, conflicts_with = "features")]
+        patch: Option<PathBuf>,
         /// Build the debug image.
         #[arg(long)]
         debug: bool,
@@ -105,6 +112,16 @@ enum Command {
         #[arg(long)]
         from: Option<PathBuf>,
     },
+    /// How much of the driver the tests pin down: every one-token change of `src/`
+    /// (cargo-mutants' listing) tried against the host unit tests, then the test bed; one line
+    /// per mutant and a summary; exit status 1 when one is missed.
+    Mutants {
+        #[command(flatten)]
+        selection: mutants::Selection,
+        /// Write the figures into the README (a full run only).
+        #[arg(long)]
+        readme: bool,
+    },
     /// The Windows test app drives the real driver through Wine: its commands in order, each
     /// with its expected exit status and output, then a negative control that must fail.
     Wine {
@@ -140,19 +157,22 @@ fn host_cargo(args: &[&str]) -> Result<()> {
     toolchain::run(std::process::Command::new(cargo).args(args).current_dir(cross::root()))
 }
 
-/// The images the test bed's tests run, built once: (environment variable, features, debug).
-const IMAGES: &[(&str, &[&str], bool)] = &[
-    ("PAGELOCK_SYS", &[], false),
-    ("PAGELOCK_SYS_DEBUG", &[], true),
-    ("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false),
-    ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false),
-    ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true),
-    // Built so that it keeps building; the test bed's scheduler is what will catch it.
-    ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false),
-    // Cleanup releases the handle's locks before it drains its waits: the test bed's pending
-    // requests must catch it (PAGELK code run after the last lock covering it went).
-    ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", &["defect-unlock-before-drain"], false),
+/// The images the test bed's tests run, built once: (environment variable, the deliberate
+/// defect of `tests/defects/<name>.diff` applied to a copy of the source, debug).
+const IMAGES: &[(&str, Option<&str>, bool)] = &[
+    ("PAGELOCK_SYS", None, false),
+    ("PAGELOCK_SYS_DEBUG", None, true),
+    ("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", Some("lost-unlock"), false),
+    ("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", Some("unlocked-run"), false),
+    ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", Some("unlocked-run"), true),
+    ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", Some("unsynchronized-open"), false),
+    ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", Some("unlock-before-drain"), false),
 ];
+
+/// The deliberately broken variant `name` of pagelock (`tests/defects/<name>.diff`).
+fn defect_patch(name: &str) -> PathBuf {
+    cross::root().join("tests").join("defects").join(format!("{name}.diff"))
+}
 
 /// The test bed's fixture driver: its package, and the feature that is its binding source
 /// rather than a defect.
@@ -287,10 +307,13 @@ fn test() -> Result<()> {
         }
     })?;
     let mut images = Vec::new();
-    for (variable, features, debug) in IMAGES {
+    for (variable, defect, debug) in IMAGES {
         let profile = if *debug { Profile::Debug } else { Profile::Release };
         let path = step(&format!("image for the test bed: {variable}"), || {
-            cross::build_driver("pagelock", features, profile)
+            defect.map_or_else(
+                || cross::build_driver("pagelock", &[], profile),
+                |name| cross::build_patched("pagelock", &defect_patch(name), profile),
+            )
         })?;
         images.push((*variable, path));
     }
@@ -365,10 +388,14 @@ fn main() -> ExitCode {
             println!("{}", path.display());
             true
         }),
-        Command::BuildDriver { package, features, debug } => {
+        Command::BuildDriver { package, features, patch, debug } => {
             let features: Vec<&str> = features.iter().map(String::as_str).collect();
             let profile = if debug { Profile::Debug } else { Profile::Release };
-            cross::build_driver(&package, &features, profile).map(|path| {
+            let built = patch.map_or_else(
+                || cross::build_driver(&package, &features, profile),
+                |patch| cross::build_patched(&package, &patch, profile),
+            );
+            built.map(|path| {
                 println!("{}", path.display());
                 true
             })
@@ -383,6 +410,7 @@ fn main() -> ExitCode {
         Command::Doctor { json } => Ok(doctor(json)),
         Command::CheckLayout { source } => check_layout(source),
         Command::Wine { broken_irql } => wine::run(broken_irql),
+        Command::Mutants { selection, readme } => mutants::run(&selection, readme),
         Command::Run => main_job(),
     };
     match result {

@@ -178,6 +178,11 @@ pub fn survey() -> Vec<Prerequisite> {
         existing(MINGW_KERNEL32),
     );
     add(
+        "patch (applies tests/defects and the mutants to a copy of the source)",
+        Provider::Apt("patch"),
+        on_path(&["patch"]),
+    );
+    add(
         "x86_64-w64-mingw32-gcc (links the test app)",
         Provider::Apt("gcc-mingw-w64-x86-64"),
         on_path(&["x86_64-w64-mingw32-gcc"]),

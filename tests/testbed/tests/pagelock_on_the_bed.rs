@@ -1,89 +1,27 @@
-//! The real pagelock.sys (and deliberately broken variants of it) on the test bed, through the
-//! `pagelock-testbed` command line, as users run it.
+//! The real pagelock.sys on the test bed, through the `pagelock-testbed` command line, as users
+//! run it: what these tests state holds of the product; `cargo xtask mutants` uses them as its
+//! oracle for the changes the host unit tests miss.
 //!
 //! The images come from `cargo xtask test`, which builds them once and passes their paths in
-//! `PAGELOCK_SYS`, `PAGELOCK_SYS_DEBUG`, `PAGELOCK_SYS_DEFECT_LOST_UNLOCK` and
-//! `PAGELOCK_SYS_DEFECT_UNLOCKED_RUN`; run directly, the tests build what is missing with
+//! `PAGELOCK_SYS` and `PAGELOCK_SYS_DEBUG`; run directly, the tests build what is missing with
 //! `cargo xtask build-driver`.
 #![cfg(target_os = "linux")]
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+mod common;
 
+use std::path::Path;
+
+use common::{
+    DEVICE, bed, code, hex, image, json, lock_unlock_from_two_cpus, lock_unlock_on_a_shared_handle,
+    release, wait_spec, waits_closed_pending_from_two_cpus,
+};
 use pagelock_protocol::zerocopy::IntoBytes;
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The image in `variable`, or a fresh build of the driver with `features`.
-fn image(variable: &str, features: &[&str], debug: bool) -> PathBuf {
-    if let Some(path) = std::env::var_os(variable) {
-        return PathBuf::from(path);
-    }
-    let mut command = Command::new(env!("CARGO"));
-    command.current_dir(root()).args(["xtask", "build-driver", "--package", "pagelock"]);
-    for feature in features {
-        command.args(["--features", feature]);
-    }
-    if debug {
-        command.arg("--debug");
-    }
-    let output = command.output().expect("cargo xtask runs");
-    assert!(
-        output.status.success(),
-        "building the driver failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    PathBuf::from(stdout.lines().last().expect("xtask prints the path").trim())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn release() -> PathBuf {
-    image("PAGELOCK_SYS", &[], false)
-}
-
-fn bed(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pagelock-testbed")).args(args).output().expect("the bed runs")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn rules(report: &Value) -> Vec<String> {
-    report["violations"].as_array().map_or_else(Vec::new, |v| {
-        v.iter().map(|v| v["rule"].as_str().unwrap_or_default().to_owned()).collect()
-    })
-}
-
-const DEVICE: &str = r"\Device\PageLock";
-
-fn code(ioctl: u32) -> String {
-    format!("{ioctl:#x}")
-}
-
 #[test]
 fn the_debug_image_passes_the_suite_with_its_section_assertions_on() {
-    let sys = image("PAGELOCK_SYS_DEBUG", &[], true);
+    let sys = image("PAGELOCK_SYS_DEBUG", None, true);
     let output = bed(&["run", sys.to_str().unwrap(), "--json"]);
     let report = json(&output);
     assert!(output.status.success(), "{report:#}");
@@ -119,107 +57,6 @@ fn unlocked_sections_really_page_out_and_fault_back_in() {
         let (name, count) = (pair[0].as_str().unwrap(), pair[1].as_i64().unwrap());
         assert_eq!(count, i64::from(name != "PAGE"), "{name}");
     }
-}
-
-#[test]
-fn a_lost_unlock_is_caught_after_the_last_close() {
-    let sys = image("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false);
-    let lock = code(IOCTL_LOCK);
-    let unlock = code(pagelock_protocol::IOCTL_UNLOCK);
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--json",
-        "--ioctl",
-        &format!("{lock}::8"),
-        "--ioctl",
-        &format!("{lock}::8"),
-        "--ioctl",
-        &format!("{unlock}::8"),
-        "--ioctl",
-        &format!("{unlock}::8"),
-    ]);
-    let report = json(&output);
-    assert_eq!(output.status.code(), Some(1), "{report:#}");
-    assert!(rules(&report).contains(&"locked-after-last-close".to_owned()), "{report:#}");
-    let violation = report["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["rule"] == "locked-after-last-close")
-        .unwrap();
-    assert_eq!(violation["code"], 0xBED0_0004_u32);
-}
-
-/// One `RUN_LOCKED` on the variant whose opens lock nothing.
-fn run_locked_on_unlocked_variant(extra: &[&str]) -> (Output, Value) {
-    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
-    let input = hex(RunRequest::new(10, 1).as_bytes());
-    let ioctl = format!("{}:{input}:16", code(IOCTL_RUN_LOCKED));
-    let mut args =
-        vec!["exec", sys.to_str().unwrap(), "--device", DEVICE, "--json", "--ioctl", &ioctl];
-    args.extend_from_slice(extra);
-    let output = bed(&args);
-    let report = json(&output);
-    (output, report)
-}
-
-#[test]
-fn in_a_debug_image_lockable_code_entered_unlocked_fails_its_assertion_at_passive_level() {
-    // The debug build's `#[locked(LOCKED_CODE)]` check fires on entry, at PASSIVE_LEVEL, before
-    // the spin lock is taken: the panic handler bugchecks with "RPNC" (Rust panic), as
-    // wdk-panic does, its parameters the panic's location: that of `assert_locked`'s assertion.
-    let sys = image("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], true);
-    let input = hex(RunRequest::new(10, 1).as_bytes());
-    let ioctl = format!("{}:{input}:16", code(IOCTL_RUN_LOCKED));
-    let output =
-        bed(&["exec", sys.to_str().unwrap(), "--device", DEVICE, "--json", "--ioctl", &ioctl]);
-    let report = json(&output);
-    assert_eq!(output.status.code(), Some(1), "{report:#}");
-    assert_eq!(report["bugcheck"]["code"], u32::from_be_bytes(*b"RPNC"), "{report:#}");
-    let (file, line) = assertion_location("src/sections.rs", "lockable code ran while");
-    let parameters = &report["bugcheck"]["parameters"];
-    assert_eq!(parameters[1], file.len(), "the file name's length: {report:#}");
-    assert_eq!(parameters[2], line, "the line of the assertion in {file}: {report:#}");
-}
-
-/// The file (as rustc names it in panic locations) and the line of the one assertion in `file`
-/// whose message starts with `message`.
-fn assertion_location(file: &'static str, message: &str) -> (&'static str, usize) {
-    let text = std::fs::read_to_string(root().join(file)).expect("the driver's source");
-    let lines: Vec<usize> = (1..)
-        .zip(text.lines())
-        .filter(|(_, text)| text.contains("assert!") && text.contains(message))
-        .map(|(number, _)| number)
-        .collect();
-    assert_eq!(lines.len(), 1, "one assertion of {message:?} in {file}");
-    (file, lines[0])
-}
-
-#[test]
-fn locked_work_run_from_unlocked_sections_bugchecks_at_dispatch_level() {
-    let (output, report) = run_locked_on_unlocked_variant(&[]);
-    assert_eq!(output.status.code(), Some(1), "{report:#}");
-    let bugcheck = &report["bugcheck"];
-    assert_eq!(bugcheck["code"], 0xD1, "{report:#}");
-    assert!(bugcheck["detail"].as_str().unwrap().contains("PAGELK+"), "{bugcheck}");
-    assert!(rules(&report).contains(&"pageable-code-at-dispatch".to_owned()));
-}
-
-#[test]
-fn without_force_irql_checking_the_idle_paged_out_data_still_gives_the_bug_away() {
-    // With Force IRQL checking off, raising the IRQL pages nothing out; the code was paged in
-    // at PASSIVE_LEVEL on entry, but the table was paged out while the driver was idle, so the
-    // read under the spin lock faults: DRIVER_IRQL_NOT_LESS_OR_EQUAL on PAGEDATA.
-    let (_, report) = run_locked_on_unlocked_variant(&["--no-force-irql"]);
-    assert_eq!(report["bugcheck"]["code"], 0xD1, "{report:#}");
-    assert!(
-        report["bugcheck"]["detail"].as_str().unwrap().contains("read of PAGEDATA+"),
-        "{report:#}"
-    );
-    assert!(rules(&report).contains(&"page-fault-at-dispatch".to_owned()));
 }
 
 /// Every failable call the driver makes on the load, open, IOCTL and close paths, made to fail
@@ -291,22 +128,6 @@ fn a_short_fuzz_run_finds_nothing_in_the_real_driver() {
 }
 
 #[test]
-fn the_fuzzer_catches_a_lost_unlock_and_shrinks_it() {
-    let sys = image("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", &["defect-lost-unlock"], false);
-    let output = bed(&["fuzz", sys.to_str().unwrap(), "--seconds", "30", "--seed", "7", "--json"]);
-    let stats = json(&output);
-    assert_eq!(output.status.code(), Some(1), "{stats:#}");
-    assert_eq!(stats["failures"], 1);
-    let (ops, failure) = (&stats["minimal_failure"][0], &stats["minimal_failure"][1]);
-    // The defect needs an open and two LOCKs (nesting depth 2 then released): nothing shorter
-    // fails, and the shrinker gets there.
-    assert!(ops.as_array().unwrap().len() <= 4, "{ops:#}");
-    // A lock count that disagrees, or the handle's locked code run after its locks went.
-    let reason = failure["reason"].as_str().unwrap();
-    assert!(reason.contains("lock") || reason.contains("PAGELK"), "{failure:#}");
-}
-
-#[test]
 fn threads_opening_locking_running_and_closing_at_once_lose_no_update() {
     let sys = release();
     let output =
@@ -318,77 +139,11 @@ fn threads_opening_locking_running_and_closing_at_once_lose_no_update() {
     assert!(stats["problems"].as_array().unwrap().is_empty());
 }
 
-/// Two CPUs send LOCK, UNLOCK `repeat` times each, on one overlapped handle of `sys` or (not
-/// `shared`) each on its own, under the schedules from `seed`.
-fn lock_unlock_from_two_cpus(
-    sys: &Path,
-    shared: bool,
-    repeat: u32,
-    seed: u64,
-    schedules: u64,
-) -> (Output, Value) {
-    let (seed, schedules, repeat) = (seed.to_string(), schedules.to_string(), repeat.to_string());
-    let (lock, unlock) = (
-        format!("{}::8", code(IOCTL_LOCK)),
-        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
-    );
-    let sys = sys.to_str().unwrap();
-    let mut args = vec!["exec", sys, "--device", DEVICE, "--threads", "2", "--repeat", &repeat];
-    if shared {
-        args.push("--shared");
-    }
-    args.extend(["--seed", &seed, "--schedules", &schedules]);
-    args.extend(["--ioctl", &lock, "--ioctl", &unlock, "--json"]);
-    let output = bed(&args);
-    let report = json(&output);
-    (output, report)
-}
-
-fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
-    lock_unlock_from_two_cpus(sys, true, 60, seed, schedules)
-}
-
-#[test]
-fn an_unsynchronized_per_open_state_is_caught_on_a_shared_handle_for_every_seed_tried() {
-    let sys =
-        image("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false);
-    for seed in 1..=10 {
-        let (output, report) = lock_unlock_on_a_shared_handle(&sys, seed, 1);
-        assert_eq!(output.status.code(), Some(1), "seed {seed}: {report:#}");
-        let fired = rules(&report);
-        assert!(
-            fired.iter().any(|r| r == "locked-after-last-close" || r == "unlock-at-zero"),
-            "seed {seed}: {fired:?}"
-        );
-    }
-}
-
 #[test]
 fn the_real_per_open_state_stays_exact_on_a_shared_handle() {
     let (output, report) = lock_unlock_on_a_shared_handle(&release(), 1, 10);
     assert!(output.status.success(), "{report:#}");
     assert!(report["schedule"]["switches"].as_u64().unwrap_or(0) > 0, "{report:#}");
-}
-
-#[test]
-fn the_fuzzer_on_two_cpus_catches_the_unsynchronized_per_open_state_and_shrinks_it() {
-    let sys =
-        image("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", &["defect-unsynchronized-open"], false);
-    let args = ["fuzz", sys.to_str().unwrap(), "--seconds", "60", "--seed", "1", "--threads", "2"];
-    let output = bed(&[&args[..], &["--json"]].concat());
-    let stats = json(&output);
-    assert_eq!(output.status.code(), Some(1), "{stats:#}");
-    let (ops, failure) = (&stats["minimal_failure"][0], &stats["minimal_failure"][1]);
-    let ops = ops.as_array().unwrap();
-    assert!(ops.len() <= 12, "{ops:#?}");
-    // What remains needs requests in flight at once: the last step is a parallel one.
-    assert!(ops.last().is_some_and(|op| op.get("Parallel").is_some()), "{ops:#?}");
-    // A lock count that disagrees, or the handle's locked code run after its locks went.
-    let reason = failure["reason"].as_str().unwrap();
-    assert!(reason.contains("lock") || reason.contains("PAGELK"), "{failure:#}");
-    // The same seed finds the same failure: the schedules are part of the sequence.
-    let again = json(&bed(&[&args[..], &["--json"]].concat()));
-    assert_eq!(again["minimal_failure"], stats["minimal_failure"]);
 }
 
 #[test]
@@ -443,76 +198,6 @@ fn closes_come_from_the_system_worker_at_passive_or_apc_level_and_the_driver_is_
         }
     }
     assert_eq!(irqls.into_iter().collect::<Vec<_>>(), ["0", "1"]);
-}
-
-#[test]
-fn the_stress_run_keeps_force_irql_checking_on_and_catches_an_unlocked_run() {
-    let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", &["defect-unlocked-run"], false);
-    let output =
-        bed(&["stress", sys.to_str().unwrap(), "--threads", "4", "--iterations", "50", "--json"]);
-    let stats = json(&output);
-    assert_eq!(output.status.code(), Some(1), "{stats:#}");
-    let problems = stats["problems"].as_array().unwrap();
-    assert!(
-        // The bugcheck is always in the report; the rule's own line only when the kernel's
-        // records were free when the run stopped.
-        problems.iter().any(|p| {
-            let p = p.as_str().unwrap_or_default();
-            p.starts_with("bugcheck 0xd1") && p.contains("PAGELK")
-        }),
-        "{stats:#}"
-    );
-}
-
-/// A `WAIT` of `timeout_ms` with `cookie`, as `exec` takes it (`CODE:INHEX:OUTLEN`).
-fn wait_spec(timeout_ms: u32, cookie: u64) -> String {
-    let request = pagelock_protocol::WaitRequest::new(timeout_ms, cookie);
-    format!(
-        "{}:{}:{}",
-        code(pagelock_protocol::IOCTL_WAIT),
-        hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(&request)),
-        size_of::<pagelock_protocol::WaitReply>()
-    )
-}
-
-/// Two CPUs each send a long `WAIT` on an overlapped handle of their own and close that handle
-/// with the wait still queued, under the schedule of `seed`.
-fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Value) {
-    let wait = wait_spec(30_000, 0x5EED);
-    let seed = seed.to_string();
-    let sys = sys.to_str().unwrap();
-    let output = bed(&[
-        "exec",
-        sys,
-        "--device",
-        DEVICE,
-        "--open",
-        "0",
-        "--threads",
-        "2",
-        "--seed",
-        &seed,
-        "--pend",
-        &wait,
-        "--json",
-    ]);
-    let report = json(&output);
-    (output, report)
-}
-
-#[test]
-fn releasing_the_locks_in_cleanup_before_draining_the_waits_is_caught_for_every_seed_tried() {
-    let sys =
-        image("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", &["defect-unlock-before-drain"], false);
-    for seed in 1..=10 {
-        let (output, report) = waits_closed_pending_from_two_cpus(&sys, seed);
-        assert_eq!(output.status.code(), Some(1), "seed {seed}: {report:#}");
-        let fired = rules(&report);
-        assert!(
-            fired.iter().any(|r| r == "released-with-irps-outstanding"),
-            "seed {seed}: {fired:?}"
-        );
-    }
 }
 
 #[test]

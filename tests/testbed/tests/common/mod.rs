@@ -1,0 +1,143 @@
+//! What the test bed's tests of pagelock.sys share: the images, the bed's command line and its
+//! JSON reports.
+#![allow(dead_code, reason = "each test crate uses a part of it")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use pagelock_protocol::IOCTL_LOCK;
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The image in `variable`, or a fresh build of the driver, with the deliberate defect of
+/// `tests/defects/<defect>.diff` applied to a copy of its source if one is named.
+pub fn image(variable: &str, defect: Option<&str>, debug: bool) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
+        return PathBuf::from(path);
+    }
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(root()).args(["xtask", "build-driver", "--package", "pagelock"]);
+    if let Some(defect) = defect {
+        command.arg("--patch").arg(root().join("tests/defects").join(format!("{defect}.diff")));
+    }
+    if debug {
+        command.arg("--debug");
+    }
+    let output = command.output().expect("cargo xtask runs");
+    assert!(
+        output.status.success(),
+        "building the driver failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(stdout.lines().last().expect("xtask prints the path").trim())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+pub fn release() -> PathBuf {
+    image("PAGELOCK_SYS", None, false)
+}
+
+pub fn bed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pagelock-testbed")).args(args).output().expect("the bed runs")
+}
+
+pub fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+pub fn rules(report: &Value) -> Vec<String> {
+    report["violations"].as_array().map_or_else(Vec::new, |v| {
+        v.iter().map(|v| v["rule"].as_str().unwrap_or_default().to_owned()).collect()
+    })
+}
+
+pub const DEVICE: &str = r"\Device\PageLock";
+
+pub fn code(ioctl: u32) -> String {
+    format!("{ioctl:#x}")
+}
+
+/// Two CPUs send LOCK, UNLOCK `repeat` times each, on one overlapped handle of `sys` or (not
+/// `shared`) each on its own, under the schedules from `seed`.
+pub fn lock_unlock_from_two_cpus(
+    sys: &Path,
+    shared: bool,
+    repeat: u32,
+    seed: u64,
+    schedules: u64,
+) -> (Output, Value) {
+    let (seed, schedules, repeat) = (seed.to_string(), schedules.to_string(), repeat.to_string());
+    let (lock, unlock) = (
+        format!("{}::8", code(IOCTL_LOCK)),
+        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
+    );
+    let sys = sys.to_str().unwrap();
+    let mut args = vec!["exec", sys, "--device", DEVICE, "--threads", "2", "--repeat", &repeat];
+    if shared {
+        args.push("--shared");
+    }
+    args.extend(["--seed", &seed, "--schedules", &schedules]);
+    args.extend(["--ioctl", &lock, "--ioctl", &unlock, "--json"]);
+    let output = bed(&args);
+    let report = json(&output);
+    (output, report)
+}
+
+pub fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
+    lock_unlock_from_two_cpus(sys, true, 60, seed, schedules)
+}
+
+/// A `WAIT` of `timeout_ms` with `cookie`, as `exec` takes it (`CODE:INHEX:OUTLEN`).
+pub fn wait_spec(timeout_ms: u32, cookie: u64) -> String {
+    let request = pagelock_protocol::WaitRequest::new(timeout_ms, cookie);
+    format!(
+        "{}:{}:{}",
+        code(pagelock_protocol::IOCTL_WAIT),
+        hex(pagelock_protocol::zerocopy::IntoBytes::as_bytes(&request)),
+        size_of::<pagelock_protocol::WaitReply>()
+    )
+}
+
+/// Two CPUs each send a long `WAIT` on an overlapped handle of their own and close that handle
+/// with the wait still queued, under the schedule of `seed`.
+pub fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Value) {
+    let wait = wait_spec(30_000, 0x5EED);
+    let seed = seed.to_string();
+    let sys = sys.to_str().unwrap();
+    let output = bed(&[
+        "exec",
+        sys,
+        "--device",
+        DEVICE,
+        "--open",
+        "0",
+        "--threads",
+        "2",
+        "--seed",
+        &seed,
+        "--pend",
+        &wait,
+        "--json",
+    ]);
+    let report = json(&output);
+    (output, report)
+}
