@@ -200,10 +200,11 @@ impl LockableSection {
         if left == 0 {
             return;
         }
+        // The name's last four bytes tell the sections apart (all begin with `PAGE`).
         kernel::log_error(
-            c"BUG: section still locked at unload; releasing (locks, name bytes)",
+            c"BUG: section still locked at unload; releasing (locks, name bytes 5 to 8)",
             left,
-            u32::from_le_bytes([self.name[0], self.name[1], self.name[2], self.name[3]]),
+            u32::from_le_bytes([self.name[4], self.name[5], self.name[6], self.name[7]]),
         );
         if let Some(handle) = self.handle() {
             for _ in 0..left {

@@ -136,6 +136,50 @@ fn pageable_code_asserts_its_irql() {
     let _ = ioctl::handle(&open, protocol::IOCTL_QUERY_STATE, &[], 1024);
 }
 
+#[test]
+#[should_panic(expected = "resident driver code above DISPATCH_LEVEL")]
+fn resident_code_refuses_to_run_above_dispatch_level() {
+    // The driver has no interrupt service routine: at DIRQL, resident code runs only by a bug.
+    kernel::set_irql(kernel::DISPATCH_LEVEL);
+    crate::sections::assert_resident_irql();
+    kernel::set_irql(kernel::DISPATCH_LEVEL + 1);
+    crate::sections::assert_resident_irql();
+}
+
+#[test]
+#[should_panic(expected = "held by another lock")]
+fn data_tied_to_a_lock_is_reached_only_with_that_locks_guard() {
+    static OWNER: kernel::SpinLock = kernel::SpinLock::new();
+    static OTHER: kernel::SpinLock = kernel::SpinLock::new();
+    static DATA: kernel::LockedBy<u32> = kernel::LockedBy::new(&OWNER, 7);
+    {
+        let mut guard = OWNER.acquire();
+        *DATA.access(&mut guard) += 1;
+        assert_eq!(*DATA.access(&mut guard), 8);
+    }
+    let mut wrong = OTHER.acquire();
+    let _ = DATA.access(&mut wrong);
+}
+
+#[test]
+fn unload_releases_the_locks_a_buggy_handle_left_and_only_those() {
+    let _turn = exclusive();
+    // With nothing left, unload releases nothing (the stand-in would panic at count 0).
+    for section in LOCKABLE {
+        section.release_leftovers();
+    }
+    assert_eq!(counts(), [0, 0]);
+    let open = opened();
+    open.lock_extra().expect("one extra pair");
+    // A handle whose close never came: its two pairs stay locked until unload.
+    core::mem::forget(open);
+    assert_eq!(counts(), [2, 2]);
+    for section in LOCKABLE {
+        section.release_leftovers();
+    }
+    assert_eq!(counts(), [0, 0]);
+}
+
 fn call(open: &Open, code: u32, input: &[u8], capacity: usize) -> Result<Vec<u8>, i32> {
     ioctl::handle(open, code, input, capacity).map(|reply| reply.as_bytes().to_vec())
 }

@@ -110,7 +110,7 @@ impl<T> LockedBy<T> {
     #[expect(clippy::inline_always, reason = "a resident copy would be called by PAGELK only")]
     #[inline(always)]
     pub fn access<'a>(&'a self, guard: &'a mut SpinLockGuard<'_>) -> &'a mut T {
-        assert!(guard.holds(self.owner));
+        assert!(guard.holds(self.owner), "data reached with a guard held by another lock");
         // SAFETY: the guard proves this thread holds `owner`, and borrowing it mutably for
         // `'a` keeps any other access through the same guard out for that long.
         unsafe { &mut *self.data.get() }

@@ -169,6 +169,11 @@ const IMAGES: &[(&str, Option<&str>, bool)] = &[
     ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", Some("unlock-before-drain"), false),
 ];
 
+/// How many mutants `cargo xtask test` tries, and the seed that draws them: about two minutes
+/// warm on two cores.
+const MUTANTS_SAMPLE: usize = 10;
+const MUTANTS_SEED: u64 = 20_261_207;
+
 /// The deliberately broken variant `name` of pagelock (`tests/defects/<name>.diff`).
 fn defect_patch(name: &str) -> PathBuf {
     cross::root().join("tests").join("defects").join(format!("{name}.diff"))
@@ -338,6 +343,14 @@ fn test() -> Result<()> {
         toolchain::run(&mut command)
     })?;
     step("pagelock's scenario suite on the test bed", || run_on_bed(&sys))?;
+    step("a seeded sample of the driver's mutants, each caught (cargo xtask mutants)", || {
+        let sample = mutants::Selection::sample(MUTANTS_SAMPLE, MUTANTS_SEED);
+        if mutants::run(&sample, false)? {
+            Ok(())
+        } else {
+            bail!("a mutant of the sample was missed, or tests/mutants/equivalent.toml is stale")
+        }
+    })?;
     step("the test app drives the driver through Wine (cargo xtask wine)", || {
         if wine::run(false)? { Ok(()) } else { bail!("the Wine lane failed") }
     })?;

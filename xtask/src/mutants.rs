@@ -48,6 +48,11 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// `n` mutants of the whole listing, drawn with `seed`.
+    pub const fn sample(n: usize, seed: u64) -> Self {
+        Self { files: Vec::new(), shard: None, sample: Some(n), seed }
+    }
+
     const fn is_full(&self) -> bool {
         self.files.is_empty() && self.shard.is_none() && self.sample.is_none()
     }

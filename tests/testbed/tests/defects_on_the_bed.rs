@@ -49,6 +49,20 @@ fn a_lost_unlock_is_caught_after_the_last_close() {
         .find(|v| v["rule"] == "locked-after-last-close")
         .unwrap();
     assert_eq!(violation["code"], 0xBED0_0004_u32);
+    // Unload releases what the handle left, says so for each section, and leaves none locked.
+    let leftovers: Vec<u64> = report["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|line| line.as_str()?.strip_prefix("pagelock: BUG: section still locked"))
+        .map(|line| {
+            let numbers = line.rsplit_once('(').unwrap().1.trim_end_matches(')');
+            numbers.split(", ").nth(1).unwrap().parse().unwrap()
+        })
+        .collect();
+    let name = |bytes: &[u8; 4]| u64::from(u32::from_le_bytes(*bytes));
+    assert_eq!(leftovers, [name(b"DATA"), name(b"LK\0\0")], "{report:#}");
+    assert!(report["sections"].as_array().unwrap().iter().all(|s| s["lock_count"] == 0));
 }
 
 /// One `RUN_LOCKED` on the variant whose opens lock nothing.

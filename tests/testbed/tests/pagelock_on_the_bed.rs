@@ -15,7 +15,7 @@ use common::{
     DEVICE, bed, code, hex, image, json, lock_unlock_from_two_cpus, lock_unlock_on_a_shared_handle,
     release, wait_spec, waits_closed_pending_from_two_cpus,
 };
-use pagelock_protocol::zerocopy::IntoBytes;
+use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
 use serde_json::Value;
 
@@ -531,4 +531,81 @@ fn opens_of_a_name_below_the_device_or_of_a_directory_are_refused_and_change_not
         }
         assert_eq!(report["pool_outstanding"], 0, "{case}");
     }
+}
+
+/// The driver's package version from its manifest, as `QUERY_STATE` encodes it.
+fn package_version() -> u32 {
+    let manifest = std::fs::read_to_string(common::root().join("Cargo.toml")).unwrap();
+    let line = manifest.lines().find(|l| l.starts_with("version = ")).expect("a version");
+    let parts: Vec<u8> = line
+        .trim_start_matches("version = ")
+        .trim_matches('"')
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    pagelock_protocol::encode_version(parts[0], parts[1], parts[2])
+}
+
+/// The virtual size of each section of the image at `sys`, by name.
+fn section_sizes(sys: &Path) -> std::collections::HashMap<String, u32> {
+    use object::{LittleEndian as LE, read::pe::PeFile64};
+    let data = std::fs::read(sys).unwrap();
+    let image = PeFile64::parse(&*data).expect("a PE32+ image");
+    image
+        .section_table()
+        .iter()
+        .map(|s| {
+            let name = String::from_utf8_lossy(s.raw_name()).trim_end_matches('\0').to_owned();
+            (name, s.virtual_size.get(LE))
+        })
+        .collect()
+}
+
+#[test]
+fn query_state_reports_every_field_as_the_caller_and_the_image_know_it() {
+    // Two handles; on the first: LOCK, LOCK, UNLOCK, RUN_LOCKED, then QUERY_STATE.
+    let sys = release();
+    let run = format!("{}:{}:16", code(IOCTL_RUN_LOCKED), hex(RunRequest::new(7, 3).as_bytes()));
+    let (lock, unlock) = (
+        format!("{}::8", code(IOCTL_LOCK)),
+        format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
+    );
+    let query = format!("{}::200", code(IOCTL_QUERY_STATE));
+    let mut args = vec!["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "2", "--json"];
+    for ioctl in [&lock, &lock, &unlock, &run, &query] {
+        args.extend(["--ioctl", ioctl]);
+    }
+    let output = bed(&args);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let queried = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["what"].as_str().unwrap().contains(&code(IOCTL_QUERY_STATE)))
+        .and_then(|s| s["output"].as_str())
+        .expect("QUERY_STATE's reply");
+    let bytes: Vec<u8> = (0..queried.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&queried[i..i + 2], 16).unwrap())
+        .collect();
+    let state = pagelock_protocol::StateReply::read_from_bytes(&bytes).expect("a whole reply");
+    assert_eq!(state.version, pagelock_protocol::PROTOCOL_VERSION);
+    assert_eq!(state.driver_version, package_version(), "the package's version");
+    assert_eq!(state.open_handles, 2);
+    // Two LOCKs, one UNLOCK: one extra pair; with the pairs the two creates took, every section
+    // is locked 3 times over all handles, twice by the caller's.
+    assert_eq!(state.caller_extra_locks, 1);
+    let sizes = section_sizes(&sys);
+    for (section, name) in state.sections.iter().zip(["PAGELK", "PAGEDATA"]) {
+        assert_eq!(section.name(), name);
+        assert_eq!(Some(&section.size), sizes.get(name), "{name}'s size in the section table");
+        assert_eq!((section.lock_count, section.held_by_caller, section.reserved), (3, 2, 0));
+    }
+    // DriverEntry locks each section by address once, to take its handle, and unlocks it.
+    assert_eq!(state.lock_by_address_calls, 2);
+    // Each create locks both sections by handle, each LOCK both again; the UNLOCK releases both.
+    assert_eq!(state.lock_by_handle_calls, 2 * 2 + 2 * 2);
+    assert_eq!(state.unlock_calls, 2 + 2);
+    assert_eq!(state.runs, 1);
 }
