@@ -96,12 +96,6 @@ impl Open {
         self.held.load(Ordering::Acquire)
     }
 
-    /// Extra locks taken with `LOCK` and not yet released.
-    #[must_use]
-    pub fn extra(&self) -> u32 {
-        self.held().saturating_sub(1)
-    }
-
     /// `IOCTL_LOCK`: one more lock on each section. Returns the extra locks held after it.
     ///
     /// # Errors

@@ -578,17 +578,7 @@ fn query_state_reports_every_field_as_the_caller_and_the_image_know_it() {
     let output = bed(&args);
     let report = json(&output);
     assert!(output.status.success(), "{report:#}");
-    let queried = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["what"].as_str().unwrap().contains(&code(IOCTL_QUERY_STATE)))
-        .and_then(|s| s["output"].as_str())
-        .expect("QUERY_STATE's reply");
-    let bytes: Vec<u8> = (0..queried.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&queried[i..i + 2], 16).unwrap())
-        .collect();
+    let (bytes, _) = reply_of(&report, IOCTL_QUERY_STATE);
     let state = pagelock_protocol::StateReply::read_from_bytes(&bytes).expect("a whole reply");
     assert_eq!(state.version, pagelock_protocol::PROTOCOL_VERSION);
     assert_eq!(state.driver_version, package_version(), "the package's version");
@@ -608,4 +598,41 @@ fn query_state_reports_every_field_as_the_caller_and_the_image_know_it() {
     assert_eq!(state.lock_by_handle_calls, 2 * 2 + 2 * 2);
     assert_eq!(state.unlock_calls, 2 + 2);
     assert_eq!(state.runs, 1);
+}
+
+/// The reply of the first request with control code `ioctl` in `report`, as bytes.
+fn reply_of(report: &Value, ioctl: u32) -> (Vec<u8>, &Value) {
+    let step = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["what"].as_str().unwrap().contains(&code(ioctl)))
+        .expect("the request's step");
+    let text = step["output"].as_str().expect("a reply");
+    let bytes =
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap());
+    (bytes.collect(), step)
+}
+
+#[test]
+fn bench_times_its_two_loops_within_the_time_the_request_spent_in_the_driver() {
+    use pagelock_protocol::{BenchReply, BenchRequest, IOCTL_BENCH};
+    let sys = release();
+    let bench = format!("{}:{}:32", code(IOCTL_BENCH), hex(BenchRequest::new(100).as_bytes()));
+    let output =
+        bed(&["exec", sys.to_str().unwrap(), "--device", DEVICE, "--ioctl", &bench, "--json"]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let (bytes, step) = reply_of(&report, IOCTL_BENCH);
+    let reply = BenchReply::read_from_bytes(&bytes).expect("a whole reply");
+    assert_eq!((reply.version, reply.iterations), (pagelock_protocol::PROTOCOL_VERSION, 100));
+    // The bed's counter is its interrupt time (100 ns units) at `frequency` counts a second.
+    let times = &step["times"];
+    let in_driver = times["completed"].as_u64().unwrap() - times["dispatched"].as_u64().unwrap();
+    let counts_per_unit = reply.frequency / 10_000_000;
+    let bound = (in_driver + 1) * counts_per_unit;
+    // Each loop is timed by two readings in a row, so each took at least one count, and both
+    // together no longer than the request was in the driver.
+    assert!(reply.by_address_ticks >= 1 && reply.by_handle_ticks >= 1, "{reply:?}");
+    assert!(reply.by_address_ticks + reply.by_handle_ticks <= bound, "{reply:?}, bound {bound}");
 }
