@@ -636,3 +636,19 @@ fn bench_times_its_two_loops_within_the_time_the_request_spent_in_the_driver() {
     assert!(reply.by_address_ticks >= 1 && reply.by_handle_ticks >= 1, "{reply:?}");
     assert!(reply.by_address_ticks + reply.by_handle_ticks <= bound, "{reply:?}, bound {bound}");
 }
+
+#[test]
+fn the_debugger_log_says_when_the_driver_loads_and_when_it_unloads_and_nothing_else() {
+    let output = bed(&["exec", release().to_str().unwrap(), "--device", DEVICE, "--json"]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    // DbgPrint's lines, prefixed with the driver's name so that a kernel debugger's filter finds
+    // them; a correct run logs no error.
+    assert_eq!(
+        report["log"],
+        serde_json::json!([
+            "pagelock: loaded; sections pageable until a handle opens",
+            "pagelock: unloaded"
+        ])
+    );
+}
