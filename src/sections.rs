@@ -57,6 +57,29 @@ pub fn assert_locked(section: &LockableSection) {
     assert!(section.lock_count() > 0, "lockable code ran while its section was unlocked");
 }
 
+/// The virtual size of section `name` of the image whose headers `headers` holds.
+///
+/// Only if the image offset `offset` lies inside it; read with `object`'s PE parser (DOS header,
+/// NT headers, section table). `None` for headers that do not parse, or no such section there.
+#[must_use]
+#[init]
+pub fn size_in_image(headers: &[u8], name: &[u8; 8], offset: usize) -> Option<u32> {
+    use object::{
+        LittleEndian as LE,
+        pe::{ImageDosHeader, ImageNtHeaders64},
+        read::pe::ImageNtHeaders as _,
+    };
+    let dos = ImageDosHeader::parse(headers).ok()?;
+    let mut at = u64::from(dos.nt_headers_offset());
+    let (nt, _) = ImageNtHeaders64::parse(headers, &mut at).ok()?;
+    let table = nt.sections(headers, at).ok()?;
+    table.iter().find_map(|section| {
+        let start = section.virtual_address.get(LE) as usize;
+        let size = section.virtual_size.get(LE);
+        (section.name == *name && (start..start + size as usize).contains(&offset)).then_some(size)
+    })
+}
+
 /// A lockable section: its handle and the locks the driver holds on it, kept resident.
 pub struct LockableSection {
     name: [u8; 8],

@@ -614,3 +614,85 @@ mod pending {
         assert!(!kernel::timer_armed());
     }
 }
+
+/// The section table reader of `DriverEntry`, on images written with `object`'s PE writer.
+mod section_table {
+    use object::{
+        pe,
+        write::pe::{NtHeaders, Writer},
+    };
+
+    use crate::sections::size_in_image;
+
+    /// A PE32+ image with `.text` and the named sections of the given virtual sizes, in that
+    /// order, one page apart; returns the image and each section's RVA.
+    fn image(sections: &[(&[u8; 8], u32)]) -> (Vec<u8>, Vec<u32>) {
+        let mut out = Vec::new();
+        let mut writer = Writer::new(true, 0x1000, 0x200, &mut out);
+        writer.reserve_dos_header_and_stub();
+        writer.reserve_nt_headers(16);
+        writer.reserve_section_headers(u16::try_from(sections.len()).unwrap() + 1);
+        let text = writer.reserve_text_section(0x40);
+        let code = pe::IMAGE_SCN_CNT_CODE | pe::IMAGE_SCN_MEM_EXECUTE | pe::IMAGE_SCN_MEM_READ;
+        let ranges: Vec<_> = sections
+            .iter()
+            .map(|(name, size)| writer.reserve_section(**name, code, *size, *size))
+            .collect();
+        writer.write_dos_header_and_stub().unwrap();
+        writer.write_nt_headers(NtHeaders {
+            machine: pe::IMAGE_FILE_MACHINE_AMD64,
+            time_date_stamp: 0,
+            characteristics: pe::IMAGE_FILE_EXECUTABLE_IMAGE | pe::IMAGE_FILE_DLL,
+            major_linker_version: 14,
+            minor_linker_version: 0,
+            address_of_entry_point: text.virtual_address,
+            image_base: 0x1_4000_0000,
+            major_operating_system_version: 10,
+            minor_operating_system_version: 0,
+            major_image_version: 0,
+            minor_image_version: 0,
+            major_subsystem_version: 10,
+            minor_subsystem_version: 0,
+            subsystem: pe::IMAGE_SUBSYSTEM_NATIVE,
+            dll_characteristics: 0,
+            size_of_stack_reserve: 0,
+            size_of_stack_commit: 0,
+            size_of_heap_reserve: 0,
+            size_of_heap_commit: 0,
+        });
+        writer.write_section_headers();
+        writer.write_section(text.file_offset, &[0xCC; 0x40]);
+        for (range, (_, size)) in ranges.iter().zip(sections) {
+            writer.write_section(range.file_offset, &vec![0xCC; *size as usize]);
+        }
+        (out, ranges.iter().map(|r| r.virtual_address).collect())
+    }
+
+    #[test]
+    fn a_sections_size_is_found_by_its_name_and_an_address_inside_it() {
+        let (image, rvas) = image(&[(b"PAGELK\0\0", 0x234), (b"PAGEDATA", 0x1800)]);
+        let (lk, data) = (rvas[0] as usize, rvas[1] as usize);
+        assert_eq!(size_in_image(&image, b"PAGELK\0\0", lk), Some(0x234));
+        assert_eq!(size_in_image(&image, b"PAGELK\0\0", lk + 0x233), Some(0x234));
+        assert_eq!(size_in_image(&image, b"PAGEDATA", data + 0x17FF), Some(0x1800));
+        // An address past the section's end, or in another section, or before it: none.
+        assert_eq!(size_in_image(&image, b"PAGELK\0\0", lk + 0x234), None);
+        assert_eq!(size_in_image(&image, b"PAGELK\0\0", data), None);
+        assert_eq!(size_in_image(&image, b"PAGEDATA", lk), None);
+        assert_eq!(size_in_image(&image, b"INIT\0\0\0\0", lk), None);
+    }
+
+    #[test]
+    fn headers_that_do_not_parse_give_no_size() {
+        let (image, rvas) = image(&[(b"PAGELK\0\0", 0x100)]);
+        let at = rvas[0] as usize;
+        // Cut inside the section table, or with a broken NT signature.
+        let table_end = image.iter().rposition(|&b| b == b'K').unwrap();
+        assert_eq!(size_in_image(&image[..table_end], b"PAGELK\0\0", at), None);
+        let mut broken = image.clone();
+        let nt = u32::from_le_bytes(broken[0x3C..0x40].try_into().unwrap()) as usize;
+        broken[nt] = b'X';
+        assert_eq!(size_in_image(&broken, b"PAGELK\0\0", at), None);
+        assert_eq!(size_in_image(&image, b"PAGELK\0\0", at), Some(0x100));
+    }
+}

@@ -252,27 +252,11 @@ impl Driver {
     #[init]
     pub fn section_size(&self, name: &[u8; 8], address: *const c_void) -> Option<u32> {
         let (base, size) = self.image();
-        // SAFETY: the image stays mapped while the driver is loaded, and its headers were
-        // validated by the loader; every read below stays inside the first page of headers
-        // (asserted through `headers`' bounds).
+        // SAFETY: the image stays mapped while the driver is loaded, and its headers, which the
+        // loader validated, lie in its first page; the slice covers no more than the image.
         let headers = unsafe { core::slice::from_raw_parts(base, size.min(4096)) };
-        let read_u32 = |at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(headers.get(at..at + 4)?.try_into().ok()?))
-        };
-        let read_u16 = |at: usize| -> Option<u16> {
-            Some(u16::from_le_bytes(headers.get(at..at + 2)?.try_into().ok()?))
-        };
-        let nt = read_u32(0x3C)? as usize;
-        let sections = usize::from(read_u16(nt + 6)?);
-        let table = nt + 24 + usize::from(read_u16(nt + 20)?);
         let offset = (address as usize).checked_sub(base as usize)?;
-        (0..sections).find_map(|i| {
-            let entry = table + i * 40;
-            let size = read_u32(entry + 8)?;
-            let rva = read_u32(entry + 12)? as usize;
-            let inside = offset >= rva && offset < rva + size as usize;
-            (headers.get(entry..entry + 8)? == name && inside).then_some(size)
-        })
+        crate::sections::size_in_image(headers, name, offset)
     }
 
     /// Routes the four major functions the driver serves to the dispatch trampoline, and sets
