@@ -696,3 +696,11 @@ mod section_table {
         assert_eq!(size_in_image(&image, b"PAGELK\0\0", at), Some(0x100));
     }
 }
+
+#[test]
+fn a_timer_due_in_a_period_is_that_many_100_ns_units_before_now() {
+    // KeSetTimerEx: negative due times are relative, in 100 ns units.
+    assert_eq!(kernel::relative_due_time(protocol::WAIT_TICK_MS), -100_000);
+    assert_eq!(kernel::relative_due_time(1), -10_000);
+    assert_eq!(kernel::relative_due_time(0), 0);
+}

@@ -117,6 +117,16 @@ impl<T> LockedBy<T> {
     }
 }
 
+/// A due time `ms` milliseconds from now, as `KeSetTimerEx` takes it.
+///
+/// A negative `DueTime` is relative to the current system time, in 100 ns units (Microsoft's
+/// `KeSetTimerEx` page); a positive one is an absolute time, long past for small values.
+#[must_use]
+#[inline]
+pub const fn relative_due_time(ms: u32) -> i64 {
+    -(ms as i64 * 10_000)
+}
+
 /// UTF-16 of an ASCII string, NUL-terminated; `N` is its length plus one.
 ///
 /// # Panics

@@ -112,8 +112,7 @@ pub fn init_queue() -> Result<(), Status> {
 /// and so the handle's pair of locks.
 #[pagelock_macros::locked(LOCKED_CODE)]
 pub fn timer_start(period_ms: u32) {
-    // Relative due times are negative, in 100 ns units.
-    let due = sys::LARGE_INTEGER { QuadPart: -(i64::from(period_ms) * 10_000) };
+    let due = sys::LARGE_INTEGER { QuadPart: super::super::relative_due_time(period_ms) };
     // SAFETY: timer and DPC were initialised at load (invariant of `RESIDENT`) and are resident;
     // the period fits a LONG (it is at most a few milliseconds).
     unsafe {

@@ -652,3 +652,44 @@ fn the_debugger_log_says_when_the_driver_loads_and_when_it_unloads_and_nothing_e
         ])
     );
 }
+
+#[test]
+fn cleanup_and_close_complete_with_success_and_no_information() {
+    // Microsoft's IRP_MJ_CLEANUP and IRP_MJ_CLOSE pages: the driver completes both with
+    // STATUS_SUCCESS; neither carries data back.
+    let sys = release();
+    let wait = wait_spec(30_000, 1);
+    let output = bed(&[
+        "exec",
+        sys.to_str().unwrap(),
+        "--device",
+        DEVICE,
+        "--open",
+        "2",
+        "--ioctl",
+        &format!("{}::8", code(IOCTL_LOCK)),
+        "--pend",
+        &wait,
+        "--json",
+    ]);
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let ends: Vec<&Value> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let what = s["what"].as_str().unwrap_or_default();
+            what.starts_with("IRP_MJ_CLEANUP") || what.starts_with("IRP_MJ_CLOSE")
+        })
+        .collect();
+    assert_eq!(
+        ends.len(),
+        2 * 3,
+        "a cleanup and a close for each of the three handles: {report:#}"
+    );
+    for step in ends {
+        assert_eq!(step["status"], 0, "{step}");
+        assert!(matches!(step["information"].as_u64(), None | Some(0)), "{step}");
+    }
+}
