@@ -180,7 +180,8 @@ pub struct Oracle {
     patched: Option<PathBuf>,
 }
 
-/// A bed step's limit: the slowest takes about a minute on two loaded cores.
+/// The limit of a build, or of the unmutated host tests: far above what they take on two loaded
+/// cores.
 const BED_LIMIT: Duration = Duration::from_mins(10);
 
 impl Oracle {
@@ -299,8 +300,9 @@ impl Oracle {
             return Ok(Some(Verdict::Caught("check-pe".into())));
         }
         for step in Step::ALL {
-            if self.image_step(step, &release, &self.product_debug, log)? {
-                return Ok(Some(Verdict::Caught(step.name().into())));
+            let ended = self.image_step(step, &release, &self.product_debug, log)?;
+            if let Some(verdict) = step.verdict(&ended, "") {
+                return Ok(Some(verdict));
             }
         }
         let Some(debug) = build(Profile::Debug)? else {
@@ -310,15 +312,16 @@ impl Oracle {
         // run reach; the bed tests' statistical expectations (races reached, schedules clean)
         // are stated for the release image.
         for step in [Step::Scenarios, Step::Scheduled] {
-            if self.image_step(step, &debug, &debug, log)? {
-                return Ok(Some(Verdict::Caught(format!("the debug image's {}", step.name()))));
+            let ended = self.image_step(step, &debug, &debug, log)?;
+            if let Some(verdict) = step.verdict(&ended, "the debug image's ") {
+                return Ok(Some(verdict));
             }
         }
         Ok(None)
     }
 
-    /// Runs `step` on `sys` (with `debug` as the bed tests' debug image): whether it failed.
-    fn image_step(&self, step: Step, sys: &Path, debug: &Path, log: &Path) -> Result<bool> {
+    /// Runs `step` on `sys` (with `debug` as the bed tests' debug image), within its limit.
+    fn image_step(&self, step: Step, sys: &Path, debug: &Path, log: &Path) -> Result<Ended> {
         let path = sys.to_str().context("a UTF-8 path")?;
         let mut command = Command::new(&self.testbed);
         match step {
@@ -332,7 +335,7 @@ impl Oracle {
                 command.args(["fuzz", path, "--seconds", "10", "--seed", "1", "--threads", "2"])
             }
         };
-        Ok(!matches!(run_limited(&mut command, log, BED_LIMIT)?, Ended::Passed))
+        run_limited(&mut command, log, step.limit())
     }
 }
 
@@ -351,6 +354,28 @@ enum Step {
 
 impl Step {
     const ALL: [Self; 4] = [Self::Scenarios, Self::Scheduled, Self::BedTests, Self::Fuzz];
+
+    /// Ten times what the step takes on the unmutated driver on two loaded cores, at least a
+    /// minute: a mutant that makes the bed run on (a request pended that nothing completes, a
+    /// timer that ticks for ever) is caught by the limit.
+    const fn limit(self) -> Duration {
+        match self {
+            Self::Scenarios | Self::Fuzz => Duration::from_mins(1),
+            Self::Scheduled => Duration::from_mins(2),
+            Self::BedTests => Duration::from_mins(10),
+        }
+    }
+
+    /// `None` when the step passed; else what caught the mutant (`prefix` names the image).
+    fn verdict(self, ended: &Ended, prefix: &str) -> Option<Verdict> {
+        match ended {
+            Ended::Passed => None,
+            Ended::Failed => Some(Verdict::Caught(format!("{prefix}{}", self.name()))),
+            Ended::TimedOut => {
+                Some(Verdict::Caught(format!("{prefix}{} (time limit)", self.name())))
+            }
+        }
+    }
 
     const fn name(self) -> &'static str {
         match self {
