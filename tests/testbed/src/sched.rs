@@ -258,9 +258,9 @@ pub fn point() {
 /// itself: that one then looks again). The CPU stays marked as waiting while it is switched
 /// out, so waiters do not hand the baton to each other while a CPU that could make progress is
 /// left out. False when no CPU can make progress: every other CPU is done, or each live CPU has
-/// waited twice since the run's last progress ([`progress`]), so each has looked again at what
-/// it waits for since anything could change it, which is a deadlock. Outside a scheduled run
-/// it only spins.
+/// waited twice since the run's last progress (a CPU reached a switch point or went on from
+/// one, started or finished), so each has looked again at what it waits for since anything
+/// could change it, which is a deadlock. Outside a scheduled run it only spins.
 ///
 /// Counted per CPU, not in all: a waiter whose lock was released while it was switched out can
 /// go on, and has not looked yet, however often the other waiters draw each other.
