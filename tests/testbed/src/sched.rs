@@ -60,11 +60,18 @@ struct Cpu {
     status: AtomicU8,
     /// Its priority under [`Policy::Pct`].
     priority: AtomicU32,
+    /// Its waits since the last progress of the run (see [`progress`]).
+    waits: AtomicU32,
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static CPUS: [Cpu; MAX_CPUS] = [const {
-    Cpu { wake: AtomicU32::new(0), status: AtomicU8::new(ABSENT), priority: AtomicU32::new(0) }
+    Cpu {
+        wake: AtomicU32::new(0),
+        status: AtomicU8::new(ABSENT),
+        priority: AtomicU32::new(0),
+        waits: AtomicU32::new(0),
+    }
 }; MAX_CPUS];
 static COUNT: AtomicU32 = AtomicU32::new(0);
 static RUNNING: AtomicU32 = AtomicU32::new(NONE);
@@ -76,9 +83,6 @@ static POINTS: AtomicU64 = AtomicU64::new(0);
 static SWITCHES: AtomicU64 = AtomicU64::new(0);
 static DIGEST: AtomicU64 = AtomicU64::new(FNV_OFFSET);
 static SEED: AtomicU64 = AtomicU64::new(0);
-/// Waits in a row with no switch point reached in between: when every live CPU has waited
-/// twice over and none has made progress, nothing can.
-static WAITS_IN_A_ROW: AtomicU32 = AtomicU32::new(0);
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
@@ -185,8 +189,9 @@ static SWITCHED_IN: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Installs what runs on a CPU each time it is switched in.
 ///
-/// It must be async-signal-safe, since switches happen in the fault handler too. Force IRQL checking pages the unlocked sections out again
-/// for a CPU at `DISPATCH_LEVEL`. Installed by the layer above.
+/// It must be async-signal-safe, since switches happen in the fault handler too. Force IRQL
+/// checking pages the unlocked sections out again for a CPU at `DISPATCH_LEVEL`. Installed by
+/// the layer above.
 pub fn on_switched_in(hook: fn()) {
     let _ = SWITCHED_IN.set(hook);
 }
@@ -219,6 +224,17 @@ fn record(point: u64, me: u32, next: u32) {
     DIGEST.store((digest ^ value).wrapping_mul(FNV_PRIME), Ordering::Relaxed);
 }
 
+/// The run made progress: a CPU reached a switch point or goes on from one, started or is
+/// done. What a waiter waits for may have changed, so every CPU's count of waits starts again.
+///
+/// Between two progresses, CPUs only wait: each takes the baton from a waiter and, unless it
+/// reaches a switch point (a progress), looks again at what it waits for and waits again.
+fn progress() {
+    for c in cpus() {
+        cpu(c).waits.store(0, Ordering::Relaxed);
+    }
+}
+
 /// A switch point: the running CPU may hand the baton to another. Does nothing outside a
 /// scheduled run or on a thread without a CPU (async-signal-safe).
 pub fn point() {
@@ -226,11 +242,14 @@ pub fn point() {
         return;
     }
     let Some(me) = current_cpu() else { return };
-    WAITS_IN_A_ROW.store(0, Ordering::Relaxed);
+    progress();
     let point = POINTS.fetch_add(1, Ordering::Relaxed);
     let next = choose(me, point, |_, s| s == RUNNABLE || s == SPINNING).unwrap_or(me);
     record(point, me, next);
     hand_over(me, next);
+    // Going on from the point: this CPU may now change, with no switch point, what the others
+    // wait for (a flag, a lock word), before it waits itself.
+    progress();
 }
 
 /// Called while waiting for something another CPU holds (a spin lock, a busy file object).
@@ -238,19 +257,23 @@ pub fn point() {
 /// Lets a CPU that is not itself waiting run, or, when all are waiting, another waiter (never
 /// itself: that one then looks again). The CPU stays marked as waiting while it is switched
 /// out, so waiters do not hand the baton to each other while a CPU that could make progress is
-/// left out. False when no CPU can make progress: every other CPU is done, or every live CPU
-/// has waited twice over with no switch point reached in between, which is a deadlock. Outside
-/// a scheduled run it only spins.
+/// left out. False when no CPU can make progress: every other CPU is done, or each live CPU has
+/// waited twice since the run's last progress (a CPU reached a switch point or went on from
+/// one, started or finished), so each has looked again at what it waits for since anything
+/// could change it, which is a deadlock. Outside a scheduled run it only spins.
+///
+/// Counted per CPU, not in all: a waiter whose lock was released while it was switched out can
+/// go on, and has not looked yet, however often the other waiters draw each other.
 #[must_use]
 pub fn wait_on_other_cpu() -> bool {
     let Some(me) = current_cpu().filter(|_| active()) else {
         std::hint::spin_loop();
         return true;
     };
-    let live =
-        u32::try_from(cpus().filter(|c| cpu(*c).status.load(Ordering::Relaxed) != DONE).count())
-            .unwrap_or(u32::MAX);
-    if WAITS_IN_A_ROW.fetch_add(1, Ordering::Relaxed) + 1 > 2 * live {
+    cpu(me).waits.fetch_add(1, Ordering::Relaxed);
+    if cpus().all(|c| {
+        cpu(c).status.load(Ordering::Relaxed) == DONE || cpu(c).waits.load(Ordering::Relaxed) >= 2
+    }) {
         return false;
     }
     cpu(me).status.store(SPINNING, Ordering::Relaxed);
@@ -355,6 +378,7 @@ pub fn run<R: Send>(
     for (i, c) in CPUS.iter().enumerate() {
         c.status.store(if i < cpus { RUNNABLE } else { ABSENT }, Ordering::Relaxed);
         c.wake.store(0, Ordering::Relaxed);
+        c.waits.store(0, Ordering::Relaxed);
         // Distinct priorities above every change point's (change point k gives depth - 1 - k).
         c.priority.store(u32::try_from(i).unwrap_or(0) + 9, Ordering::Relaxed);
     }
@@ -396,6 +420,8 @@ pub fn run<R: Send>(
                     crate::trace::set_lane(u8::try_from(me).unwrap_or(crate::trace::MAIN));
                     ready.fetch_add(1, Ordering::AcqRel);
                     wait_for_baton(me);
+                    // Starting: this CPU may change what the others wait for before it waits.
+                    progress();
                     // Done, normally or by a panic: the baton passes on either way, so the
                     // other CPUs finish and the panic reaches the caller.
                     let _leaving = Leaving(me);
@@ -446,6 +472,8 @@ impl Drop for Leaving {
     fn drop(&mut self) {
         let me = self.0;
         cpu(me).status.store(DONE, Ordering::Relaxed);
+        // Its last steps may have changed what the others wait for: they look again.
+        progress();
         let point = POINTS.fetch_add(1, Ordering::Relaxed);
         match choose(me, point, |_, s| s == RUNNABLE || s == SPINNING) {
             Some(next) => {
@@ -602,6 +630,47 @@ mod tests {
                 true
             });
             assert_eq!(results, [true, true], "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn no_deadlock_verdict_while_a_waiter_that_can_go_on_has_not_looked_again() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // As in seed 238 of the debug image's closing run: CPU 2 spins on a lock CPU 0 holds
+        // (there, the timer's DPC on the lock another DPC held); CPU 0 releases it, and then
+        // CPUs 0 and 1 wait for CPU 2 to finish. CPU 2 can go on: the other two drawing each
+        // other until their waits add up must not be a deadlock verdict (there, "nothing left
+        // can complete it"), since CPU 2 has not looked at its lock since it was released.
+        for seed in 0..256 {
+            let held = AtomicBool::new(true);
+            let finished = AtomicBool::new(false);
+            let results = run(3, seed, Policy::Uniform, |me| {
+                match me {
+                    0 => {
+                        point();
+                        held.store(false, Ordering::SeqCst);
+                        point();
+                    }
+                    2 => {
+                        while held.load(Ordering::SeqCst) {
+                            if !wait_on_other_cpu() {
+                                return false;
+                            }
+                        }
+                        point();
+                        finished.store(true, Ordering::SeqCst);
+                        return true;
+                    }
+                    _ => {}
+                }
+                while !finished.load(Ordering::SeqCst) {
+                    if !wait_on_other_cpu() {
+                        return false;
+                    }
+                }
+                true
+            });
+            assert_eq!(results, [true, true, true], "seed {seed}");
         }
     }
 

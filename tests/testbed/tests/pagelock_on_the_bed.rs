@@ -290,6 +290,27 @@ fn the_real_driver_stays_clean_when_a_handle_closes_under_its_own_requests() {
     }
 }
 
+#[test]
+fn the_debug_image_stays_clean_when_its_timers_dpc_spins_while_the_handle_closes() {
+    // Seed 238 with the debug image: the cleanup's drain completes a WAIT it took off the
+    // queue, the clock interrupts it at the entry of IofCompleteRequest, and the timer's DPC
+    // there spins on the timer's lock, which a DPC on another CPU holds; that one finds
+    // nothing pending, cancels the timer and lets go. The two CPUs left waiting drew each other
+    // until their waits added up, and the bed called it "nothing left can complete it" while
+    // the spinning CPU could go on. A schedule of this image's code only: the bed's own test of
+    // the verdict is in `sched`.
+    let sys = image("PAGELOCK_SYS_DEBUG", &[], true);
+    let mut args = closing_the_shared_handle_under_requests(&sys, 238, 1);
+    args.push("--json".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = bed(&args);
+    let report = json(&output);
+    assert!(output.status.success() && rules(&report).is_empty(), "{report:#}");
+    assert!(report["bugcheck"].is_null(), "{report:#}");
+    let races = report["races"].to_string();
+    assert!(races.contains(CLEANUP_MEETS_A_REQUEST), "seed 238 no longer closes under a request");
+}
+
 /// Runs `exec` over `schedules` seeds and returns, per race the bed names, the schedules that
 /// reached it (from the summary `--schedules` prints).
 fn races_reached(args: &[&str]) -> Vec<(String, u64)> {
