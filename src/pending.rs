@@ -139,11 +139,12 @@ pub fn wait(irp: Irp, request: WaitRequest) -> Status {
 fn reserve() -> Result<(), Status> {
     // Raises to DISPATCH_LEVEL: KeSetTimerEx is callable there, and the DPC's cancel waits.
     let guard = TIMER_LOCK.acquire();
-    let before = PENDING.load(Ordering::SeqCst);
-    if before >= MAX_PENDING {
-        return Err(status::INVALID_DEVICE_STATE);
-    }
-    PENDING.store(before + 1, Ordering::SeqCst);
+    // One atomic step: the lock orders this against the DPC's test of the count, but the waits'
+    // completions (`finish`, on other processors) take slots back without it, and a load then a
+    // store would lose one that lands between them.
+    let before = PENDING
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_PENDING).then(|| n + 1))
+        .map_err(|_| status::INVALID_DEVICE_STATE)?;
     if before == 0 && !STOPPING.load(Ordering::SeqCst) {
         kernel::timer_start(WAIT_TICK_MS);
     }

@@ -839,6 +839,13 @@ impl Bed {
         let unload = unsafe {
             std::mem::transmute::<unsafe extern "C" fn(*mut ddk::DRIVER_OBJECT), Unload>(unload)
         };
+        // A service stop can come at any moment, the one a timer of the driver falls due
+        // included: the clock interrupt has then queued the timer's DPC on a processor that has
+        // not run it yet when DriverUnload begins, and the driver must wait for it
+        // (KeFlushQueuedDpcs) before it returns and its image goes.
+        if ke::timer::expire_next() {
+            record::note("bed: a timer of the driver fell due as DriverUnload began".to_owned());
+        }
         // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
         unsafe { unload(self.driver) };
         self.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
