@@ -12,7 +12,7 @@ use std::{ffi::CStr, fmt::Write as _};
 use crate::{
     mm, record,
     routine::{self, Routine},
-    rtl::unicode_text,
+    rtl::unicode::unicode_text,
 };
 
 /// A string argument the driver passed: NUL-terminated ANSI or UTF-16, or a `UNICODE_STRING`.

@@ -142,6 +142,28 @@ impl Mm {
         self.image.contains(&address)
     }
 
+    /// Why `len` bytes from `address`, which lies in the image, cannot be read: they run past
+    /// its end, or over a section that is freed or not readable (a paged-out one is readable: a
+    /// read below `DISPATCH_LEVEL` pages it in). `None` when they can, or when `address` is not
+    /// in the image.
+    #[must_use]
+    pub fn unreadable(&self, address: usize, len: usize) -> Option<String> {
+        if !self.in_image(address) {
+            return None;
+        }
+        let end = address.saturating_add(len);
+        if end > self.image.end {
+            return Some(format!("{len} bytes at {} run past the image", self.describe(address)));
+        }
+        let touched = self.sections.iter().filter(|s| s.start < end && address < s.end);
+        touched.map(|s| (s, s.discarded.load(Ordering::SeqCst))).find_map(|(s, freed)| {
+            (freed || s.prot & libc::PROT_READ == 0).then(|| {
+                let what = if freed { "freed after DriverEntry" } else { "not readable" };
+                format!("{len} bytes at {} reach {}, {what}", self.describe(address), s.name)
+            })
+        })
+    }
+
     /// The section holding `address`, with its index.
     #[must_use]
     pub fn section_of(&self, address: usize) -> Option<(usize, &Section)> {

@@ -172,6 +172,7 @@ caught! {
     unlocking_to_zero_with_waits_queued_is_caught: "unlock-while-queued" ["--open", "0", "--pend", WAIT] => "released-with-irps-outstanding", 0xBED0_0010, false;
     a_dpc_returning_at_another_irql_is_caught: "dpc-lowers-irql" ["--ioctl", WAIT] => "dpc-changed-irql", 0xC8, false;
     flushing_dpcs_at_dispatch_level_is_caught: "flush-at-dispatch" => "irql-too-high", 0xC4, false;
+    a_name_longer_than_its_maximum_length_is_caught: "malformed-name" => "malformed-unicode-string", 0xBED0_0012, true;
     freeing_pool_twice_is_caught: "free-twice" => "bad-pool-free", 0xC4, false;
     freeing_pool_with_another_tag_is_caught: "free-wrong-tag" => "pool-tag-mismatch", 0xC2, false;
     allocating_zero_bytes_is_caught: "allocate-zero" => "zero-size-allocation", 0xC4, false;
