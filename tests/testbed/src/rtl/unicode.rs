@@ -4,8 +4,11 @@
 //! The kernel trusts a counted string's fields. The object manager copies `Length` bytes of a
 //! name from `Buffer` and appends a NUL; `NtCreateSymbolicLinkObject` copies `MaximumLength`
 //! bytes of a link's target. A string whose fields disagree, or whose buffer is not there, makes
-//! the call fail, succeed on a lie, or fault on Windows: [`captured_text`] stops the run at it
-//! ([`Rule::MalformedUnicodeString`]), naming what is wrong.
+//! the call fail, succeed on a lie, or fault on Windows: [`captured_text`] stops the run at it,
+//! naming what is wrong ([`Rule::MalformedUnicodeString`]; a copy that would fault on the
+//! image's memory stops with Windows' 0x50, as the kernel's would).
+
+use std::sync::atomic::Ordering;
 
 use pagelock_ddk as ddk;
 
@@ -58,23 +61,64 @@ pub fn malformation(s: &ddk::UNICODE_STRING, capture: Capture) -> Option<&'stati
     }
 }
 
-/// Why `len` bytes at `address` cannot be read, when the bed knows: the first 64 KiB, a freed
-/// or unreadable section of the image or past its end, past the end of a pool block. Memory
-/// the bed does not track (a stack) is taken as readable.
-fn unreadable(address: usize, len: usize) -> Option<String> {
+/// Why a routine's copy of `len` bytes at `address` would fail, when the bed knows.
+enum Unreadable {
+    /// The copy faults on the image's memory at this address (a freed or unreadable section, or
+    /// past the image's end): Windows' `PAGE_FAULT_IN_NONPAGED_AREA`.
+    Image(usize),
+    /// Memory the bed knows is not the string's, where Windows' outcome varies (a fault, a
+    /// failed call, or, past a pool block without special pool, a silent read): why.
+    Elsewhere(String),
+}
+
+/// Whether `len` bytes at `address` can be read, as far as the bed knows: not in the first
+/// 64 KiB, in a readable part of the image, within their pool block. Memory the bed does not
+/// track (a stack) is taken as readable.
+fn unreadable(address: usize, len: usize) -> Option<Unreadable> {
     if len == 0 {
         return None;
     }
     if address < LOWEST_MAPPED {
-        return Some(format!("{address:#x} lies in the first 64 KiB, never mapped"));
+        let why = format!("{address:#x} lies in the first 64 KiB, never mapped");
+        return Some(Unreadable::Elsewhere(why));
     }
-    if let Some(why) = mm::get().unreadable(address, len) {
-        return Some(why);
+    if let Some(at) = mm::get().unreadable(address, len) {
+        return Some(Unreadable::Image(at));
     }
     let (start, size) = ex::block_holding(address)?;
     (address - start + len > size).then(|| {
-        format!("{len} bytes at {address:#x} run past the end of its pool block ({size} bytes)")
+        let why = format!("{len} bytes at {address:#x} run past its pool block ({size} bytes)");
+        Unreadable::Elsewhere(why)
     })
+}
+
+/// Stops the run when `routine`, copying `len` bytes at `address` of its parameter `what` (the
+/// string at `s`, `fields` once read), would fail: with 0x50 as Windows when the copy faults
+/// on the image, with [`Rule::MalformedUnicodeString`] otherwise.
+fn check_readable(
+    routine: Routine,
+    what: &str,
+    s: *const ddk::UNICODE_STRING,
+    fields: Option<&ddk::UNICODE_STRING>,
+    address: usize,
+    len: usize,
+) {
+    match unreadable(address, len) {
+        None => {}
+        Some(Unreadable::Image(at)) => faulted(routine, what, at),
+        Some(Unreadable::Elsewhere(why)) => malformed(routine, what, s, fields, &why),
+    }
+}
+
+/// Stops the run as Windows does when `routine`'s copy of its parameter `what` faults on the
+/// image's memory at `at`: `PAGE_FAULT_IN_NONPAGED_AREA` (0x50), under the rule for a freed
+/// section or for any other memory. The faulting instruction is the routine's.
+fn faulted(routine: Routine, what: &str, at: usize) -> ! {
+    let mm = mm::get();
+    let freed = mm.section_of(at).is_some_and(|(_, s)| s.discarded.load(Ordering::SeqCst));
+    let rule = if freed { Rule::DiscardedSectionTouched } else { Rule::InvalidAccess };
+    let detail = format!("read of {} by {}, copying its {what}", mm.describe(at), routine.name());
+    record::stop(rule, None, [at as u64, 0, routine.address() as u64, 0], detail)
 }
 
 /// Stops the run: the counted string at `s` (its fields when they could be read), handed to
@@ -129,9 +173,7 @@ pub unsafe fn captured_text(
         }
         malformed(routine, what, s, None, "no string (NULL)");
     }
-    if let Some(why) = unreadable(s as usize, size_of::<ddk::UNICODE_STRING>()) {
-        malformed(routine, what, s, None, &why);
-    }
+    check_readable(routine, what, s, None, s as usize, size_of::<ddk::UNICODE_STRING>());
     // SAFETY: not NULL, and readable as far as the bed can tell (checked above; the caller
     // answers for memory the bed does not track).
     let fields = unsafe { &*s };
@@ -142,9 +184,7 @@ pub unsafe fn captured_text(
         Capture::Name => fields.Length,
         Capture::LinkTarget => fields.MaximumLength,
     };
-    if let Some(why) = unreadable(fields.Buffer as usize, usize::from(read)) {
-        malformed(routine, what, s, Some(fields), &why);
-    }
+    check_readable(routine, what, s, Some(fields), fields.Buffer as usize, usize::from(read));
     // SAFETY: a well-formed string whose `Length` bytes are readable (checked above).
     unsafe { unicode_text(s) }
 }
