@@ -135,7 +135,8 @@ pub enum Rule {
     /// on lengths that lie (the name capture never reads `MaximumLength`), reads a neighbour's
     /// pool, or faults. The bed stops at the call, where the bug is. A copy that would fault on
     /// the image (a freed `INIT`) stops with 0x50 instead, as the kernel's does
-    /// ([`Rule::DiscardedSectionTouched`], [`Rule::InvalidAccess`]).
+    /// ([`Rule::DiscardedSectionTouched`], [`Rule::InvalidAccess`]). A `%wZ` argument of
+    /// `DbgPrint` is held to its buffer only: the formatter checks no field.
     MalformedUnicodeString,
 }
 

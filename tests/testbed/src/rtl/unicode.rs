@@ -28,7 +28,14 @@ pub enum Capture {
     /// A symbolic link's target, which must be present. `NtCreateSymbolicLinkObject` copies
     /// `MaximumLength` bytes of it (WRK `OB/OBLINK.C`).
     LinkTarget,
+    /// A `%wZ` argument of `DbgPrint`: the formatter checks no field, prints "(null)" for a
+    /// NULL string or buffer, and `Length` bytes otherwise (`ReactOS`
+    /// `sdk/lib/crt/printf/streamout.c`).
+    Printed,
 }
+
+/// What `DbgPrint` prints for an absent counted string.
+const NULL_TEXT: &str = "(null)";
 
 /// A name of this many bytes leaves no room in a `USHORT` length for the NUL the object
 /// manager appends: its capture refuses it.
@@ -44,7 +51,9 @@ const LOWEST_MAPPED: usize = 0x1_0000;
 #[must_use]
 pub fn malformation(s: &ddk::UNICODE_STRING, capture: Capture) -> Option<&'static str> {
     let (length, maximum) = (s.Length, s.MaximumLength);
-    if length % 2 != 0 {
+    if capture == Capture::Printed {
+        None
+    } else if length % 2 != 0 {
         Some("odd Length (UTF-16 text has an even number of bytes)")
     } else if maximum % 2 != 0 {
         Some("odd MaximumLength")
@@ -154,8 +163,9 @@ fn malformed(
 /// The text of the counted string `s` that `routine` was handed as its parameter `what`, once
 /// it passes the checks of `capture`; the run stops at a malformed one.
 ///
-/// An absent name (NULL) is empty text; an absent link target is malformed (the kernel reads
-/// through the pointer).
+/// An absent name (NULL) is empty text, an absent `%wZ` argument "(null)"; an absent link
+/// target is malformed (the kernel reads through the pointer). At `DISPATCH_LEVEL`, a buffer in
+/// unlocked pageable memory stops the run as [`mm::check_resident`] says.
 ///
 /// # Safety
 /// `s` must be NULL, or point at memory the bed checks (the image, the pool) or at readable
@@ -167,11 +177,11 @@ pub unsafe fn captured_text(
     s: *const ddk::UNICODE_STRING,
     capture: Capture,
 ) -> String {
-    if s.is_null() {
-        if capture == Capture::Name {
-            return String::new();
-        }
-        malformed(routine, what, s, None, "no string (NULL)");
+    match capture {
+        _ if !s.is_null() => {}
+        Capture::Name => return String::new(),
+        Capture::Printed => return NULL_TEXT.to_owned(),
+        Capture::LinkTarget => malformed(routine, what, s, None, "no string (NULL)"),
     }
     check_readable(routine, what, s, None, s as usize, size_of::<ddk::UNICODE_STRING>());
     // SAFETY: not NULL, and readable as far as the bed can tell (checked above; the caller
@@ -180,21 +190,24 @@ pub unsafe fn captured_text(
     if let Some(why) = malformation(fields, capture) {
         malformed(routine, what, s, Some(fields), why);
     }
+    if capture == Capture::Printed && fields.Buffer.is_null() {
+        return NULL_TEXT.to_owned();
+    }
     let read = match capture {
-        Capture::Name => fields.Length,
+        Capture::Name | Capture::Printed => fields.Length,
         Capture::LinkTarget => fields.MaximumLength,
     };
     check_readable(routine, what, s, Some(fields), fields.Buffer as usize, usize::from(read));
+    mm::check_resident(routine, fields.Buffer as usize, false);
     // SAFETY: a well-formed string whose `Length` bytes are readable (checked above).
     unsafe { unicode_text(s) }
 }
 
-/// The text of a `UNICODE_STRING` the driver passed, without any check.
+/// The text of a `UNICODE_STRING`, without any check.
 ///
 /// # Safety
 /// `s` must be NULL or point at a valid `UNICODE_STRING`.
-#[must_use]
-pub unsafe fn unicode_text(s: *const ddk::UNICODE_STRING) -> String {
+unsafe fn unicode_text(s: *const ddk::UNICODE_STRING) -> String {
     if s.is_null() {
         return String::new();
     }
@@ -246,6 +259,10 @@ mod tests {
         }
         // An empty name is an unnamed object; an empty target is refused (below).
         assert_eq!(malformation(&string(0, 0, false), Capture::Name), None);
+        // DbgPrint's formatter checks no field: it prints what `Length` says, or "(null)".
+        for s in [string(5, 2, true), string(4, 6, false), string(0, 0, true)] {
+            assert_eq!(malformation(&s, Capture::Printed), None);
+        }
     }
 
     #[test]
