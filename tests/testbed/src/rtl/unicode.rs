@@ -47,7 +47,8 @@ const LOWEST_MAPPED: usize = 0x1_0000;
 /// What is wrong with a counted string's fields, for a routine that reads it as `capture`.
 ///
 /// Lengths and buffer as `RtlValidateUnicodeString` checks them (WRK `RTL/NLS.C`; `ReactOS`
-/// `sdk/lib/rtl/unicode.c`), then what the routine's own capture refuses.
+/// `sdk/lib/rtl/unicode.c`), then what the routine's own capture refuses; nothing for a `%wZ`
+/// argument, whose formatter checks no field.
 #[must_use]
 pub fn malformation(s: &ddk::UNICODE_STRING, capture: Capture) -> Option<&'static str> {
     let (length, maximum) = (s.Length, s.MaximumLength);
