@@ -41,6 +41,13 @@ pub fn outstanding(wait: bool) -> Option<usize> {
     crate::sched::guard(&BLOCKS, wait).map(|b| b.len())
 }
 
+/// The pool block holding `address`, if any: its start and size.
+#[must_use]
+pub fn block_holding(address: usize) -> Option<(usize, usize)> {
+    let (start, size) = blocks().range(..=address).next_back().map(|(&s, b)| (s, b.size))?;
+    (address - start < size).then_some((start, size))
+}
+
 /// The tag as the four characters `!poolused` shows.
 #[must_use]
 pub fn tag_text(tag: u32) -> String {

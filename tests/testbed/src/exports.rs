@@ -60,7 +60,7 @@ fn host(routine: Routine) -> *const () {
         R::IoCsqInsertIrpEx => io::csq::insert_irp_ex as *const (),
         R::IoCsqRemoveIrp => io::csq::remove_irp as *const (),
         R::IoCsqRemoveNextIrp => io::csq::remove_next_irp as *const (),
-        R::RtlInitUnicodeString => rtl::init_unicode_string as *const (),
+        R::RtlInitUnicodeString => rtl::unicode::init_unicode_string as *const (),
         R::RtlCreateSecurityDescriptor => rtl::create_security_descriptor as *const (),
         R::RtlSetDaclSecurityDescriptor => rtl::set_dacl_security_descriptor as *const (),
         R::RtlCreateAcl => rtl::create_acl as *const (),

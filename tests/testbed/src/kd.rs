@@ -12,7 +12,7 @@ use std::{ffi::CStr, fmt::Write as _};
 use crate::{
     mm, record,
     routine::{self, Routine},
-    rtl::unicode_text,
+    rtl::unicode::{Capture, captured_text},
 };
 
 /// A string argument the driver passed: NUL-terminated ANSI or UTF-16, or a `UNICODE_STRING`.
@@ -39,8 +39,10 @@ fn read_text(pointer: u64, kind: &Text) -> String {
             }
             String::from_utf16_lossy(&units)
         }
-        // SAFETY: `%wZ` takes a PUNICODE_STRING.
-        Text::Counted => unsafe { unicode_text(pointer as *const _) },
+        // SAFETY: `%wZ` takes a PUNICODE_STRING, checked before it is read.
+        Text::Counted => unsafe {
+            captured_text(Routine::DbgPrint, "%wZ argument", pointer as *const _, Capture::Printed)
+        },
     }
 }
 

@@ -142,6 +142,25 @@ impl Mm {
         self.image.contains(&address)
     }
 
+    /// The first of `len` bytes from `address`, which lies in the image, that cannot be read:
+    /// in a section that is freed or not readable, or past the image's end (a paged-out section
+    /// is readable: a read below `DISPATCH_LEVEL` pages it in). `None` when all can, or when
+    /// `address` is not in the image.
+    #[must_use]
+    pub fn unreadable(&self, address: usize, len: usize) -> Option<usize> {
+        if !self.in_image(address) {
+            return None;
+        }
+        let end = address.saturating_add(len);
+        let bad = self
+            .sections
+            .iter()
+            .filter(|s| s.start < end && address < s.end)
+            .find(|s| s.discarded.load(Ordering::SeqCst) || s.prot & libc::PROT_READ == 0);
+        bad.map(|s| s.start.max(address))
+            .or_else(|| (end > self.image.end).then_some(self.image.end))
+    }
+
     /// The section holding `address`, with its index.
     #[must_use]
     pub fn section_of(&self, address: usize) -> Option<(usize, &Section)> {
@@ -436,5 +455,50 @@ pub(crate) extern "win64" fn unlock_pagable_image_section(handle: *mut c_void) {
             [handle as u64, 0, 0, 0],
             format!("MmUnlockPagableImageSection({handle:p})"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::NonNull;
+
+    use super::*;
+    use crate::loader::{self, Image};
+
+    /// The memory manager of an image that is never mapped (`unreadable` reads only its table):
+    /// `.rdata` at 0x1000, `NOREAD` at 0x2000, `INIT` at 0x3000, one page each, image 0x4000.
+    fn unmapped() -> (Mm, usize) {
+        let base = 0x7000_0000_0000;
+        let section = |name: &str, rva, prot, residency| loader::Section {
+            name: name.to_owned(),
+            rva,
+            size: 0x1000,
+            prot,
+            residency,
+        };
+        let sections = vec![
+            section(".rdata", 0x1000, libc::PROT_READ, Residency::Resident),
+            section("NOREAD", 0x2000, libc::PROT_NONE, Residency::Resident),
+            section("INIT", 0x3000, libc::PROT_READ, Residency::Discardable),
+        ];
+        let image = Image {
+            base: NonNull::new(std::ptr::without_provenance_mut(base)).expect("not null"),
+            size: 0x4000,
+            entry: 0,
+            sections,
+        };
+        (Mm::new(&image), base)
+    }
+
+    #[test]
+    fn only_bytes_of_a_freed_or_unreadable_section_or_past_the_image_are_unreadable() {
+        let (mm, base) = unmapped();
+        assert_eq!(mm.unreadable(base + 0x1000, 0x1000), None, "all of .rdata");
+        assert_eq!(mm.unreadable(base + 0x3000, 8), None, "INIT before DriverEntry returns");
+        assert_eq!(mm.unreadable(base + 0x1FFE, 4), Some(base + 0x2000), "into NOREAD");
+        assert_eq!(mm.unreadable(base + 0x3FFE, 4), Some(base + 0x4000), "past the image");
+        assert_eq!(mm.unreadable(base - 2, 4), None, "not the image's: not its business");
+        mm.sections[2].discarded.store(true, Ordering::SeqCst);
+        assert_eq!(mm.unreadable(base + 0x3010, 2), Some(base + 0x3010), "INIT once freed");
     }
 }

@@ -121,6 +121,23 @@ pub enum Rule {
     DpcChangedIrql,
     /// A routine called above the highest IRQL it is documented for.
     IrqlTooHigh,
+    /// A malformed `UNICODE_STRING` handed to a kernel routine that reads one (`IoCreateDevice`'s
+    /// name, `IoCreateSymbolicLink`'s two, `IoDeleteSymbolicLink`'s). Malformed as the kernel
+    /// sees it: an odd `Length` or `MaximumLength`, `Length` above `MaximumLength`, or a NULL
+    /// `Buffer` behind nonzero lengths (`RtlValidateUnicodeString`: WRK `RTL/NLS.C`, `ReactOS`
+    /// `sdk/lib/rtl/unicode.c`); a name of 0xFFFE bytes, which leaves no room for the NUL the
+    /// capture appends (`ObpCaptureObjectName`: WRK `OB/OBCREATE.C`, `ReactOS` `ob/oblife.c`);
+    /// a link target with `MaximumLength` 0 (`NtCreateSymbolicLinkObject`: WRK `OB/OBLINK.C`,
+    /// `ReactOS` `ob/oblink.c`); a buffer in the first 64 KiB or running past its pool block for
+    /// the bytes the kernel copies (`Length` of a name, `MaximumLength` of a link target, as
+    /// those two routines copy). Windows has no one bugcheck for it: the call fails (an odd
+    /// name: `STATUS_OBJECT_NAME_INVALID`; a bad target: `STATUS_INVALID_PARAMETER`), succeeds
+    /// on lengths that lie (the name capture never reads `MaximumLength`), reads a neighbour's
+    /// pool, or faults. The bed stops at the call, where the bug is. A copy that would fault on
+    /// the image (a freed `INIT`) stops with 0x50 instead, as the kernel's does
+    /// ([`Rule::DiscardedSectionTouched`], [`Rule::InvalidAccess`]). A `%wZ` argument of
+    /// `DbgPrint` is held to its buffer only: the formatter checks no field.
+    MalformedUnicodeString,
 }
 
 /// Where a rule's bugcheck code comes from.
@@ -299,6 +316,9 @@ table! {
     IrqlTooHigh "irql-too-high" 0xC4 WindowsCodeBedParameter false
         "0xBED00025, IRQL, highest IRQL documented, 0"
         "routine called above the IRQL it is documented for (DDI rules Irql*)";
+    MalformedUnicodeString "malformed-unicode-string" 0xBED0_0012 Bed true
+        "UNICODE_STRING address, Length | MaximumLength << 16, Buffer, routine's import address"
+        "UNICODE_STRING with odd or inconsistent lengths, or a buffer not there, handed to the kernel (RtlValidateUnicodeString, ObpCaptureObjectName, NtCreateSymbolicLinkObject)";
 }
 
 impl Rule {

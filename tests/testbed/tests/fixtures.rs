@@ -172,6 +172,8 @@ caught! {
     unlocking_to_zero_with_waits_queued_is_caught: "unlock-while-queued" ["--open", "0", "--pend", WAIT] => "released-with-irps-outstanding", 0xBED0_0010, false;
     a_dpc_returning_at_another_irql_is_caught: "dpc-lowers-irql" ["--ioctl", WAIT] => "dpc-changed-irql", 0xC8, false;
     flushing_dpcs_at_dispatch_level_is_caught: "flush-at-dispatch" => "irql-too-high", 0xC4, false;
+    a_name_longer_than_its_maximum_length_is_caught: "malformed-name" => "malformed-unicode-string", 0xBED0_0012, true;
+    a_name_in_freed_init_handed_to_the_kernel_is_caught: "link-name-in-init" => "discarded-section-touched", 0x50, true;
     freeing_pool_twice_is_caught: "free-twice" => "bad-pool-free", 0xC4, false;
     freeing_pool_with_another_tag_is_caught: "free-wrong-tag" => "pool-tag-mismatch", 0xC2, false;
     allocating_zero_bytes_is_caught: "allocate-zero" => "zero-size-allocation", 0xC4, false;
@@ -248,6 +250,19 @@ fn an_init_section_that_does_not_trail_is_kept_as_the_kernel_keeps_it() {
     // harmless (a bed that freed sections by their name would report it).
     let (exit, report) = exec_fixture(Some("touch-init-not-last"), &[]);
     assert_eq!(exit, 0, "{}", report.render());
+}
+
+#[test]
+fn a_name_the_kernel_would_copy_from_freed_init_stops_the_run_at_the_call() {
+    // The bed checks the name before its copy: the bugcheck names the routine and the
+    // parameter, where a fault in the copy would name only an instruction of the bed's.
+    let (_, report) = exec_fixture(Some("link-name-in-init"), &[]);
+    let bugcheck = report.bugcheck.as_ref().expect("the run was stopped");
+    assert!(
+        bugcheck.detail.contains("IoDeleteSymbolicLink, copying its SymbolicLinkName"),
+        "{}",
+        report.render()
+    );
 }
 
 #[test]

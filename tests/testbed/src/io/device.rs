@@ -13,7 +13,7 @@ use crate::{
     io::STATUS_OBJECT_NAME_NOT_FOUND,
     ob, record,
     routine::{self, Routine},
-    rtl::unicode_text,
+    rtl::unicode::{Capture, captured_text},
 };
 
 /// A device object the driver created.
@@ -120,11 +120,13 @@ pub(crate) extern "win64" fn create_device(
     _exclusive: u8,
     out: *mut *mut ddk::DEVICE_OBJECT,
 ) -> i32 {
-    if routine::enter(Routine::IoCreateDevice) {
+    let fail = routine::enter(Routine::IoCreateDevice);
+    // As in the kernel, the name is captured before anything is allocated.
+    // SAFETY: the driver passes its name (or NULL for an unnamed device); checked before read.
+    let name = unsafe { captured_text(Routine::IoCreateDevice, "DeviceName", name, Capture::Name) };
+    if fail {
         return status::INSUFFICIENT_RESOURCES;
     }
-    // SAFETY: the driver passes a valid name (or NULL for an unnamed device).
-    let name = unsafe { unicode_text(name) };
     if !name.is_empty() && names().devices.iter().any(|d| d.name == name) {
         return STATUS_OBJECT_NAME_COLLISION;
     }
@@ -225,13 +227,16 @@ pub(crate) extern "win64" fn create_symbolic_link(
     link: *const ddk::UNICODE_STRING,
     target: *const ddk::UNICODE_STRING,
 ) -> i32 {
-    if routine::enter(Routine::IoCreateSymbolicLink) {
+    const ROUTINE: Routine = Routine::IoCreateSymbolicLink;
+    let fail = routine::enter(ROUTINE);
+    // SAFETY: the driver passes its counted strings; each is checked before it is read.
+    let link = unsafe { captured_text(ROUTINE, "SymbolicLinkName", link, Capture::Name) };
+    // SAFETY: as above.
+    let target = unsafe { captured_text(ROUTINE, "DeviceName", target, Capture::LinkTarget) };
+    if fail {
         return status::INSUFFICIENT_RESOURCES;
     }
-    // SAFETY: the driver passes a valid counted string.
-    let link = canonical_name(&unsafe { unicode_text(link) });
-    // SAFETY: as above.
-    let target = unsafe { unicode_text(target) };
+    let link = canonical_name(&link);
     let mut names = names();
     if names.links.contains_key(&link) {
         return STATUS_OBJECT_NAME_COLLISION;
@@ -242,9 +247,11 @@ pub(crate) extern "win64" fn create_symbolic_link(
 
 /// `IoDeleteSymbolicLink`.
 pub(crate) extern "win64" fn delete_symbolic_link(link: *const ddk::UNICODE_STRING) -> i32 {
-    routine::enter(Routine::IoDeleteSymbolicLink);
-    // SAFETY: the driver passes a valid counted string.
-    let link = canonical_name(&unsafe { unicode_text(link) });
+    const ROUTINE: Routine = Routine::IoDeleteSymbolicLink;
+    routine::enter(ROUTINE);
+    // SAFETY: the driver passes its counted string, checked before it is read.
+    let link =
+        canonical_name(&unsafe { captured_text(ROUTINE, "SymbolicLinkName", link, Capture::Name) });
     if names().links.remove(&link).is_some() {
         status::SUCCESS
     } else {

@@ -1,8 +1,10 @@
-//! The run-time library (`Rtl`): counted strings and security descriptors.
+//! The run-time library (`Rtl`): counted strings ([`unicode`]) and security descriptors.
 //!
 //! The routines a driver builds a security descriptor with (SIDs, ACLs, the descriptor
 //! itself) are pure functions of their
 //! arguments, as in the kernel: they keep no state.
+
+pub mod unicode;
 
 use pagelock_ddk as ddk;
 use pagelock_protocol::status;
@@ -11,46 +13,6 @@ use crate::{
     routine::{self, Routine},
     se,
 };
-
-/// The text of a `UNICODE_STRING` the driver passed.
-///
-/// # Safety
-/// `s` must be NULL or point at a valid `UNICODE_STRING`.
-#[must_use]
-pub unsafe fn unicode_text(s: *const ddk::UNICODE_STRING) -> String {
-    if s.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller passes a valid UNICODE_STRING.
-    let s = unsafe { &*s };
-    if s.Buffer.is_null() {
-        return String::new();
-    }
-    // SAFETY: `Length` bytes of UTF-16 at `Buffer`, as the structure says.
-    let units = unsafe { std::slice::from_raw_parts(s.Buffer, usize::from(s.Length) / 2) };
-    String::from_utf16_lossy(units)
-}
-
-/// `RtlInitUnicodeString`.
-pub(crate) extern "win64" fn init_unicode_string(
-    destination: *mut pagelock_ddk::UNICODE_STRING,
-    source: *const u16,
-) {
-    routine::enter(Routine::RtlInitUnicodeString);
-    let mut len = 0usize;
-    // SAFETY: the driver passes a NUL-terminated UTF-16 string (or NULL); reading stops at NUL.
-    while !source.is_null() && unsafe { source.wrapping_add(len).read_unaligned() } != 0 {
-        len += 1;
-    }
-    let bytes = u16::try_from(len * 2).unwrap_or(u16::MAX - 1);
-    let string = pagelock_ddk::UNICODE_STRING {
-        Length: bytes,
-        MaximumLength: if source.is_null() { 0 } else { bytes + 2 },
-        Buffer: source.cast_mut(),
-    };
-    // SAFETY: the driver passes a UNICODE_STRING to fill.
-    unsafe { destination.write(string) };
-}
 
 /// `RtlCreateSecurityDescriptor`.
 pub(crate) extern "win64" fn create_security_descriptor(
