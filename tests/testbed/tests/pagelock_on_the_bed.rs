@@ -299,7 +299,7 @@ fn the_debug_image_stays_clean_when_its_timers_dpc_spins_while_the_handle_closes
     // until their waits added up, and the bed called it "nothing left can complete it" while
     // the spinning CPU could go on. A schedule of this image's code only: the bed's own test of
     // the verdict is in `sched`.
-    let sys = image("PAGELOCK_SYS_DEBUG", &[], true);
+    let sys = image("PAGELOCK_SYS_DEBUG", None, true);
     let mut args = closing_the_shared_handle_under_requests(&sys, 238, 1);
     args.push("--json".to_owned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
