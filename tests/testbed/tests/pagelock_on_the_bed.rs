@@ -13,7 +13,7 @@ use std::path::Path;
 
 use common::{
     DEVICE, bed, code, hex, image, json, lock_unlock_from_two_cpus, lock_unlock_on_a_shared_handle,
-    release, wait_spec, waits_closed_pending_from_two_cpus,
+    release, rules, wait_spec, waits_closed_pending_from_two_cpus,
 };
 use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
