@@ -15,6 +15,7 @@ mod cross;
 mod inf;
 mod layout;
 mod pe;
+mod ps1;
 mod reliability;
 mod routines;
 mod toolchain;
@@ -265,6 +266,10 @@ fn test() -> Result<()> {
     step("test app: type-check and clippy (x86_64-pc-windows-msvc)", cross::clippy_app)?;
     step("test app: link (x86_64-pc-windows-gnu)", cross::link_app)?;
     step("the INF template: one file for both Windows flows, both InfVerif modes", check_inf)?;
+    step("the VM scripts parse (scripts/*.ps1, tree-sitter's PowerShell grammar)", || {
+        let problems = ps1::check(&cross::root().join("scripts"))?;
+        if problems.is_empty() { Ok(()) } else { bail!("{}", problems.join("\n")) }
+    })?;
     let sys = step("cross build (release)", || build(false))?;
     step("check-pe with the footprint budget", || {
         if check_pe(&sys, true)? { Ok(()) } else { bail!("check-pe failed on {}", sys.display()) }
