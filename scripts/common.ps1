@@ -69,7 +69,8 @@ function Get-LevelRuleClasses([string[]]$QueryOutput) {
     foreach ($line in $QueryOutput) {
         if ($line -match '^\s*Level:\s*(?:0x)?([0-9a-fA-F]+)\s*$') {
             $level = [Convert]::ToUInt32($Matches[1], 16)
-            return @(1..32 | Where-Object { $level -band ([uint32]1 -shl ($_ - 1)) })
+            # The comma keeps an empty or one-element array an array for the caller.
+            return , @(1..32 | Where-Object { $level -band ([uint32]1 -shl ($_ - 1)) })
         }
     }
     return $null

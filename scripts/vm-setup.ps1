@@ -13,10 +13,10 @@
       3. if BitLocker protects the system volume (Get-BitLockerVolume), suspends it for one
          restart (Suspend-BitLocker -RebootCount 1) before anything changes the boot state: a
          Secure Boot change in the firmware or a bcdedit change is otherwise met at the next
-         boot by the BitLocker recovery screen. Windows 11 turns device encryption on by
-         default on machines with a TPM, virtual TPMs included. Where it cannot suspend, the
-         script stops and prints the command to run. With Secure Boot still on, it suspends
-         before it stops, so that turning Secure Boot off costs no recovery key;
+         boot by the BitLocker recovery screen (a VM with a virtual TPM may be encrypted
+         without anyone having asked: device encryption). Where it cannot suspend, the script
+         stops and prints the command to run. With Secure Boot still on, it suspends before it
+         stops, so that turning Secure Boot off costs no recovery key;
       4. turns test signing on (bcdedit /set testsigning on), so that Windows loads a driver
          signed with the package's test certificate;
       5. imports that certificate (WDRLocalTestCert.cer from the package) into the machine's

@@ -723,6 +723,14 @@ mod tests {
     }
 
     #[test]
+    fn the_inf_stamped_for_arm64_passes() {
+        let stamped = edited("Version", "DriverVer", Some("11/23/2026,12.34.56.789"))
+            .replace("$ARCH$", "arm64");
+        assert!(stamped.contains("[DefaultInstall.NTarm64]"));
+        assert_passes(&stamped);
+    }
+
+    #[test]
     fn sections_keys_and_tokens_compare_without_case() {
         assert_passes(&INX.to_ascii_lowercase());
         assert_passes(&INX.to_ascii_uppercase());
