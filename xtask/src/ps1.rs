@@ -50,7 +50,10 @@ pub fn syntax_errors(source: &str) -> Result<Vec<String>> {
             } else {
                 "cannot parse".to_owned()
             };
-            errors.push((at, format!("line {}, column {}: {what}: {line}", at.row + 1, at.column + 1)));
+            errors.push((
+                at,
+                format!("line {}, column {}: {what}: {line}", at.row + 1, at.column + 1),
+            ));
             // The children of an error node only repeat it.
             continue;
         }
@@ -72,8 +75,8 @@ pub fn check(dir: &Path) -> Result<Vec<String>> {
     anyhow::ensure!(!scripts.is_empty(), "no *.ps1 script in {}", dir.display());
     let mut problems = Vec::new();
     for path in scripts {
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let errors = syntax_errors(&text)?;
         eprintln!("    {}: {} syntax error(s)", path.display(), errors.len());
         problems.extend(errors.into_iter().map(|e| format!("{}: {e}", path.display())));
