@@ -190,7 +190,8 @@ function Suspend-BitLockerForChange([string]$Change) {
 }
 
 if ($LowResources -and $Extended) {
-    Stop-Setup '-LowResources and -Extended are separate passes: configure one, run verify.ps1, then the other'
+    Stop-Setup ('-LowResources and -Extended are separate passes: configure one, run ' +
+        'verify.ps1, then the other')
 }
 
 if (-not [Environment]::Is64BitProcess) {
@@ -300,8 +301,8 @@ if ($result.ExitCode -ne 0 -and $result.ExitCode -ne 2) {
 $result = Invoke-Tool $verifier @('/querysettings')
 $result.Output | Where-Object { $_.Trim() } | ForEach-Object { Write-Host "    $_" }
 
-# 8. State for verify.ps1: which pass and rule classes, configured when. verify.ps1 refuses to run until the
-# machine has rebooted after this point, since Verifier settings apply at boot.
+# 8. State for verify.ps1: which pass and rule classes, configured when. verify.ps1 refuses
+# to run until the machine has rebooted after this point, since Verifier settings apply at boot.
 New-Item -ItemType Directory -Force -Path $StateDirectory | Out-Null
 [pscustomobject]@{
     pass       = $passName
