@@ -9,7 +9,10 @@
     Run after scripts\vm-setup.ps1 and a reboot (elevated, 64-bit PowerShell). Steps:
       install   pagelock-test install <package>\pagelock.inf
       start     pagelock-test start (loads pagelock.sys: DriverEntry runs under Verifier)
-      verifier  verifier /query must list pagelock.sys: proof that Verifier is watching it
+      verifier  verifier /query must list pagelock.sys: proof that Verifier is watching it;
+                prints the rule classes vm-setup.ps1 configured and those the Level mask of
+                verifier /query shows in effect (class N is bit N-1), and warns about any
+                configured class below 33 that is not in effect
       query     pagelock-test query (opens \\.\PageLock and reads the driver's state)
       run       pagelock-test run --scenario all
       stress    pagelock-test stress --threads T --iterations N
@@ -25,7 +28,8 @@
     scenarios and the stress run go once with failures expected and logged, then once more
     where every step must pass; the bench is skipped (its numbers would mean nothing). In both
     passes the real check is that Windows does not bugcheck: Verifier stops the machine on the
-    first violation.
+    first violation. The extended pass (vm-setup.ps1 -Extended) runs like the standard one,
+    with more rule classes on.
 
     A bugcheck reboots the VM before this script can say anything, so the script leaves a
     marker while it runs. The next time it starts and finds the marker, it reports the failed
@@ -159,6 +163,37 @@ function Invoke-Step([string]$Name, [scriptblock]$Body) {
     Write-Marker $Name
     Write-Step $Name
     & $Body
+}
+
+# Which rule classes vm-setup.ps1 configured and which the Level of verifier /query shows in
+# effect; sets $script:ClassesInEffect for the verdict line.
+function Show-RuleClasses([string[]]$QueryOutput) {
+    $configured = @()
+    if ($state.PSObject.Properties['classes']) {
+        $configured = @($state.classes | ForEach-Object { [int]$_ })
+    }
+    if ($configured.Count -gt 0) {
+        Write-Host "    configured by vm-setup.ps1: $(Format-RuleClasses $configured)"
+    } else {
+        Write-Host '    configured by vm-setup.ps1: not recorded (an older vm-setup.ps1 ran)'
+    }
+    $inEffect = Get-LevelRuleClasses $QueryOutput
+    if ($null -eq $inEffect) {
+        Write-Host '    in effect: verifier /query printed no Level line to read them from'
+        $script:ClassesInEffect = 'not shown by verifier /query'
+        return
+    }
+    Write-Host "    in effect (Level): $(Format-RuleClasses $inEffect)"
+    $script:ClassesInEffect = ($inEffect | ForEach-Object { "$_" }) -join ' '
+    $missing = @($configured | Where-Object { $_ -le 32 -and $inEffect -notcontains $_ })
+    if ($missing.Count -gt 0) {
+        Write-Host ("    warning: configured but not in effect: $(Format-RuleClasses $missing)" +
+            ' (deprecated on this build, or not supported by it)') -ForegroundColor Yellow
+    }
+    $above = @($configured | Where-Object { $_ -gt 32 })
+    if ($above.Count -gt 0) {
+        Write-Host "    not in the Level mask (classes above 32): $(Format-RuleClasses $above)"
+    }
 }
 
 function Show-VerifierQuery {
@@ -338,6 +373,7 @@ $script:CurrentStep = 'prepare'
 $script:RunStarted = [DateTime]::UtcNow
 $lowResources = ($pass -eq 'low-resources')
 $script:InjectedFailureSeen = $false
+$script:ClassesInEffect = 'not read'
 $failure = $null
 try {
     # Every step writes the marker first: from here on a bugcheck leaves it behind.
@@ -373,6 +409,7 @@ try {
             throw "verifier /query does not list ${DriverFile}: Verifier is not checking the driver (run vm-setup.ps1 and reboot)"
         }
         Write-Host "    verifier /query lists $DriverFile"
+        Show-RuleClasses $result.Output
     }
 
     $stressArguments = @('stress', '--threads', "$Threads", '--iterations', "$StressIterations")
@@ -436,7 +473,10 @@ if ($lowResources -and -not $script:InjectedFailureSeen) {
         'it shows no injection, run vm-setup.ps1 -LowResources -RuleClasses, reboot, and ' +
         'run this again.') -ForegroundColor Yellow
 }
-if ($lowResources) {
+if ($pass -eq 'low-resources') {
+    Write-Host ('Next: the third pass. scripts\vm-setup.ps1 -Extended, reboot, ' +
+        'scripts\verify.ps1 again.')
+} elseif ($pass -eq 'extended') {
     Write-Host ('Next: scripts\vm-setup.ps1 puts the standard settings back (reboot after it); ' +
         'verifier /reset and a reboot turn Driver Verifier off.')
 } else {
@@ -446,5 +486,5 @@ if ($lowResources) {
 Stop-Transcript | Out-Null
 $note = ''
 if ($lowResources -and -not $script:InjectedFailureSeen) { $note = ' (but no injected failure was observed)' }
-Write-Host "verify: PASS ($pass pass): pagelock.sys installed, started, ran the suite and unloaded under Driver Verifier with no violation$note" -ForegroundColor Green
+Write-Host "verify: PASS ($pass pass, rule classes in effect: $script:ClassesInEffect): pagelock.sys installed, started, ran the suite and unloaded under Driver Verifier with no violation$note" -ForegroundColor Green
 exit 0

@@ -10,15 +10,25 @@
          ExAllocatePool2, which pagelock.sys imports;
       2. checks that Secure Boot is off: with Secure Boot on, Windows refuses to turn test
          signing on;
-      3. turns test signing on (bcdedit /set testsigning on), so that Windows loads a driver
+      3. if BitLocker protects the system volume (Get-BitLockerVolume), suspends it for one
+         restart (Suspend-BitLocker -RebootCount 1) before anything changes the boot state: a
+         Secure Boot change in the firmware or a bcdedit change is otherwise met at the next
+         boot by the BitLocker recovery screen (a VM with a virtual TPM may be encrypted
+         without anyone having asked: device encryption). Where it cannot suspend, the script
+         stops and prints the command to run. With Secure Boot still on, it suspends before it
+         stops, so that turning Secure Boot off costs no recovery key;
+      4. turns test signing on (bcdedit /set testsigning on), so that Windows loads a driver
          signed with the package's test certificate;
-      4. imports that certificate (WDRLocalTestCert.cer from the package) into the machine's
+      5. imports that certificate (WDRLocalTestCert.cer from the package) into the machine's
          Trusted Root Certification Authorities and Trusted Publishers stores;
-      5. makes sure Windows writes a memory dump when it bugchecks;
-      6. enables Driver Verifier for pagelock.sys: the standard checks, which include force IRQL
-         checking, I/O verification and DDI compliance checking; with -LowResources, the same
-         plus systematic low resources simulation (the second verification pass);
-      7. records which pass it configured, for verify.ps1, and says that a reboot is needed.
+      6. makes sure Windows writes a memory dump when it bugchecks;
+      7. enables Driver Verifier for pagelock.sys: the standard checks, which include force IRQL
+         checking, I/O verification and DDI compliance checking, plus code integrity checks
+         (what memory integrity, HVCI, would refuse); with -LowResources, the same plus
+         systematic low resources simulation (the second pass); with -Extended, the same plus
+         the classes that stress the pending and cancel paths (the third pass);
+      8. records which pass and which rule classes it configured, for verify.ps1, and says
+         that a reboot is needed.
 
     Every step is safe to repeat. Nothing here changes a machine that is not a test VM on
     purpose: run it on a disposable VM only. To undo: verifier /reset, bcdedit /set testsigning
@@ -34,6 +44,18 @@
     Configure the second pass: Driver Verifier's systematic low resources simulation on top of
     the standard checks. Run verify.ps1 after the reboot as usual.
 
+.PARAMETER Extended
+    Configure the third pass: the standard checks plus the rule classes that stress the paths
+    of pended and cancelled requests (IOCTL_WAIT, its timer's DPC, the cancel-safe queue,
+    cleanup): 20, DDI compliance checking (additional), more DDI rules; 24, kernel
+    synchronization delay fuzzing, random delays in threads so that a cancel, the timer's
+    completion and cleanup meet in other orders (Microsoft marks it deprecated from build
+    19042 on: verify.ps1 reports whether it ran); 35, additional IRQL checking. Always set
+    with /ruleclasses. Class 10, force pending I/O requests, is left out: it makes
+    IoCallDriver return STATUS_PENDING to its caller, and pagelock calls no lower driver.
+    Classes and their IDs as listed on Microsoft's page "Driver Verifier options and rule
+    classes" (learn.microsoft.com/windows-hardware/drivers/devtest/driver-verifier-options).
+
 .PARAMETER RuleClasses
     Choose the checks with verifier /ruleclasses (and, for the low-resources pass, DIF mode)
     on Windows 10 too, instead of /flags. Windows 11 always uses /ruleclasses. Use it if the
@@ -47,6 +69,7 @@
 param(
     [string]$Package,
     [switch]$LowResources,
+    [switch]$Extended,
     [switch]$RuleClasses
 )
 
@@ -78,16 +101,26 @@ $StateFile = Join-Path $StateDirectory 'verifier-pass.json'
 #   0x00800   12     miscellaneous checks
 #   0x20000   18     DDI compliance checking
 # 0x209BB is that sum; Microsoft's documentation names the same mask as the standard flags
-# without WDF verification (class 34), which does not apply to a WDM driver.
+# without WDF verification (class 34), which does not apply to a WDM driver. On top of the
+# standard set:
+#   0x2000000 26     code integrity checks: executable pool, executable page protections or
+#                    MDL mappings, and image sections that are writable and executable, not
+#                    page aligned, or hold the IAT in executable memory; what memory integrity
+#                    (HVCI) refuses (Microsoft's "Code integrity checking" page, which gives the
+#                    flag, bit 25). Its class is 26, as the rule-class page lists it now and as
+#                    bit 25 makes it; an older version of that page said 22, which is another
+#                    class (NDIS/WIFI verification).
 # The second pass adds systematic low resources simulation: flag 0x40000 (bit 18) on Windows
 # 10; on Windows 11 rule class 19, which needs DIF mode, rule class 36. Microsoft's table marks
 # flag 0x40000 deprecated from build 19042 on without naming its replacement there; whether a
 # Windows 10 build from 19042 to 19045 still honours it is not verified here, hence
 # -RuleClasses, and the check in verify.ps1 that failures were actually injected.
-$StandardFlags = 0x209BB
+$StandardFlags = 0x209BB -bor 0x2000000
 $LowResourcesFlag = 0x40000
-$StandardRuleClasses = @(1, 2, 4, 5, 6, 8, 9, 12, 18)
+$StandardRuleClasses = @(1, 2, 4, 5, 6, 8, 9, 12, 18, 26)
 $LowResourcesRuleClasses = @(19, 36)
+# The third pass (-Extended): see the parameter's help.
+$ExtendedRuleClasses = @(20, 24, 35)
 
 function Stop-Setup([string]$Message) {
     Write-Host "vm-setup: FAIL: $Message" -ForegroundColor Red
@@ -114,6 +147,51 @@ function Resolve-Package([string]$Requested) {
     }
     Stop-Setup ("no driver package found; looked in:`n  " + ($candidates -join "`n  ") +
         "`nBuild one with cargo make, or pass -Package <folder>.")
+}
+
+# BitLocker on the system volume: $null when the BitLocker module is absent (editions without
+# it) or the volume is not a BitLocker volume, else what Get-BitLockerVolume reports.
+function Get-SystemVolumeBitLocker {
+    if (-not (Get-Command -Name Get-BitLockerVolume -ErrorAction SilentlyContinue)) {
+        return $null
+    }
+    try {
+        return Get-BitLockerVolume -MountPoint $env:SystemDrive -ErrorAction Stop
+    } catch {
+        return $null
+    }
+}
+
+# Suspends BitLocker on the system volume for the next restart when its protection is on, so
+# that the boot-state change about to happen ($Change) does not lead to the recovery screen.
+# Stops with the exact command when it cannot.
+function Suspend-BitLockerForChange([string]$Change) {
+    $volume = Get-SystemVolumeBitLocker
+    if (-not $volume) {
+        Write-Host '    no BitLocker volume (or no BitLocker module): nothing to suspend'
+        return
+    }
+    $status = "$($volume.VolumeStatus), protection $($volume.ProtectionStatus)"
+    if ("$($volume.ProtectionStatus)" -ne 'On') {
+        Write-Host "    $env:SystemDrive is $status`: nothing to suspend"
+        return
+    }
+    $command = "Suspend-BitLocker -MountPoint '$env:SystemDrive' -RebootCount 1"
+    try {
+        Suspend-BitLocker -MountPoint $env:SystemDrive -RebootCount 1 -ErrorAction Stop | Out-Null
+    } catch {
+        Stop-Setup ("BitLocker protects $env:SystemDrive ($status) and could not be suspended " +
+            "($($_.Exception.Message)). $Change would make the next boot ask for the recovery " +
+            "key. Run, elevated: $command; or have the recovery key at hand " +
+            "((Get-BitLockerVolume $env:SystemDrive).KeyProtector). Then run this script again.")
+    }
+    Write-Host ("    $env:SystemDrive was $status; suspended until the next restart ($command), " +
+        "so that $Change does not ask for the recovery key; protection resumes by itself")
+}
+
+if ($LowResources -and $Extended) {
+    Stop-Setup ('-LowResources and -Extended are separate passes: configure one, run ' +
+        'verify.ps1, then the other')
 }
 
 if (-not [Environment]::Is64BitProcess) {
@@ -143,6 +221,7 @@ try {
     $secureBoot = ($state -eq 1)
 }
 if ($secureBoot) {
+    Suspend-BitLockerForChange 'turning Secure Boot off'
     Stop-Setup ("Secure Boot is on, and Windows does not allow test signing while it is. Turn it " +
         "off in the VM's firmware settings (Hyper-V: VM Settings > Security > clear 'Enable " +
         "Secure Boot', with the VM off; VMware and VirtualBox: the VM's EFI/boot options), then " +
@@ -150,7 +229,11 @@ if ($secureBoot) {
 }
 Write-Host '    off'
 
-# 3. Test signing.
+# 3. BitLocker, before bcdedit changes the boot configuration.
+Write-Step 'BitLocker'
+Suspend-BitLockerForChange 'turning test signing on (bcdedit)'
+
+# 4. Test signing.
 Write-Step 'Test signing'
 $startOptions = Get-RegistryValue 'HKLM:\SYSTEM\CurrentControlSet\Control' 'SystemStartOptions' ''
 $testSigningActive = $startOptions -match '\bTESTSIGNING\b'
@@ -166,7 +249,7 @@ if ($testSigningActive) {
     Write-Host '    turned on; takes effect after the reboot'
 }
 
-# 4. The package's test certificate.
+# 5. The package's test certificate.
 Write-Step 'Test certificate'
 $packagePath = Resolve-Package $Package
 Write-Host "    package: $packagePath"
@@ -179,7 +262,7 @@ foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPubli
     Write-Host "    $($imported.Subject) ($($imported.Thumbprint)) -> $store"
 }
 
-# 5. Memory dumps.
+# 6. Memory dumps.
 Write-Step 'Crash dump settings'
 $crashControl = 'HKLM:\SYSTEM\CurrentControlSet\Control\CrashControl'
 $dumpKind = Get-RegistryValue $crashControl 'CrashDumpEnabled' 0
@@ -191,20 +274,23 @@ if ($dumpKind -eq 0) {
     Write-Host "    on (CrashDumpEnabled = $dumpKind); dumps go to C:\Windows\MEMORY.DMP and C:\Windows\Minidump"
 }
 
-# 6. Driver Verifier.
+# 7. Driver Verifier.
 $passName = 'standard'
 if ($LowResources) { $passName = 'low-resources' }
+if ($Extended) { $passName = 'extended' }
 Write-Step "Driver Verifier for $DriverFile ($passName pass)"
 $verifier = Join-Path $env:SystemRoot 'System32\verifier.exe'
-if ($build -ge $Windows11Build -or $RuleClasses) {
-    $classes = $StandardRuleClasses
-    if ($LowResources) { $classes = $StandardRuleClasses + $LowResourcesRuleClasses }
+$classes = $StandardRuleClasses
+if ($LowResources) { $classes = $StandardRuleClasses + $LowResourcesRuleClasses }
+if ($Extended) { $classes = $StandardRuleClasses + $ExtendedRuleClasses }
+if ($build -ge $Windows11Build -or $RuleClasses -or $Extended) {
     $arguments = @('/ruleclasses') + ($classes | ForEach-Object { "$_" }) + @('/driver', $DriverFile)
 } else {
     $flags = $StandardFlags
     if ($LowResources) { $flags = $StandardFlags -bor $LowResourcesFlag }
     $arguments = @('/flags', ('0x{0:X}' -f $flags), '/driver', $DriverFile)
 }
+Write-Host "    rule classes: $(Format-RuleClasses $classes)"
 Write-Host "    verifier $($arguments -join ' ')"
 $result = Invoke-Tool $verifier $arguments
 $result.Output | Where-Object { $_.Trim() } | ForEach-Object { Write-Host "    $_" }
@@ -215,11 +301,12 @@ if ($result.ExitCode -ne 0 -and $result.ExitCode -ne 2) {
 $result = Invoke-Tool $verifier @('/querysettings')
 $result.Output | Where-Object { $_.Trim() } | ForEach-Object { Write-Host "    $_" }
 
-# 7. State for verify.ps1: which pass, configured when. verify.ps1 refuses to run until the
-# machine has rebooted after this point, since Verifier settings apply at boot.
+# 8. State for verify.ps1: which pass and rule classes, configured when. verify.ps1 refuses
+# to run until the machine has rebooted after this point, since Verifier settings apply at boot.
 New-Item -ItemType Directory -Force -Path $StateDirectory | Out-Null
 [pscustomobject]@{
     pass       = $passName
+    classes    = @($classes)
     configured = [DateTime]::UtcNow.ToString('o')
     package    = $packagePath
 } | ConvertTo-Json | Set-Content -LiteralPath $StateFile -Encoding UTF8

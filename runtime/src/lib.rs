@@ -11,7 +11,8 @@
 //!   through `alloc` (each declares its own `#[global_allocator]` with its pool tag).
 //!
 //! An image links it with `use pagelock_runtime as _;` (or names `NonPagedPool`). Built for
-//! any host other than Windows this crate is empty, so that the workspace's host builds compile.
+//! any host other than Windows, or without its `mingw-ddk` feature, this crate is empty, so that
+//! the workspace's host builds, and a build of every member on Windows, compile.
 
 #![no_std]
 #![forbid(
@@ -20,8 +21,8 @@
     clippy::unnecessary_safety_doc
 )]
 
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "mingw-ddk"))]
 mod kernel;
 
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "mingw-ddk"))]
 pub use kernel::NonPagedPool;

@@ -1,14 +1,24 @@
-//! The primitive-driver rules for pagelock's INF, checked on any host.
+//! The primitive-driver rules for pagelock's INF, checked on any host, in both `InfVerif` modes.
 //!
-//! `InfVerif`, run by `cargo make` in the Windows workflow, is the authority on INF syntax. This
-//! module checks the rules that make `driver.inx` a primitive driver package (no device to
-//! match; an architecture-decorated `DefaultInstall` section that copies pagelock.sys to the
-//! Driver Store and adds a demand-start kernel service), so that a change breaking one of them
-//! fails `cargo xtask test` on every host, not only where the WDK is installed.
+//! `InfVerif`, run by `cargo make` and `cargo wdk build` on Windows, is the authority on INF
+//! syntax. This module checks the rules that make `pagelock.inx` a primitive driver package (no
+//! device to match; an architecture-decorated `DefaultInstall` section that copies pagelock.sys
+//! and adds a demand-start kernel service), so that a change breaking one of them fails `cargo
+//! xtask test` on every host, not only where the WDK is installed.
+//!
+//! The two flows run `InfVerif` in different modes ([`Mode`]): wdk-build 0.6.0's `infverif` task
+//! passes `/w` for a WDM or KMDF driver (`rust-driver-makefile.toml`), cargo-wdk 0.2.0 passes
+//! `/u` unless `--target-platform` says otherwise (`src/cli.rs`, `src/actions/build/
+//! package_task.rs`, `TargetPlatform::as_infverif_flag`). Microsoft's "Using a Universal INF
+//! File" lists what `/u` refuses; `/w` checks `/u` as well and adds driver package isolation
+//! ("Porting an INF to follow driver package isolation": every file to DIRID 13, the service
+//! binary run from there). [`check`] applies the rules of the mode it is given.
 //!
 //! The parser reads what the rules need: `[sections]`, `key = value` lines and bare values (the
 //! files of a file list), `;` comments outside double quotes, comma-separated fields. Section
 //! names, keys and `%string%` tokens compare without case. Line continuations are not handled.
+
+pub mod template;
 
 use std::collections::BTreeMap;
 
@@ -30,12 +40,70 @@ const SERVICE_DEMAND_START: u32 = 3;
 /// The largest `ErrorControl` value (`SERVICE_ERROR_CRITICAL`).
 const SERVICE_ERROR_CRITICAL: u32 = 3;
 
+/// Sections a universal INF may not have, as suffixes of the section name (Microsoft's "Using a
+/// Universal INF File": `ClassInstall32`, `DDInstall.CoInstallers`, `DDInstall.FactDef`,
+/// `DDInstall.LogConfigOverride`).
+const NON_UNIVERSAL_SECTIONS: [&str; 4] =
+    ["classinstall32", ".coinstallers", ".factdef", ".logconfigoverride"];
+
+/// Directives a universal INF may not use (the same page).
+const NON_UNIVERSAL_DIRECTIVES: [&str; 13] = [
+    "BitReg",
+    "DelFiles",
+    "DelProperty",
+    "DelReg",
+    "DelService",
+    "Ini2Reg",
+    "LogConfig",
+    "ProfileItems",
+    "RegisterDlls",
+    "RenFiles",
+    "UnregisterDlls",
+    "UpdateIniFields",
+    "UpdateInis",
+];
+
+/// The `InfVerif` mode a Windows flow runs the stamped INF through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `/u`, Universal Driver requirements: `cargo wdk build`'s default.
+    Universal,
+    /// `/w`, Windows Driver requirements (`/u` and driver package isolation): `cargo make` for a
+    /// WDM driver, and `cargo wdk build --target-platform windows`.
+    Windows,
+}
+
+impl Mode {
+    /// Both modes, in the order the checks report them.
+    pub const ALL: [Self; 2] = [Self::Windows, Self::Universal];
+
+    /// `InfVerif`'s flag for the mode.
+    #[must_use]
+    pub const fn flag(self) -> &'static str {
+        match self {
+            Self::Universal => "/u",
+            Self::Windows => "/w",
+        }
+    }
+
+    /// The flow that runs `InfVerif` in this mode.
+    #[must_use]
+    pub const fn flow(self) -> &'static str {
+        match self {
+            Self::Universal => "cargo wdk build",
+            Self::Windows => "cargo make",
+        }
+    }
+}
+
 /// Checks an INF (or the INX template it is stamped from) against the primitive-driver rules
-/// and returns one message per broken rule; an empty list means the text passes.
+/// and the rules of `InfVerif`'s `mode`, and returns one message per broken rule; an empty list
+/// means the text passes.
 #[must_use]
-pub fn check(text: &str) -> Vec<String> {
+pub fn check(text: &str, mode: Mode) -> Vec<String> {
     let inf = Inf::parse(text);
     let mut problems = Vec::new();
+    check_universal(&inf, &mut problems);
     check_version(&inf, &mut problems);
     if let Some(manufacturer) = inf.section("Manufacturer") {
         problems.push(format!(
@@ -43,7 +111,7 @@ pub fn check(text: &str) -> Vec<String> {
             manufacturer.line
         ));
     }
-    check_install(&inf, &mut problems);
+    check_install(&inf, mode, &mut problems);
     check_uninstall(&inf, &mut problems);
     check_source_disks(&inf, &mut problems);
     check_strings(&inf, &mut problems);
@@ -225,6 +293,29 @@ fn decorated_entry_points<'a>(
     entry_points
 }
 
+/// No section or directive that Microsoft's "Using a Universal INF File" rules out; `/u` and `/w`
+/// both refuse them.
+fn check_universal(inf: &Inf, problems: &mut Vec<String>) {
+    for section in inf.sections.values() {
+        let name = section.name.to_ascii_lowercase();
+        if NON_UNIVERSAL_SECTIONS.iter().any(|suffix| name.ends_with(suffix)) {
+            problems.push(format!(
+                "line {}: [{}] is not allowed in a universal INF (InfVerif /u and /w)",
+                section.line, section.name
+            ));
+        }
+        for line in &section.lines {
+            let Some(key) = line.key.as_deref() else { continue };
+            if NON_UNIVERSAL_DIRECTIVES.iter().any(|directive| same(key, directive)) {
+                problems.push(format!(
+                    "line {}: {key} is not allowed in a universal INF (InfVerif /u and /w)",
+                    line.number
+                ));
+            }
+        }
+    }
+}
+
 fn check_version(inf: &Inf, problems: &mut Vec<String>) {
     let Some(version) = inf.section("Version") else {
         problems.push("there is no [Version] section".to_owned());
@@ -255,30 +346,34 @@ fn check_version(inf: &Inf, problems: &mut Vec<String>) {
     }
 }
 
-fn check_install(inf: &Inf, problems: &mut Vec<String>) {
+fn check_install(inf: &Inf, mode: Mode, problems: &mut Vec<String>) {
     let entry_points = decorated_entry_points(inf, "defaultinstall", problems);
     if entry_points.is_empty() {
         problems.push("there is no [DefaultInstall.NT$ARCH$] section".to_owned());
     }
     for install in entry_points {
-        check_copy_files(inf, install, problems);
+        check_copy_files(inf, install, mode, problems);
         let services_name = format!("{}.Services", install.name);
         match inf.section(&services_name) {
-            Some(services) => check_services(inf, services, problems),
+            Some(services) => check_services(inf, services, mode, problems),
             None => problems.push(format!("there is no [{services_name}] section")),
         }
     }
 }
 
-/// The install section copies pagelock.sys, and everything it copies goes to DIRID 13.
-fn check_copy_files(inf: &Inf, install: &Section, problems: &mut Vec<String>) {
+/// The install section copies pagelock.sys, and in `/w` mode everything it copies goes to
+/// DIRID 13.
+fn check_copy_files(inf: &Inf, install: &Section, mode: Mode, problems: &mut Vec<String>) {
+    let isolated = mode == Mode::Windows;
     let mut copied = Vec::new();
     let mut any = false;
     for line in install.entries("CopyFiles") {
         any = true;
         for target in line.fields().into_iter().filter(|target| !target.is_empty()) {
             if let Some(file) = target.strip_prefix('@') {
-                check_destination(inf, None, line.number, problems);
+                if isolated {
+                    check_destination(inf, None, line.number, problems);
+                }
                 copied.push(file.to_ascii_lowercase());
                 continue;
             }
@@ -289,7 +384,9 @@ fn check_copy_files(inf: &Inf, install: &Section, problems: &mut Vec<String>) {
                 ));
                 continue;
             };
-            check_destination(inf, Some(list), line.number, problems);
+            if isolated {
+                check_destination(inf, Some(list), line.number, problems);
+            }
             copied.extend(list.lines.iter().map(|file| file.entry_name().to_ascii_lowercase()));
         }
     }
@@ -319,8 +416,9 @@ fn check_destination(inf: &Inf, list: Option<&Section>, at: usize, problems: &mu
     }
 }
 
-/// The services section adds the pagelock kernel service, demand-start, from the Driver Store.
-fn check_services(inf: &Inf, services: &Section, problems: &mut Vec<String>) {
+/// The services section adds the pagelock kernel service, demand-start, run from the Driver Store
+/// in `/w` mode.
+fn check_services(inf: &Inf, services: &Section, mode: Mode, problems: &mut Vec<String>) {
     let add = services
         .entries("AddService")
         .find(|line| same(&inf.expand(&line.first_field()), SERVICE_NAME));
@@ -350,7 +448,12 @@ fn check_services(inf: &Inf, services: &Section, problems: &mut Vec<String>) {
     {
         problems.push(format!("line {at}: [{}] needs an ErrorControl (0 to 3)", install.name));
     }
-    if !value("ServiceBinary").is_some_and(|binary| same(&binary, SERVICE_BINARY)) {
+    let binary = value("ServiceBinary");
+    let binary_ok = binary.is_some_and(|binary| {
+        same(&binary, SERVICE_BINARY)
+            || mode == Mode::Universal && binary.to_ascii_lowercase().ends_with(r"\pagelock.sys")
+    });
+    if !binary_ok {
         problems
             .push(format!("line {at}: [{}] needs ServiceBinary = {SERVICE_BINARY}", install.name));
     }
@@ -498,15 +601,22 @@ const fn same(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{Mode, check};
 
-    /// The template `cargo make` stamps into pagelock.inf.
-    const INX: &str = include_str!("../../driver.inx");
+    /// The template `cargo make` and `cargo wdk build` stamp into pagelock.inf.
+    const INX: &str = include_str!("../../pagelock.inx");
 
-    /// The problems `check` finds in `text`, asserting that one of them mentions `needle`.
+    /// The problems `check` finds in `text` in `/w` mode (`cargo make`'s), asserting that one
+    /// of them mentions `needle`.
     #[track_caller]
     fn assert_reported(text: &str, needle: &str) {
-        let problems = check(text);
+        assert_reported_in(text, Mode::Windows, needle);
+    }
+
+    /// [`assert_reported`] in `InfVerif`'s `mode`.
+    #[track_caller]
+    fn assert_reported_in(text: &str, mode: Mode, needle: &str) {
+        let problems = check(text, mode);
         assert!(
             problems.iter().any(|problem| problem.contains(needle)),
             "expected a problem mentioning {needle:?}, got {problems:#?}"
@@ -517,7 +627,7 @@ mod tests {
     /// template fails here instead of testing nothing.
     #[track_caller]
     fn replaced(old: &str, new: &str) -> String {
-        assert_eq!(INX.matches(old).count(), 1, "{old:?} should occur once in driver.inx");
+        assert_eq!(INX.matches(old).count(), 1, "{old:?} should occur once in pagelock.inx");
         INX.replacen(old, new, 1)
     }
 
@@ -556,22 +666,74 @@ mod tests {
         out.join("\n")
     }
 
+    /// `check` in both modes finds nothing in `text`.
+    #[track_caller]
+    fn assert_passes(text: &str) {
+        for mode in Mode::ALL {
+            assert_eq!(check(text, mode), Vec::<String>::new(), "InfVerif {}", mode.flag());
+        }
+    }
+
     #[test]
-    fn driver_inx_passes() {
-        assert_eq!(check(INX), Vec::<String>::new());
+    fn pagelock_inx_passes_in_both_modes() {
+        assert_passes(INX);
+    }
+
+    #[test]
+    fn non_universal_directives_are_reported_in_both_modes() {
+        let text = format!("{INX}\n[PageLock.Extra]\nRegisterDlls = Whatever\n");
+        for mode in Mode::ALL {
+            assert_reported_in(&text, mode, "RegisterDlls is not allowed in a universal INF");
+        }
+        let text = replaced("CopyFiles = PageLock.CopyFiles", "DelFiles = PageLock.CopyFiles");
+        assert_reported_in(&text, Mode::Universal, "DelFiles is not allowed");
+    }
+
+    #[test]
+    fn non_universal_sections_are_reported_in_both_modes() {
+        let text = format!("{INX}\n[DefaultInstall.NT$ARCH$.CoInstallers]\nAddReg = X\n");
+        for mode in Mode::ALL {
+            assert_reported_in(&text, mode, "CoInstallers] is not allowed in a universal INF");
+        }
+        let text = format!("{INX}\n[ClassInstall32]\nAddReg = X\n");
+        assert_reported_in(&text, Mode::Universal, "[ClassInstall32] is not allowed");
+    }
+
+    #[test]
+    fn package_isolation_is_checked_in_windows_mode_only() {
+        let text = edited("DestinationDirs", "PageLock.CopyFiles", Some("12"));
+        assert_reported_in(&text, Mode::Windows, "copied to DIRID 12, not 13");
+        assert_eq!(check(&text, Mode::Universal), Vec::<String>::new());
+        let text = edited("PageLock.Service", "ServiceBinary", Some(r"%12%\pagelock.sys"));
+        assert_reported_in(&text, Mode::Windows, r"ServiceBinary = %13%\pagelock.sys");
+        assert_eq!(check(&text, Mode::Universal), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_modes_are_the_flows_flags() {
+        assert_eq!((Mode::Windows.flag(), Mode::Windows.flow()), ("/w", "cargo make"));
+        assert_eq!((Mode::Universal.flag(), Mode::Universal.flow()), ("/u", "cargo wdk build"));
     }
 
     #[test]
     fn the_stamped_inf_passes() {
         let stamped = edited("Version", "DriverVer", Some("11/23/2026,12.34.56.789"))
             .replace("$ARCH$", "amd64");
-        assert_eq!(check(&stamped), Vec::<String>::new());
+        assert_passes(&stamped);
+    }
+
+    #[test]
+    fn the_inf_stamped_for_arm64_passes() {
+        let stamped = edited("Version", "DriverVer", Some("11/23/2026,12.34.56.789"))
+            .replace("$ARCH$", "arm64");
+        assert!(stamped.contains("[DefaultInstall.NTarm64]"));
+        assert_passes(&stamped);
     }
 
     #[test]
     fn sections_keys_and_tokens_compare_without_case() {
-        assert_eq!(check(&INX.to_ascii_lowercase()), Vec::<String>::new());
-        assert_eq!(check(&INX.to_ascii_uppercase()), Vec::<String>::new());
+        assert_passes(&INX.to_ascii_lowercase());
+        assert_passes(&INX.to_ascii_uppercase());
     }
 
     #[test]
@@ -580,7 +742,7 @@ mod tests {
         assert_reported(&text, "%Nowhere% is not defined");
         let text =
             edited("PageLock.Service", "Description", Some("%ServiceDescription% ; %Nowhere%"));
-        assert_eq!(check(&text), Vec::<String>::new());
+        assert_passes(&text);
     }
 
     #[test]
@@ -644,7 +806,7 @@ mod tests {
     #[test]
     fn the_stamped_decoration_is_accepted() {
         let text = INX.replace("NT$ARCH$", "NTamd64");
-        assert_eq!(check(&text), Vec::<String>::new());
+        assert_passes(&text);
     }
 
     #[test]
@@ -674,7 +836,7 @@ mod tests {
     #[test]
     fn the_default_destination_applies_without_a_specific_one() {
         let text = edited("DestinationDirs", "PageLock.CopyFiles", None);
-        assert_eq!(check(&text), Vec::<String>::new());
+        assert_passes(&text);
         let text = edited_in(&text, "DestinationDirs", "DefaultDestDir", Some("12"));
         assert_reported(&text, "copied to DIRID 12, not 13");
         let text = edited_in(&text, "DestinationDirs", "DefaultDestDir", None);
@@ -755,7 +917,7 @@ mod tests {
     #[test]
     fn a_legacy_default_uninstall_passes() {
         let text = format!("{INX}\n[DefaultUninstall.NT$ARCH$]\nLegacyUninstall = 1\n");
-        assert_eq!(check(&text), Vec::<String>::new());
+        assert_passes(&text);
     }
 
     #[test]
@@ -769,6 +931,6 @@ mod tests {
     #[test]
     fn dirids_and_escaped_percents_are_not_tokens() {
         let text = edited("PageLock.Service", "Description", Some("\"100%% %13% ok\""));
-        assert_eq!(check(&text), Vec::<String>::new());
+        assert_passes(&text);
     }
 }

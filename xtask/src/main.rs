@@ -17,6 +17,7 @@ mod inf;
 mod layout;
 mod mutants;
 mod pe;
+mod ps1;
 mod reliability;
 mod routines;
 mod scratch;
@@ -289,15 +290,10 @@ fn test() -> Result<()> {
     }
     step("test app: type-check and clippy (x86_64-pc-windows-msvc)", cross::clippy_app)?;
     step("test app: link (x86_64-pc-windows-gnu)", cross::link_app)?;
-    step("driver.inx against the primitive-driver rules", || {
-        let path = cross::root().join("driver.inx");
-        let text = std::fs::read_to_string(&path)?;
-        let problems = inf::check(&text);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}:\n{}", path.display(), problems.join("\n"))
-        }
+    step("the INF template: one file for both Windows flows, both InfVerif modes", check_inf)?;
+    step("the VM scripts parse (scripts/*.ps1, tree-sitter's PowerShell grammar)", || {
+        let problems = ps1::check(&cross::root().join("scripts"))?;
+        if problems.is_empty() { Ok(()) } else { bail!("{}", problems.join("\n")) }
     })?;
     let sys = step("cross build (release)", || build(false))?;
     step("check-pe with the footprint budget", || {
@@ -356,6 +352,21 @@ fn test() -> Result<()> {
     })?;
     println!("xtask test: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The INF template both Windows flows read (`<package>.inx`, see `inf::template`), checked
+/// against the primitive-driver rules in the `InfVerif` mode of each flow.
+fn check_inf() -> Result<()> {
+    let (path, mut problems) = inf::template::check(&cross::root())?;
+    if problems.is_empty() {
+        let text = std::fs::read_to_string(&path)?;
+        for mode in inf::Mode::ALL {
+            let found = inf::check(&text, mode);
+            eprintln!("    InfVerif {} ({}): {} problem(s)", mode.flag(), mode.flow(), found.len());
+            problems.extend(found.into_iter().map(|p| format!("{} {p}", mode.flag())));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { bail!("{}:\n{}", path.display(), problems.join("\n")) }
 }
 
 /// The main job: build pagelock.sys, check it against the budget, run its scenario suite on

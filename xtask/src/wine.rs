@@ -411,7 +411,7 @@ fn prepare_prefix(wine: &Wine, root: &Path, sys: &Path, bin: &Path) -> Result<()
     copy(&bin.join("newdev.dll"), &app.join("newdev.dll"))?;
     copy(&bin.join(SHIM), &wine.drive_c().join("windows/system32").join(SHIM))?;
     // What stampinf does to the template, as far as Wine's setupapi reads it.
-    let inx = std::fs::read_to_string(root.join("driver.inx"))?;
+    let inx = std::fs::read_to_string(root.join("pagelock.inx"))?;
     std::fs::write(package.join("pagelock.inf"), inx.replace("$ARCH$", "amd64"))?;
     std::fs::write(package.join("pagelock.sys"), test_copy(&std::fs::read(sys)?)?)?;
     Ok(())
