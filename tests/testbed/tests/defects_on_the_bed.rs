@@ -61,7 +61,7 @@ fn a_lost_unlock_is_caught_after_the_last_close() {
         })
         .collect();
     let name = |bytes: &[u8; 4]| u64::from(u32::from_le_bytes(*bytes));
-    assert_eq!(leftovers, [name(b"DATA"), name(b"LK\0\0")], "{report:#}");
+    assert_eq!(leftovers, [name(b"LK\0\0"), name(b"DATA")], "{report:#}");
     assert!(report["sections"].as_array().unwrap().iter().all(|s| s["lock_count"] == 0));
 }
 
