@@ -704,3 +704,19 @@ fn a_timer_due_in_a_period_is_that_many_100_ns_units_before_now() {
     assert_eq!(kernel::relative_due_time(1), -10_000);
     assert_eq!(kernel::relative_due_time(0), 0);
 }
+
+#[test]
+fn bench_reports_the_time_its_loops_took_on_the_counter_it_reads() {
+    let _turn = exclusive();
+    let open = opened();
+    // The stand-in counter moves only when a test moves it: from any reading, both loops take
+    // no time, and the reply says so, with the counter's frequency.
+    kernel::advance_clock(1_000_000);
+    let input = protocol::BenchRequest::new(5);
+    let bytes = call(&open, protocol::IOCTL_BENCH, input.as_bytes(), 64).expect("bench");
+    let reply = protocol::BenchReply::read_from_bytes(&bytes).expect("reply size");
+    assert_eq!((reply.iterations, reply.by_address_ticks, reply.by_handle_ticks), (5, 0, 0));
+    assert_eq!(reply.frequency, kernel::performance_counter().1);
+    assert_eq!(counts(), [1, 1], "every pair the loops took is released");
+    drop(open);
+}
