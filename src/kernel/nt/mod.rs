@@ -220,15 +220,13 @@ impl WideName {
         Self(wide)
     }
 
-    /// A `UNICODE_STRING` over this name.
+    /// A `UNICODE_STRING` over this name: `MaximumLength` is the buffer's size in bytes (the
+    /// kernel may read that much of it: `NtCreateSymbolicLinkObject` copies a link target's
+    /// whole `MaximumLength`), `Length` the name's, without its NUL.
     const fn unicode(&self) -> UNICODE_STRING {
         #[expect(clippy::cast_possible_truncation, reason = "names are a few dozen characters")]
-        let length = ((self.0.len() - 1) * 2) as u16;
-        UNICODE_STRING {
-            Length: length,
-            MaximumLength: length + 2,
-            Buffer: self.0.as_ptr().cast_mut(),
-        }
+        let size = size_of_val(self.0) as u16;
+        UNICODE_STRING { Length: size - 2, MaximumLength: size, Buffer: self.0.as_ptr().cast_mut() }
     }
 }
 
