@@ -112,7 +112,7 @@ pub fn init_queue() -> Result<(), Status> {
 /// and so the handle's pair of locks.
 #[pagelock_macros::locked(LOCKED_CODE)]
 pub fn timer_start(period_ms: u32) {
-    let due = sys::LARGE_INTEGER { QuadPart: super::super::relative_due_time(period_ms) };
+    let due = sys::LARGE_INTEGER { QuadPart: crate::kernel::relative_due_time(period_ms) };
     // SAFETY: timer and DPC were initialised at load (invariant of `RESIDENT`) and are resident;
     // the period fits a LONG (it is at most a few milliseconds).
     unsafe {
