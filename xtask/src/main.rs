@@ -168,6 +168,7 @@ const IMAGES: &[(&str, Option<&str>, bool)] = &[
     ("PAGELOCK_SYS_DEBUG_DEFECT_UNLOCKED_RUN", Some("unlocked-run"), true),
     ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", Some("unsynchronized-open"), false),
     ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", Some("unlock-before-drain"), false),
+    ("PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT", Some("unload-without-rundown-wait"), false),
 ];
 
 /// How many mutants `cargo xtask test` tries, and the seed that draws them: about two minutes

@@ -441,7 +441,12 @@ unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
 
 /// Every IRP the driver serves arrives here at `PASSIVE_LEVEL`, in the caller's thread, and
 /// runs under a rundown reference that unload waits for (see [`rundown`]).
-#[paged]
+///
+/// Resident, unlike the routines it calls: once the reference is released, unload may go on
+/// and the kernel free the image, so the way back to the I/O manager must never wait. From
+/// pageable code it could: a page no lock holds may be trimmed at any moment, and the thread
+/// would fault and wait for the disk while the image goes.
+#[resident]
 unsafe extern "C" fn dispatch_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     let Some(raw) = NonNull::new(irp) else { return status::INVALID_PARAMETER };
     // SAFETY: the I/O manager passes an IRP it owns until this driver completes it.

@@ -15,7 +15,9 @@
 //!
 //! What stays is the return from the dispatch trampoline after `ExReleaseRundownProtection`
 //! returns: a few instructions, against the rest of unload and the kernel's own work before it
-//! frees the image. It is the window that `IoReleaseRemoveLockAndWait` leaves too.
+//! frees the image. It is the window that `IoReleaseRemoveLockAndWait` leaves too. Those few
+//! instructions are resident (`.text`), the release's and the trampoline's: from pageable code
+//! the way back could fault on a trimmed page and wait for the disk while the image is freed.
 
 use core::cell::UnsafeCell;
 
@@ -74,7 +76,9 @@ impl Rundown {
 
 impl Drop for Running {
     /// `ExReleaseRundownProtection`: the last call of a dispatch routine into the kernel.
-    #[pagelock_macros::paged]
+    /// Resident, as the dispatch trampoline it returns to: after the release, the way back out
+    /// of the image must not fault.
+    #[pagelock_macros::resident]
     fn drop(&mut self) {
         // SAFETY: by the invariant this guard holds one reference on `self.0`, released once.
         unsafe { ntddk::ExReleaseRundownProtection(self.0.0.get()) };

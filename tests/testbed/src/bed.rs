@@ -18,7 +18,7 @@ use pagelock_protocol::status;
 use crate::{
     ex, exports,
     io::{
-        self, STATUS_OBJECT_NAME_NOT_FOUND, device,
+        self, STATUS_NO_SUCH_DEVICE, STATUS_OBJECT_NAME_NOT_FOUND, device,
         irp::{self, Control, Request, Sent},
         major,
     },
@@ -219,6 +219,9 @@ pub struct Bed {
     /// Handles whose cleanup was sent and whose close is left to the system worker CPU of a
     /// scheduled run (see [`Bed::close_worker`]); None outside such a run.
     deferred: std::sync::Mutex<Option<Vec<Closing>>>,
+    /// The driver's service was stopped ([`Bed::stop_service`]): `DriverUnload` runs once the
+    /// last handle's close returns.
+    stopping: AtomicBool,
     unloaded: AtomicBool,
     _names: [Vec<u16>; 2],
 }
@@ -290,6 +293,7 @@ impl Bed {
             open_handles: std::sync::Mutex::new(0),
             deferred: std::sync::Mutex::new(None),
             handles_opened: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             unloaded: AtomicBool::new(false),
             _names: [driver_name, registry],
         };
@@ -359,6 +363,15 @@ impl Bed {
         let number = self.handles_opened.fetch_add(1, Ordering::SeqCst) + 1;
         let directory = if options.directory { ", as a directory" } else { "" };
         let what = format!("{} {name}{directory} (handle {number})", major::name(major::CREATE));
+        if self.stopping.load(Ordering::SeqCst) {
+            // IopParseDevice: a device whose driver is marked for unload opens nothing more.
+            self.step(|| Step {
+                what: format!("{what}: the driver is being unloaded"),
+                status: Some(STATUS_NO_SUCH_DEVICE),
+                ..Step::default()
+            });
+            return Err(STATUS_NO_SUCH_DEVICE);
+        }
         let Some((device, below)) = device::resolve(name) else {
             self.step(|| Step {
                 what: format!("{what}: no such object"),
@@ -700,6 +713,7 @@ impl Bed {
         }
         drop(deferred);
         self.finish_close(closing);
+        self.unload_if_stopped();
     }
 
     /// What the driver left queued once cleanup returned: an IRP of the file object that still
@@ -774,6 +788,25 @@ impl Bed {
         mm::get().page_out_unlocked();
     }
 
+    /// Stops the driver's service (`sc stop`, `NtUnloadDriver`), as the I/O manager does: it
+    /// marks the driver for unload, from then on refuses opens of its devices
+    /// (`STATUS_NO_SUCH_DEVICE`, `IopParseDevice`), and runs `DriverUnload` once the last
+    /// reference to them is gone, at once when none is left, or else in the thread whose close
+    /// dropped the last at `PASSIVE_LEVEL` (`IopCompleteUnloadOrDelete`), which may be while
+    /// other threads still return from the driver's dispatch routines.
+    pub fn stop_service(&self) {
+        self.step(|| Step { what: "service stopped".to_owned(), ..Step::default() });
+        self.stopping.store(true, Ordering::SeqCst);
+        self.unload_if_stopped();
+    }
+
+    /// Unloads the driver when its service was stopped and no handle is open any more.
+    fn unload_if_stopped(&self) {
+        if self.stopping.load(Ordering::SeqCst) && *sched::lock(&self.open_handles) == 0 {
+            self.unload();
+        }
+    }
+
     /// The system worker of a scheduled run: from here on, closes are deferred to it, and it
     /// sends them, each at `PASSIVE_LEVEL` or `APC_LEVEL` as the schedule draws, whenever the
     /// scheduler runs its CPU; between them it lets timers fire and runs DPCs, as the schedule
@@ -790,6 +823,7 @@ impl Bed {
                 if apc {
                     irql::set(irql::PASSIVE_LEVEL);
                 }
+                self.unload_if_stopped();
             } else if sched::choose_below(2) == 0 && ke::idle() {
                 // Nothing to close: as the schedule draws, this CPU lets timers fire and runs
                 // DPCs, so that they meet the other CPUs' requests at any point.
@@ -811,6 +845,7 @@ impl Bed {
         for closing in left {
             self.finish_close(closing);
         }
+        self.unload_if_stopped();
     }
 
     /// Lock counts of the pageable sections, as the memory manager keeps them.
@@ -846,10 +881,16 @@ impl Bed {
         if ke::timer::expire_next() {
             record::note("bed: a timer of the driver fell due as DriverUnload began".to_owned());
         }
+        if irp::dispatching() > 0 {
+            record::reached("DriverUnload called while another CPU is in a dispatch routine");
+        }
         // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
         unsafe { unload(self.driver) };
         self.step(|| Step { what: "DriverUnload".to_owned(), ..Step::default() });
         self.check_left_behind("at unload");
+        // The kernel frees the image once DriverUnload has returned (MmUnloadSystemImage):
+        // a thread still returning into it, or a timer or DPC left behind, faults there.
+        mm::get().free_image();
     }
 
     fn check_left_behind(&self, when: &str) {

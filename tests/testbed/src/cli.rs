@@ -78,6 +78,13 @@ struct ConcurrencyArgs {
     /// after it find the handle closed (`STATUS_INVALID_HANDLE`).
     #[arg(long, requires = "shared")]
     close_shared: bool,
+    /// Stop the driver's service as the threads start (`sc stop`): the I/O manager refuses new
+    /// opens and runs `DriverUnload` as the last handle's close returns, on the CPU that sent
+    /// it, while the others may still be returning from the driver. Handles opened before the
+    /// threads (--open) stay open until they are done: with --open 0 the close of the shared
+    /// handle (--close-shared) is the last.
+    #[arg(long, requires = "close_shared")]
+    stop: bool,
     /// Times each thread sends the IOCTL list.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
@@ -88,7 +95,9 @@ struct ConcurrencyArgs {
     /// one is reported with its seed.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     schedules: u64,
-    /// How the scheduler picks the next CPU: uniform, or pct:D (priorities, D-1 changes).
+    /// How the scheduler picks the next CPU: uniform, or pct:D[:K] (priorities, D-1 changes at
+    /// switch points drawn among the first K, 4096 unless given: the run's length, which its
+    /// report prints, is the K that makes PCT's bound hold).
     #[arg(long, default_value = "uniform", value_parser = parse_policy)]
     policy: pagelock_testbed::sched::Policy,
     /// Draw the run as an SVG picture into FILE: one lane per CPU, every kernel call, IRQL
@@ -104,6 +113,7 @@ impl ConcurrencyArgs {
             threads: usize::from(self.threads),
             shared: self.shared,
             close_shared: self.close_shared,
+            stop: self.stop,
             repeat: self.repeat,
             seed,
             policy: self.policy,
@@ -113,13 +123,20 @@ impl ConcurrencyArgs {
 
 fn parse_policy(text: &str) -> Result<pagelock_testbed::sched::Policy, String> {
     use pagelock_testbed::sched::Policy;
-    match text.split_once(':') {
-        None if text == "uniform" => Ok(Policy::Uniform),
-        Some(("pct", depth)) => match depth.parse() {
-            Ok(depth @ 1..=8) => Ok(Policy::Pct { depth }),
-            _ => Err(format!("{text:?}: the depth of pct:D is 1 to 8")),
-        },
-        _ => Err(format!("{text:?}: expected uniform or pct:D")),
+    let Some(("pct", rest)) = text.split_once(':') else {
+        return if text == "uniform" {
+            Ok(Policy::Uniform)
+        } else {
+            Err(format!("{text:?}: expected uniform or pct:D[:K]"))
+        };
+    };
+    let (depth, steps) = rest.split_once(':').unwrap_or((rest, "4096"));
+    let Ok(depth @ 1..=8) = depth.parse() else {
+        return Err(format!("{text:?}: the depth D of pct:D[:K] is 1 to 8"));
+    };
+    match steps.parse() {
+        Ok(steps @ 1..) => Ok(Policy::Pct { depth, steps }),
+        _ => Err(format!("{text:?}: the switch points K of pct:D[:K] are a number from 1")),
     }
 }
 

@@ -195,7 +195,14 @@ pub(crate) extern "win64" fn release_rundown_protection(rundown: *mut usize) {
     if !irql::at_most(Routine::ExReleaseRundownProtection, irql::DISPATCH_LEVEL) {
         return;
     }
-    rundown_count(rundown).fetch_sub(RUNDOWN_REFERENCE, SeqCst);
+    let before = rundown_count(rundown).fetch_sub(RUNDOWN_REFERENCE, SeqCst);
+    if before & RUNDOWN_ACTIVE != 0 {
+        // Unload is waiting: from here on it may go on and the image be freed under the
+        // caller, whose way back must not wait. The memory manager may trim any page that no
+        // lock holds at any moment, and takes them now: a caller that returns through pageable
+        // code faults, and unload frees the image while the page is read in.
+        crate::mm::get().page_out_unlocked();
+    }
 }
 
 /// `ExWaitForRundownProtectionRelease`: no reference is granted from now on, and the caller

@@ -89,6 +89,8 @@ pub struct Mm {
     image: std::ops::Range<usize>,
     /// Held while a section's presence changes.
     pager: AtomicBool,
+    /// The image was freed after `DriverUnload` ([`Mm::free_image`]).
+    freed: AtomicBool,
 }
 
 /// Holds the pager lock while it lives.
@@ -122,7 +124,12 @@ impl Mm {
                 page_outs: AtomicU64::new(0),
             })
             .collect();
-        Self { sections, image: base..base + image.size, pager: AtomicBool::new(false) }
+        Self {
+            sections,
+            image: base..base + image.size,
+            pager: AtomicBool::new(false),
+            freed: AtomicBool::new(false),
+        }
     }
 
     fn pager(&self) -> PagerGuard<'_> {
@@ -150,6 +157,9 @@ impl Mm {
     pub fn unreadable(&self, address: usize, len: usize) -> Option<usize> {
         if !self.in_image(address) {
             return None;
+        }
+        if self.freed() {
+            return Some(address);
         }
         let end = address.saturating_add(len);
         let bad = self
@@ -225,10 +235,11 @@ impl Mm {
         }
     }
 
-    /// Pages `section` back in after a fault on it (async-signal-safe).
+    /// Pages `section` back in after a fault on it, unless the image was freed meanwhile
+    /// (async-signal-safe).
     pub fn fault_in(&self, section: &Section) {
         let _pager = self.pager();
-        if !section.present.swap(true, Ordering::SeqCst) {
+        if !self.freed() && !section.present.swap(true, Ordering::SeqCst) {
             section.page_ins.fetch_add(1, Ordering::Relaxed);
             section.protect(section.prot);
         }
@@ -243,6 +254,30 @@ impl Mm {
             section.present.store(false, Ordering::SeqCst);
             section.protect(libc::PROT_NONE);
         }
+    }
+
+    /// Frees the whole image, headers included, as the kernel does once `DriverUnload` has
+    /// returned (`MmUnloadSystemImage`); nothing pages it in again.
+    pub fn free_image(&self) {
+        let _pager = self.pager();
+        self.freed.store(true, Ordering::SeqCst);
+        for section in &self.sections {
+            section.present.store(false, Ordering::SeqCst);
+        }
+        // SAFETY: the image mapping, which lives for the process; only its protection changes.
+        let _ = unsafe {
+            libc::mprotect(
+                self.image.start as *mut c_void,
+                self.image.end - self.image.start,
+                libc::PROT_NONE,
+            )
+        };
+    }
+
+    /// Whether the image was freed after `DriverUnload`.
+    #[must_use]
+    pub fn freed(&self) -> bool {
+        self.freed.load(Ordering::SeqCst)
     }
 
     /// Whether unlocked pageable memory at `address` would be touched (for the rule on
@@ -500,5 +535,17 @@ mod tests {
         assert_eq!(mm.unreadable(base - 2, 4), None, "not the image's: not its business");
         mm.sections[2].discarded.store(true, Ordering::SeqCst);
         assert_eq!(mm.unreadable(base + 0x3010, 2), Some(base + 0x3010), "INIT once freed");
+    }
+
+    #[test]
+    fn once_the_image_is_freed_none_of_it_is_readable_and_no_fault_pages_it_in() {
+        let (mm, base) = unmapped();
+        assert!(!mm.freed());
+        mm.free_image();
+        assert!(mm.freed());
+        assert_eq!(mm.unreadable(base + 0x1000, 4), Some(base + 0x1000), ".rdata once freed");
+        assert_eq!(mm.unreadable(base - 2, 4), None, "not the image's: not its business");
+        mm.fault_in(&mm.sections[0]);
+        assert!(!mm.sections[0].present.load(Ordering::SeqCst), "a fault paged it back in");
     }
 }

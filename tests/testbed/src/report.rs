@@ -260,6 +260,7 @@ impl Report {
 pub const fn status_name(s: i32) -> &'static str {
     match s.cast_unsigned() {
         0x103 => "STATUS_PENDING",
+        0xC000_000E => "STATUS_NO_SUCH_DEVICE",
         0xC000_0034 => "STATUS_OBJECT_NAME_NOT_FOUND",
         0xC000_0035 => "STATUS_OBJECT_NAME_COLLISION",
         0xC000_00BB => "STATUS_NOT_SUPPORTED",

@@ -39,10 +39,15 @@ pub const MAX_CPUS: usize = 16;
 pub enum Policy {
     /// Uniformly at random at every point.
     Uniform,
-    /// Priority-based (PCT): random priorities, the highest runs, `depth` - 1 priority changes.
+    /// Priority-based (PCT): random priorities, the highest runs, `depth` - 1 priority changes
+    /// at switch points drawn among the first `steps`.
     Pct {
         /// Bug depth the schedule targets (1 to 8).
         depth: u32,
+        /// The switch points a run is expected to reach: PCT's bound on finding a bug of depth
+        /// `depth` holds when the change points fall within the run, so they are drawn below
+        /// this (a run's report gives its switch points).
+        steps: u64,
     },
 }
 
@@ -78,6 +83,7 @@ static RUNNING: AtomicU32 = AtomicU32::new(NONE);
 static RNG: AtomicU64 = AtomicU64::new(0);
 static PCT: AtomicBool = AtomicBool::new(false);
 static DEPTH: AtomicU32 = AtomicU32::new(0);
+static STEPS: AtomicU64 = AtomicU64::new(0);
 static CHANGE_POINTS: [AtomicU64; 8] = [const { AtomicU64::new(u64::MAX) }; 8];
 static POINTS: AtomicU64 = AtomicU64::new(0);
 static SWITCHES: AtomicU64 = AtomicU64::new(0);
@@ -337,7 +343,7 @@ pub struct Summary {
 #[must_use]
 pub fn summary() -> Summary {
     let policy = if PCT.load(Ordering::Relaxed) {
-        Policy::Pct { depth: DEPTH.load(Ordering::Relaxed) }
+        Policy::Pct { depth: DEPTH.load(Ordering::Relaxed), steps: STEPS.load(Ordering::Relaxed) }
     } else {
         Policy::Uniform
     };
@@ -374,7 +380,10 @@ pub fn run<R: Send>(
     COUNT.store(count, Ordering::Relaxed);
     RUNNING.store(NONE, Ordering::Relaxed);
     PCT.store(matches!(policy, Policy::Pct { .. }), Ordering::Relaxed);
-    DEPTH.store(if let Policy::Pct { depth } = policy { depth } else { 0 }, Ordering::Relaxed);
+    let (depth, steps) =
+        if let Policy::Pct { depth, steps } = policy { (depth, steps) } else { (0, 0) };
+    DEPTH.store(depth, Ordering::Relaxed);
+    STEPS.store(steps, Ordering::Relaxed);
     for (i, c) in CPUS.iter().enumerate() {
         c.status.store(if i < cpus { RUNNABLE } else { ABSENT }, Ordering::Relaxed);
         c.wake.store(0, Ordering::Relaxed);
@@ -382,7 +391,7 @@ pub fn run<R: Send>(
         // Distinct priorities above every change point's (change point k gives depth - 1 - k).
         c.priority.store(u32::try_from(i).unwrap_or(0) + 9, Ordering::Relaxed);
     }
-    if let Policy::Pct { depth } = policy {
+    if let Policy::Pct { depth, steps } = policy {
         for i in (1..cpus).rev() {
             let j = below(u32::try_from(i).unwrap_or(0) + 1) as usize;
             let (a, b) = (
@@ -392,13 +401,13 @@ pub fn run<R: Send>(
             CPUS[i].priority.store(b, Ordering::Relaxed);
             CPUS[j].priority.store(a, Ordering::Relaxed);
         }
-        // The change points fall within the first points of the run, where a short run has them.
-        // Distinct change points, in increasing order, within the first points of the run
-        // (where a short run has them).
-        let changes = usize::try_from(depth.clamp(1, 8) - 1).unwrap_or(0);
+        // Distinct change points, in increasing order, within the run's expected length (as
+        // many as fit in it).
+        let steps = steps.max(1);
+        let changes = usize::try_from(u64::from(depth.clamp(1, 8) - 1).min(steps)).unwrap_or(0);
         let mut points: Vec<u64> = Vec::new();
         while points.len() < changes {
-            let at = draw() % 4096;
+            let at = draw() % steps;
             if !points.contains(&at) {
                 points.push(at);
             }
@@ -542,6 +551,20 @@ mod tests {
     }
 
     #[test]
+    fn pct_lowers_the_running_cpu_at_a_point_among_the_steps_it_is_given() {
+        let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for seed in 1..20 {
+            // One change point among the first 3 switch points: the CPU that runs first has
+            // reached it by its third point, and the other then runs all of its own.
+            let (order, _) = interleaving(seed, Policy::Pct { depth: 2, steps: 3 });
+            let first = order.iter().take_while(|c| **c == order[0]).count();
+            assert!(first <= 3, "seed {seed}: the first CPU ran {first} points: {order:?}");
+            let second = order[first..].iter().take_while(|c| **c != order[0]).count();
+            assert_eq!(second, 50, "seed {seed}: {order:?}");
+        }
+    }
+
+    #[test]
     fn a_seed_gives_one_interleaving_and_its_digest() {
         let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (a, first) = interleaving(7, Policy::Uniform);
@@ -558,7 +581,7 @@ mod tests {
     fn pct_runs_the_highest_priority_cpu_until_a_change_point() {
         let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Depth 1: no change point, so one CPU runs to its end before the other starts.
-        let (order, summary) = interleaving(3, Policy::Pct { depth: 1 });
+        let (order, summary) = interleaving(3, Policy::Pct { depth: 1, steps: 4096 });
         assert_eq!(summary.switches, 1, "{order:?}");
         assert!(order[..50].iter().all(|c| *c == order[0]));
     }
@@ -567,7 +590,7 @@ mod tests {
     fn two_cpus_waiting_for_each_other_are_a_deadlock_not_a_livelock() {
         let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Each waits for a flag only the other could set after its own wait: nobody progresses.
-        for policy in [Policy::Uniform, Policy::Pct { depth: 2 }] {
+        for policy in [Policy::Uniform, Policy::Pct { depth: 2, steps: 4096 }] {
             let results = run(2, 9, policy, |_| {
                 point();
                 let mut gave_up = false;

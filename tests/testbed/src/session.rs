@@ -132,6 +132,10 @@ pub struct Concurrency {
     /// sending, while the others send theirs; cleanup then meets their requests in the driver,
     /// and the requests after it find the handle closed.
     pub close_shared: bool,
+    /// The driver's service is stopped as the threads start ([`Bed::stop_service`]):
+    /// `DriverUnload` runs as the last handle's close returns, on the CPU that sent it, while
+    /// the other CPUs may still be returning from the driver.
+    pub stop: bool,
     /// Times each thread sends the IOCTL list.
     pub repeat: u32,
     /// The schedule's seed.
@@ -176,6 +180,9 @@ pub fn exec(
             // when and where the scheduler decides.
             let done = std::sync::atomic::AtomicUsize::new(0);
             bed.defer_closes();
+            if c.stop {
+                bed.stop_service();
+            }
             crate::sched::run(c.threads + 1, c.seed, c.policy, |cpu| {
                 if cpu as usize == c.threads {
                     let others_done =

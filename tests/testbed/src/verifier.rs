@@ -84,6 +84,12 @@ pub enum Rule {
     PageableCodeAtDispatch,
     /// `INIT` (freed after `DriverEntry`) touched afterwards.
     DiscardedSectionTouched,
+    /// Memory of the image touched after `DriverUnload` returned and the kernel freed it: a
+    /// thread still returning into the driver, a timer or a DPC left behind.
+    /// `PAGE_FAULT_IN_NONPAGED_AREA` at an address of an unloaded driver, which the kernel
+    /// reports as `DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS` (0xCE;
+    /// `KeBugCheck2` with `MmLocateUnloadedDriver`).
+    UnloadedImageTouched,
     /// Any other access to memory the driver does not own.
     InvalidAccess,
     /// A privileged or GS-relative instruction the bed does not emulate, or a trap.
@@ -271,6 +277,9 @@ table! {
     DiscardedSectionTouched "discarded-section-touched" 0x50 Windows true
         "address, 0 read / 2 write / 10 execute, instruction address, 0"
         "PAGE_FAULT_IN_NONPAGED_AREA: INIT touched after DriverEntry";
+    UnloadedImageTouched "unloaded-image-touched" 0xCE Windows true
+        "address, 0 read / 2 write / 10 execute, instruction address, 0"
+        "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: the image touched after unload freed it (a thread still returning into it, a timer or DPC left behind)";
     InvalidAccess "invalid-access" 0x50 Windows true
         "address, 0 read / 2 write / 10 execute, instruction address, 0"
         "PAGE_FAULT_IN_NONPAGED_AREA: memory the driver does not own";

@@ -12,8 +12,8 @@ mod common;
 use std::process::Output;
 
 use common::{
-    DEVICE, bed, code, hex, image, json, lock_unlock_on_a_shared_handle, root, rules,
-    waits_closed_pending_from_two_cpus,
+    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, hex, image, json, lock_unlock_on_a_shared_handle,
+    root, rules, service_stopped_under_requests, waits_closed_pending_from_two_cpus,
 };
 use pagelock_protocol::zerocopy::IntoBytes;
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_RUN_LOCKED, RunRequest};
@@ -215,4 +215,24 @@ fn releasing_the_locks_in_cleanup_before_draining_the_waits_is_caught_for_every_
             "seed {seed}: {fired:?}"
         );
     }
+}
+
+#[test]
+fn an_unload_that_does_not_wait_for_the_dispatch_routines_frees_the_image_under_one() {
+    let sys = image(
+        "PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT",
+        Some("unload-without-rundown-wait"),
+        false,
+    );
+    // The schedules under which the real driver stays clean (pagelock_on_the_bed.rs).
+    let mut args = service_stopped_under_requests(&sys, 40);
+    args.push("--json".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = bed(&args);
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    let bugcheck = &report["bugcheck"];
+    assert_eq!(bugcheck["rule"], "unloaded-image-touched", "{report:#}");
+    assert_eq!(bugcheck["code"], 0xCE, "{report:#}");
+    assert!(report["races"].to_string().contains(UNLOAD_MEETS_A_DISPATCH), "{report:#}");
 }

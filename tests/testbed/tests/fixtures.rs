@@ -191,6 +191,11 @@ const FIRED_ELSEWHERE: &[(&str, &str)] = &[
     ),
     ("locked-at-unload", "forgetting_to_unlock_also_leaves_the_section_locked_at_unload"),
     ("cpu-stuck", "driver_code_waiting_on_memory_another_cpu_must_change_is_reported_not_hung"),
+    (
+        "unloaded-image-touched",
+        "an_unload_that_does_not_wait_for_the_dispatch_routines_frees_the_image_under_one \
+         (defects_on_the_bed.rs)",
+    ),
 ];
 
 #[test]

@@ -12,8 +12,9 @@ mod common;
 use std::path::Path;
 
 use common::{
-    DEVICE, bed, code, hex, image, json, lock_unlock_from_two_cpus, lock_unlock_on_a_shared_handle,
-    release, rules, wait_spec, waits_closed_pending_from_two_cpus,
+    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, hex, image, json, lock_unlock_from_two_cpus,
+    lock_unlock_on_a_shared_handle, release, rules, service_stopped_under_requests, wait_spec,
+    waits_closed_pending_from_two_cpus,
 };
 use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
@@ -309,6 +310,20 @@ fn the_debug_image_stays_clean_when_its_timers_dpc_spins_while_the_handle_closes
     assert!(report["bugcheck"].is_null(), "{report:#}");
     let races = report["races"].to_string();
     assert!(races.contains(CLEANUP_MEETS_A_REQUEST), "seed 238 no longer closes under a request");
+}
+
+#[test]
+fn a_service_stop_under_requests_lets_every_dispatch_routine_leave_before_the_image_goes() {
+    // DriverUnload comes as the last close returns, on the system worker, while a request
+    // completed before that close may still be on its way back through the driver on another
+    // CPU; the image is freed once DriverUnload returns, and a CPU still in it would fault.
+    let args = service_stopped_under_requests(&release(), 40);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reached = races_reached(&args);
+    assert!(
+        reached.iter().any(|(r, n)| r == UNLOAD_MEETS_A_DISPATCH && *n > 0),
+        "no schedule unloaded under a dispatch routine: {reached:?}"
+    );
 }
 
 /// Runs `exec` over `schedules` seeds and returns, per race the bed names, the schedules that

@@ -90,6 +90,16 @@ struct Outstanding {
     returned: bool,
 }
 
+/// Dispatch routines running, on any CPU: an IRP's requester may already have its completion
+/// while the routine that completed it still returns through the driver.
+static DISPATCHING: AtomicU32 = AtomicU32::new(0);
+
+/// How many CPUs are in a dispatch routine of the driver.
+#[must_use]
+pub fn dispatching() -> u32 {
+    DISPATCHING.load(Ordering::SeqCst)
+}
+
 /// Every IRP sent and not yet completed, in the order sent.
 static OUTSTANDING: Mutex<Vec<Outstanding>> = Mutex::new(Vec::new());
 
@@ -518,8 +528,11 @@ pub unsafe fn start(
                 Dispatch,
             >(routine)
         };
+        DISPATCHING.fetch_add(1, Ordering::SeqCst);
         // SAFETY: a dispatch routine of the loaded driver, with its device and a fresh IRP.
-        unsafe { routine(device, irp) }
+        let returned = unsafe { routine(device, irp) };
+        DISPATCHING.fetch_sub(1, Ordering::SeqCst);
+        returned
     } else {
         // No handler: the I/O manager completes with STATUS_INVALID_DEVICE_REQUEST.
         // SAFETY: the frame is ours alone: the driver never saw it.

@@ -18,6 +18,8 @@ pub const STATUS_PENDING: i32 = 0x103;
 pub const STATUS_CANCELLED: i32 = 0xC000_0120_u32.cast_signed();
 /// `STATUS_OBJECT_NAME_NOT_FOUND`.
 pub const STATUS_OBJECT_NAME_NOT_FOUND: i32 = 0xC000_0034_u32.cast_signed();
+/// `STATUS_NO_SUCH_DEVICE`: an open of a device whose driver is marked for unload.
+pub const STATUS_NO_SUCH_DEVICE: i32 = 0xC000_000E_u32.cast_signed();
 /// `IO_TYPE_FILE`.
 pub const IO_TYPE_FILE: i16 = 5;
 

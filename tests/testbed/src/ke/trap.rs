@@ -166,6 +166,9 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
             pending.gs = has_gs_prefix(code);
             Some(Rule::UnsupportedInstruction)
         }
+        libc::SIGSEGV | libc::SIGBUS if mm.freed() && mm.in_image(address) => {
+            Some(Rule::UnloadedImageTouched)
+        }
         libc::SIGSEGV | libc::SIGBUS => match mm.section_of(address) {
             Some((_, s)) if s.discarded.load(std::sync::atomic::Ordering::SeqCst) => {
                 Some(Rule::DiscardedSectionTouched)

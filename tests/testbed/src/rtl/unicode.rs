@@ -125,8 +125,14 @@ fn check_readable(
 /// section or for any other memory. The faulting instruction is the routine's.
 fn faulted(routine: Routine, what: &str, at: usize) -> ! {
     let mm = mm::get();
-    let freed = mm.section_of(at).is_some_and(|(_, s)| s.discarded.load(Ordering::SeqCst));
-    let rule = if freed { Rule::DiscardedSectionTouched } else { Rule::InvalidAccess };
+    let discarded = mm.section_of(at).is_some_and(|(_, s)| s.discarded.load(Ordering::SeqCst));
+    let rule = if mm.freed() {
+        Rule::UnloadedImageTouched
+    } else if discarded {
+        Rule::DiscardedSectionTouched
+    } else {
+        Rule::InvalidAccess
+    };
     let detail = format!("read of {} by {}, copying its {what}", mm.describe(at), routine.name());
     record::stop(rule, None, [at as u64, 0, routine.address() as u64, 0], detail)
 }

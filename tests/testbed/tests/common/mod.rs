@@ -141,3 +141,31 @@ pub fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Val
     let report = json(&output);
     (output, report)
 }
+
+/// What the bed says when `DriverUnload` begins while a dispatch routine still runs on another
+/// CPU.
+pub const UNLOAD_MEETS_A_DISPATCH: &str =
+    "DriverUnload called while another CPU is in a dispatch routine";
+
+/// `exec` arguments that stop the service of `sys` under requests: three CPUs on one overlapped
+/// handle, two sending `LOCK`, `QUERY_STATE` and `UNLOCK` three times, the third closing the
+/// handle, so that `DriverUnload` runs on the system worker as that close returns, while a
+/// request may still be returning from the driver; over `schedules` PCT schedules (depth 2,
+/// change points within the run's 40 first switch points) from seed 1.
+pub fn service_stopped_under_requests(sys: &Path, schedules: u64) -> Vec<String> {
+    let mut args: Vec<String> = ["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "0"]
+        .into_iter()
+        .chain(["--threads", "3", "--repeat", "3", "--shared", "--close-shared", "--stop"])
+        .chain(["--policy", "pct:2:40", "--seed", "1"])
+        .map(str::to_owned)
+        .collect();
+    args.extend(["--schedules".to_owned(), schedules.to_string()]);
+    for (ioctl, output) in [
+        (IOCTL_LOCK, 8),
+        (pagelock_protocol::IOCTL_QUERY_STATE, 200),
+        (pagelock_protocol::IOCTL_UNLOCK, 8),
+    ] {
+        args.extend(["--ioctl".to_owned(), format!("{}::{output}", code(ioctl))]);
+    }
+    args
+}
