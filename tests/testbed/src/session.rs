@@ -173,70 +173,75 @@ pub fn exec(
                     bed.control(first, spec.code, &spec.input, spec.output);
                 }
             }
+            requests.send_pending(&bed, device);
         }
-        Some(c) => {
-            let shared = if c.shared { bed.open_overlapped(device).ok() } else { None };
-            // One more CPU than threads: the system worker, which sends the threads' closes
-            // when and where the scheduler decides.
-            let done = std::sync::atomic::AtomicUsize::new(0);
-            bed.defer_closes();
-            if c.stop {
-                bed.stop_service();
-            }
-            crate::sched::run(c.threads + 1, c.seed, c.policy, |cpu| {
-                if cpu as usize == c.threads {
-                    let others_done =
-                        || done.load(std::sync::atomic::Ordering::Acquire) == c.threads;
-                    bed.close_worker(&others_done);
-                    return;
-                }
-                if let (Some(handle), true) =
-                    (&shared, c.close_shared && cpu as usize + 1 == c.threads)
-                {
-                    // CloseHandle at a moment the schedule draws: the others' requests may not
-                    // have started, be in the driver, or be done.
-                    for _ in 0..crate::sched::choose_below(8) {
-                        crate::sched::point();
-                    }
-                    bed.close_shared(handle);
-                    done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    return;
-                }
-                let own = if c.shared || requests.ioctls.is_empty() {
-                    None
-                } else {
-                    bed.open(device).ok()
-                };
-                if let Some(handle) = shared.as_ref().or(own.as_ref()) {
-                    for _ in 0..c.repeat {
-                        for spec in requests.ioctls {
-                            bed.control(handle, spec.code, &spec.input, spec.output);
-                        }
-                    }
-                }
-                match &shared {
-                    Some(handle) => requests.send_pending_on(&bed, handle),
-                    None => requests.send_pending(&bed, device),
-                }
-                if let Some(handle) = own {
-                    bed.close(handle);
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            });
-            bed.close_now();
-            if let Some(handle) = shared {
-                bed.close(handle);
-            }
-        }
-    }
-    if concurrency.is_none() {
-        requests.send_pending(&bed, device);
+        Some(c) => scheduled(&bed, device, requests, c),
     }
     for handle in handles {
         bed.close(handle);
     }
     bed.unload();
     Ok(bed.report())
+}
+
+/// `exec` with `concurrency`: each thread on its own CPU under the scheduler, one more CPU the
+/// system worker that sends the threads' closes; the service stopped first when asked.
+fn scheduled(bed: &Bed, device: &str, requests: Requests<'_>, c: Concurrency) {
+    let shared = if c.shared { bed.open_overlapped(device).ok() } else { None };
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    bed.defer_closes();
+    if c.stop {
+        bed.stop_service();
+    }
+    crate::sched::run(c.threads + 1, c.seed, c.policy, |cpu| {
+        if cpu as usize == c.threads {
+            let others_done = || done.load(std::sync::atomic::Ordering::Acquire) == c.threads;
+            bed.close_worker(&others_done);
+            return;
+        }
+        match &shared {
+            Some(handle) if c.close_shared && cpu as usize + 1 == c.threads => {
+                // CloseHandle at a moment the schedule draws: the others' requests may not have
+                // started, be in the driver, or be done.
+                for _ in 0..crate::sched::choose_below(8) {
+                    crate::sched::point();
+                }
+                bed.close_shared(handle);
+            }
+            _ => send_from_a_thread(bed, device, requests, c, shared.as_ref()),
+        }
+        done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    });
+    bed.close_now();
+    if let Some(handle) = shared {
+        bed.close(handle);
+    }
+}
+
+/// One thread of a scheduled `exec`: the IOCTL list `c.repeat` times and the pending requests,
+/// on the `shared` handle or on handles of its own.
+fn send_from_a_thread(
+    bed: &Bed,
+    device: &str,
+    requests: Requests<'_>,
+    c: Concurrency,
+    shared: Option<&crate::bed::Handle>,
+) {
+    let own = if c.shared || requests.ioctls.is_empty() { None } else { bed.open(device).ok() };
+    if let Some(handle) = shared.or(own.as_ref()) {
+        for _ in 0..c.repeat {
+            for spec in requests.ioctls {
+                bed.control(handle, spec.code, &spec.input, spec.output);
+            }
+        }
+    }
+    match shared {
+        Some(handle) => requests.send_pending_on(bed, handle),
+        None => requests.send_pending(bed, device),
+    }
+    if let Some(handle) = own {
+        bed.close(handle);
+    }
 }
 
 /// `run`: pagelock's scenario suite, with the lock counts before, during and after each

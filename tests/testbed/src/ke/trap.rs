@@ -166,43 +166,13 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
             pending.gs = has_gs_prefix(code);
             Some(Rule::UnsupportedInstruction)
         }
-        libc::SIGSEGV | libc::SIGBUS if mm.freed() && mm.in_image(address) => {
-            Some(Rule::UnloadedImageTouched)
-        }
-        libc::SIGSEGV | libc::SIGBUS => match mm.section_of(address) {
-            Some((_, s)) if s.discarded.load(std::sync::atomic::Ordering::SeqCst) => {
-                Some(Rule::DiscardedSectionTouched)
+        libc::SIGSEGV | libc::SIGBUS => match page_fault(mm, &pending) {
+            Some(rule) => {
+                pending.gs = rule == Rule::InvalidAccess && has_gs_prefix(code);
+                Some(rule)
             }
-            Some((_, s)) if s.pageable() => {
-                let allowed = if execute {
-                    s.prot & libc::PROT_EXEC != 0
-                } else if write {
-                    s.prot & libc::PROT_WRITE != 0
-                } else {
-                    s.prot & libc::PROT_READ != 0
-                };
-                if !allowed {
-                    Some(Rule::InvalidAccess)
-                } else if s.present.load(std::sync::atomic::Ordering::SeqCst) {
-                    // Another thread paged it in since the fault: try again.
-                    return;
-                } else if irql < DISPATCH_LEVEL {
-                    // A page fault is a switch point; the page comes in once this CPU runs
-                    // again, so nothing can page it out before the instruction is retried.
-                    crate::trace::record(crate::trace::Kind::Fault, 0);
-                    crate::sched::point();
-                    mm.fault_in(s);
-                    return;
-                } else if execute {
-                    Some(Rule::PageableCodeAtDispatch)
-                } else {
-                    Some(Rule::PageFaultAtDispatch)
-                }
-            }
-            _ => {
-                pending.gs = has_gs_prefix(code);
-                Some(Rule::InvalidAccess)
-            }
+            // Paged in, or by another thread since the fault: the instruction is retried.
+            None => return,
         },
         _ => Some(Rule::UnsupportedInstruction),
     };
@@ -214,6 +184,47 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
     let new_rsp = ((rsp - 1024) & !15) - 8;
     gregs[greg(libc::REG_RSP)] = i64::try_from(new_rsp).unwrap_or(0);
     gregs[greg(libc::REG_RIP)] = report_fault as *const () as i64;
+}
+
+/// A page fault at `p.address` (by the instruction at `p.rip`): None when the instruction can be
+/// retried, a section of the image paged back in (below `DISPATCH_LEVEL`) or present again, or
+/// else the rule it breaks (async-signal-safe).
+fn page_fault(mm: &mm::Mm, p: &Pending) -> Option<Rule> {
+    use std::sync::atomic::Ordering::SeqCst;
+    if mm.freed() && mm.in_image(p.address) {
+        return Some(Rule::UnloadedImageTouched);
+    }
+    let Some((_, s)) = mm.section_of(p.address) else { return Some(Rule::InvalidAccess) };
+    if s.discarded.load(SeqCst) {
+        return Some(Rule::DiscardedSectionTouched);
+    }
+    if !s.pageable() {
+        return Some(Rule::InvalidAccess);
+    }
+    let allowed = if p.execute {
+        s.prot & libc::PROT_EXEC != 0
+    } else if p.write {
+        s.prot & libc::PROT_WRITE != 0
+    } else {
+        s.prot & libc::PROT_READ != 0
+    };
+    if !allowed {
+        Some(Rule::InvalidAccess)
+    } else if s.present.load(SeqCst) {
+        // Another thread paged it in since the fault: try again.
+        None
+    } else if p.irql < DISPATCH_LEVEL {
+        // A page fault is a switch point; the page comes in once this CPU runs again, so
+        // nothing can page it out before the instruction is retried.
+        crate::trace::record(crate::trace::Kind::Fault, 0);
+        crate::sched::point();
+        mm.fault_in(s);
+        None
+    } else if p.execute {
+        Some(Rule::PageableCodeAtDispatch)
+    } else {
+        Some(Rule::PageFaultAtDispatch)
+    }
 }
 
 /// Where a fatal fault resumes: reports the bugcheck and ends the run.
