@@ -79,11 +79,12 @@ struct ConcurrencyArgs {
     #[arg(long, requires = "shared")]
     close_shared: bool,
     /// Stop the driver's service as the threads start (`sc stop`): the I/O manager refuses new
-    /// opens and runs `DriverUnload` as the last handle's close returns, on the CPU that sent
-    /// it, while the others may still be returning from the driver. Handles opened before the
-    /// threads (--open) stay open until they are done: with --open 0 the close of the shared
-    /// handle (--close-shared) is the last.
-    #[arg(long, requires = "close_shared")]
+    /// opens (`STATUS_NO_SUCH_DEVICE`) and runs `DriverUnload` as the last handle's close
+    /// returns, on the CPU that sent it, while the others may still be returning from the
+    /// driver; at once when no handle is open. Handles opened before the threads (--open) stay
+    /// open until they are done: with --open 0 the close of the shared handle (--close-shared)
+    /// is the last.
+    #[arg(long)]
     stop: bool,
     /// Times each thread sends the IOCTL list.
     #[arg(long, default_value_t = 1)]
@@ -109,7 +110,7 @@ struct ConcurrencyArgs {
 
 impl ConcurrencyArgs {
     fn concurrency(&self, seed: u64) -> Option<session::Concurrency> {
-        (self.threads > 1 || self.shared).then_some(session::Concurrency {
+        (self.threads > 1 || self.shared || self.stop).then_some(session::Concurrency {
             threads: usize::from(self.threads),
             shared: self.shared,
             close_shared: self.close_shared,

@@ -326,6 +326,33 @@ fn a_service_stop_under_requests_lets_every_dispatch_routine_leave_before_the_im
     );
 }
 
+#[test]
+fn a_service_stop_refuses_new_opens_and_unloads_as_the_open_handle_closes() {
+    // One handle open when the service stops: the threads' opens after it are refused, and
+    // DriverUnload comes only once that handle is closed, last.
+    let sys = release();
+    let lock = format!("{}::8", code(IOCTL_LOCK));
+    let args = ["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "1"];
+    let output = bed(&[&args[..], &["--threads", "2", "--stop", "--ioctl", &lock, "--json"]].concat());
+    let report = json(&output);
+    assert!(output.status.success() && rules(&report).is_empty(), "{report:#}");
+    let steps: Vec<(&str, Option<i64>)> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["what"].as_str().unwrap_or_default(), s["status"].as_i64()))
+        .collect();
+    let at = |what: &str| steps.iter().position(|(w, _)| w.starts_with(what));
+    let stopped = at("service stopped").expect("the service stopped");
+    let creates: Vec<Option<i64>> =
+        steps.iter().filter(|(w, _)| w.starts_with("IRP_MJ_CREATE")).map(|(_, s)| *s).collect();
+    let refused = i64::from(0xC000_000E_u32.cast_signed());
+    assert_eq!(creates, [Some(0), Some(refused), Some(refused)], "{steps:?}");
+    assert!(at("IRP_MJ_CREATE").unwrap() < stopped, "{steps:?}");
+    assert_eq!(at("DriverUnload"), Some(steps.len() - 1), "{steps:?}");
+    assert!(at("IRP_MJ_CLOSE").unwrap() > stopped, "{steps:?}");
+}
+
 /// Runs `exec` over `schedules` seeds and returns, per race the bed names, the schedules that
 /// reached it (from the summary `--schedules` prints).
 fn races_reached(args: &[&str]) -> Vec<(String, u64)> {
