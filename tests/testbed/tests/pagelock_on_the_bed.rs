@@ -333,7 +333,8 @@ fn a_service_stop_refuses_new_opens_and_unloads_as_the_open_handle_closes() {
     let sys = release();
     let lock = format!("{}::8", code(IOCTL_LOCK));
     let args = ["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "1"];
-    let output = bed(&[&args[..], &["--threads", "2", "--stop", "--ioctl", &lock, "--json"]].concat());
+    let output =
+        bed(&[&args[..], &["--threads", "2", "--stop", "--ioctl", &lock, "--json"]].concat());
     let report = json(&output);
     assert!(output.status.success() && rules(&report).is_empty(), "{report:#}");
     let steps: Vec<(&str, Option<i64>)> = report["steps"]
