@@ -12,8 +12,9 @@ mod common;
 use std::process::Output;
 
 use common::{
-    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, hex, image, json, lock_unlock_on_a_shared_handle,
-    root, rules, service_stopped_under_requests, waits_closed_pending_from_two_cpus,
+    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, exec, hex, image, json,
+    lock_unlock_on_a_shared_handle, root, rules, service_stopped_under_requests,
+    waits_closed_pending_from_two_cpus,
 };
 use pagelock_protocol::zerocopy::IntoBytes;
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_RUN_LOCKED, RunRequest};
@@ -24,22 +25,9 @@ fn a_lost_unlock_is_caught_after_the_last_close() {
     let sys = image("PAGELOCK_SYS_DEFECT_LOST_UNLOCK", Some("lost-unlock"), false);
     let lock = code(IOCTL_LOCK);
     let unlock = code(pagelock_protocol::IOCTL_UNLOCK);
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--json",
-        "--ioctl",
-        &format!("{lock}::8"),
-        "--ioctl",
-        &format!("{lock}::8"),
-        "--ioctl",
-        &format!("{unlock}::8"),
-        "--ioctl",
-        &format!("{unlock}::8"),
-    ]);
-    let report = json(&output);
+    let (lock, unlock) = (format!("{lock}::8"), format!("{unlock}::8"));
+    let (output, report) =
+        exec(&sys, &["--ioctl", &lock, "--ioctl", &lock, "--ioctl", &unlock, "--ioctl", &unlock]);
     assert_eq!(output.status.code(), Some(1), "{report:#}");
     assert!(rules(&report).contains(&"locked-after-last-close".to_owned()), "{report:#}");
     let violation = report["violations"]

@@ -376,17 +376,16 @@ fn pagelock_runs_its_scenario_suite_clean() {
     assert!(report.scenario_locks.iter().all(|s| s.after.iter().all(|(_, c)| *c == 0)));
 }
 
+/// `exec` of pagelock.sys on `device` with `args`: its exit status and report.
+fn pagelock_exec(device: &str, args: &[&str]) -> (i32, Report) {
+    let sys = pagelock_sys();
+    bed_json(&[&["exec", sys.to_str().expect("UTF-8"), "--device", device], args].concat())
+}
+
 #[test]
 fn pagelock_exec_runs_clean_and_locks_only_while_open() {
-    let sys = pagelock_sys();
-    let (exit, report) = bed_json(&[
-        "exec",
-        sys.to_str().expect("UTF-8"),
-        "--device",
-        pagelock_protocol::DEVICE_NAME,
-        "--ioctl",
-        &format!("{:#x}::192", pagelock_protocol::IOCTL_QUERY_STATE),
-    ]);
+    let query = format!("{:#x}::192", pagelock_protocol::IOCTL_QUERY_STATE);
+    let (exit, report) = pagelock_exec(pagelock_protocol::DEVICE_NAME, &["--ioctl", &query]);
     assert_eq!(exit, 0, "{}", report.render());
     let open = report.steps.iter().find(|s| s.what.starts_with("IRP_MJ_CREATE")).expect("opened");
     assert!(open.lock_counts.iter().any(|(_, c)| *c == 1));
@@ -396,15 +395,7 @@ fn pagelock_exec_runs_clean_and_locks_only_while_open() {
 
 #[test]
 fn a_standard_user_is_denied_at_create_by_pagelocks_dacl() {
-    let sys = pagelock_sys();
-    let (exit, report) = bed_json(&[
-        "exec",
-        sys.to_str().expect("UTF-8"),
-        "--device",
-        pagelock_protocol::DOS_DEVICE_NAME,
-        "--caller",
-        "user",
-    ]);
+    let (exit, report) = pagelock_exec(pagelock_protocol::DOS_DEVICE_NAME, &["--caller", "user"]);
     assert_eq!(exit, 0, "a refused open is not a driver bug\n{}", report.render());
     let create = report.steps.iter().find(|s| s.what.starts_with("IRP_MJ_CREATE")).expect("tried");
     assert_eq!(create.status, Some(pagelock_protocol::status::ACCESS_DENIED));
@@ -414,17 +405,9 @@ fn a_standard_user_is_denied_at_create_by_pagelocks_dacl() {
 
 #[test]
 fn a_read_only_handle_is_refused_a_write_access_ioctl() {
-    let sys = pagelock_sys();
-    let (exit, report) = bed_json(&[
-        "exec",
-        sys.to_str().expect("UTF-8"),
-        "--device",
-        pagelock_protocol::DEVICE_NAME,
-        "--access",
-        "read",
-        "--ioctl",
-        &format!("{:#x}::64", pagelock_protocol::IOCTL_LOCK),
-    ]);
+    let lock = format!("{:#x}::64", pagelock_protocol::IOCTL_LOCK);
+    let args = ["--access", "read", "--ioctl", &lock];
+    let (exit, report) = pagelock_exec(pagelock_protocol::DEVICE_NAME, &args);
     assert_eq!(exit, 0, "{}", report.render());
     let lock = report.steps.iter().find(|s| s.what.contains("DEVICE_CONTROL")).expect("tried");
     assert_eq!(lock.status, Some(pagelock_protocol::status::ACCESS_DENIED));

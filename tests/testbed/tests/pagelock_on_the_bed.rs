@@ -12,9 +12,9 @@ mod common;
 use std::path::Path;
 
 use common::{
-    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, hex, image, json, lock_unlock_from_two_cpus,
-    lock_unlock_on_a_shared_handle, release, rules, service_stopped_under_requests, wait_spec,
-    waits_closed_pending_from_two_cpus,
+    DEVICE, UNLOAD_MEETS_A_DISPATCH, bed, code, exec, exec_args, hex, image, json,
+    lock_unlock_from_two_cpus, lock_unlock_on_a_shared_handle, release, rules,
+    service_stopped_under_requests, wait_spec, waits_closed_pending_from_two_cpus,
 };
 use pagelock_protocol::zerocopy::{FromBytes, IntoBytes};
 use pagelock_protocol::{IOCTL_LOCK, IOCTL_QUERY_STATE, IOCTL_RUN_LOCKED, RunRequest};
@@ -32,17 +32,8 @@ fn the_debug_image_passes_the_suite_with_its_section_assertions_on() {
 
 #[test]
 fn unlocked_sections_really_page_out_and_fault_back_in() {
-    let sys = release();
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--ioctl",
-        &format!("{}::200", code(IOCTL_QUERY_STATE)),
-        "--json",
-    ]);
-    let report = json(&output);
+    let query = format!("{}::200", code(IOCTL_QUERY_STATE));
+    let (output, report) = exec(&release(), &["--ioctl", &query]);
     assert!(output.status.success(), "{report:#}");
     let sections = report["sections"].as_array().unwrap();
     let page = sections.iter().find(|s| s["name"] == "PAGE").expect("a PAGE section");
@@ -168,8 +159,7 @@ fn the_fuzzer_on_two_cpus_finds_nothing_in_the_real_driver() {
 
 #[test]
 fn a_create_completes_with_file_opened() {
-    let output = bed(&["exec", release().to_str().unwrap(), "--device", DEVICE, "--json"]);
-    let report = json(&output);
+    let (output, report) = exec(&release(), &[]);
     assert!(output.status.success(), "{report:#}");
     let steps = report["steps"].as_array().unwrap();
     let create = steps
@@ -258,23 +248,9 @@ fn the_real_driver_refuses_waits_racing_cleanup_over_the_fixtures_schedules() {
     // seed 1 to 10 (tests/fixtures.rs): four CPUs, the fourth closing the shared handle.
     let wait = wait_spec(1, 0xC105E);
     let sys = release();
-    let args = [
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--ioctl",
-        &wait,
-        "--threads",
-        "4",
-        "--shared",
-        "--close-shared",
-        "--seed",
-        "1",
-        "--schedules",
-        "69",
-    ];
-    let reached = races_reached(&args);
+    let concurrency = ["--threads", "4", "--shared", "--close-shared", "--seed", "1"];
+    let args = [&["--ioctl", &wait][..], &concurrency, &["--schedules", "69"]].concat();
+    let reached = races_reached(&exec_args(sys.to_str().unwrap(), &args));
     assert!(reached.iter().any(|(r, n)| r == CLEANUP_MEETS_A_REQUEST && *n > 0), "{reached:?}");
 }
 
@@ -330,12 +306,9 @@ fn a_service_stop_under_requests_lets_every_dispatch_routine_leave_before_the_im
 fn a_service_stop_refuses_new_opens_and_unloads_as_the_open_handle_closes() {
     // One handle open when the service stops: the threads' opens after it are refused, and
     // DriverUnload comes only once that handle is closed, last.
-    let sys = release();
     let lock = format!("{}::8", code(IOCTL_LOCK));
-    let args = ["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "1"];
-    let output =
-        bed(&[&args[..], &["--threads", "2", "--stop", "--ioctl", &lock, "--json"]].concat());
-    let report = json(&output);
+    let stop = ["--open", "1", "--threads", "2", "--stop"];
+    let (output, report) = exec(&release(), &[&stop[..], &["--ioctl", &lock]].concat());
     assert!(output.status.success() && rules(&report).is_empty(), "{report:#}");
     let steps: Vec<(&str, Option<i64>)> = report["steps"]
         .as_array()
@@ -375,62 +348,17 @@ fn the_schedules_reach_the_races_of_pending_requests_and_the_driver_stays_clean(
     let sys = release();
     let (short, long) = (wait_spec(1, 1), wait_spec(30_000, 2));
     let sys = sys.to_str().unwrap();
-    let mut reached = races_reached(&[
-        "exec",
-        sys,
-        "--device",
-        DEVICE,
-        "--open",
-        "0",
-        "--threads",
-        "2",
-        "--seed",
-        "1",
-        "--schedules",
-        // The last unlock meets a running DPC in a few schedules of a thousand.
-        "1000",
-        "--pend",
-        &short,
-    ]);
-    reached.extend(races_reached(&[
-        "exec",
-        sys,
-        "--device",
-        DEVICE,
-        "--open",
-        "0",
-        "--threads",
-        "3",
-        "--seed",
-        "1",
-        "--schedules",
-        "100",
-        "--pend",
-        &short,
-        "--pend",
-        &long,
-        "--cancel",
-    ]));
+    // The last unlock meets a running DPC in a few schedules of a thousand.
+    let two = ["--open", "0", "--threads", "2", "--seed", "1", "--schedules", "1000"];
+    let mut reached = races_reached(&exec_args(sys, &[&two[..], &["--pend", &short]].concat()));
+    let three = ["--open", "0", "--threads", "3", "--seed", "1", "--schedules", "100"];
+    let waits = ["--pend", &short, "--pend", &long, "--cancel"];
+    reached.extend(races_reached(&exec_args(sys, &[&three[..], &waits].concat())));
     // On one shared handle, each CPU's CancelIoEx meets the others' waits, some still in their
     // dispatch (cancelled before the queue takes them).
-    reached.extend(races_reached(&[
-        "exec",
-        sys,
-        "--device",
-        DEVICE,
-        "--threads",
-        "3",
-        "--shared",
-        "--seed",
-        "1",
-        "--schedules",
-        "100",
-        "--pend",
-        &long,
-        "--pend",
-        &short,
-        "--cancel",
-    ]));
+    let shared = ["--threads", "3", "--shared", "--seed", "1", "--schedules", "100"];
+    let waits = ["--pend", &long, "--pend", &short, "--cancel"];
+    reached.extend(races_reached(&exec_args(sys, &[&shared[..], &waits].concat())));
     for race in [
         "IoCsqInsertIrp inserted an IRP cancelled meanwhile",
         "a DPC completed an IRP",
@@ -683,9 +611,7 @@ fn bench_times_its_two_loops_within_the_time_the_request_spent_in_the_driver() {
     use pagelock_protocol::{BenchReply, BenchRequest, IOCTL_BENCH};
     let sys = release();
     let bench = format!("{}:{}:32", code(IOCTL_BENCH), hex(BenchRequest::new(100).as_bytes()));
-    let output =
-        bed(&["exec", sys.to_str().unwrap(), "--device", DEVICE, "--ioctl", &bench, "--json"]);
-    let report = json(&output);
+    let (output, report) = exec(&sys, &["--ioctl", &bench]);
     assert!(output.status.success(), "{report:#}");
     let (bytes, step) = reply_of(&report, IOCTL_BENCH);
     let reply = BenchReply::read_from_bytes(&bytes).expect("a whole reply");
@@ -703,8 +629,7 @@ fn bench_times_its_two_loops_within_the_time_the_request_spent_in_the_driver() {
 
 #[test]
 fn the_debugger_log_says_when_the_driver_loads_and_when_it_unloads_and_nothing_else() {
-    let output = bed(&["exec", release().to_str().unwrap(), "--device", DEVICE, "--json"]);
-    let report = json(&output);
+    let (output, report) = exec(&release(), &[]);
     assert!(output.status.success(), "{report:#}");
     // DbgPrint's lines, prefixed with the driver's name so that a kernel debugger's filter finds
     // them; a correct run logs no error.
@@ -721,22 +646,8 @@ fn the_debugger_log_says_when_the_driver_loads_and_when_it_unloads_and_nothing_e
 fn cleanup_and_close_complete_with_success_and_no_information() {
     // Microsoft's IRP_MJ_CLEANUP and IRP_MJ_CLOSE pages: the driver completes both with
     // STATUS_SUCCESS; neither carries data back.
-    let sys = release();
-    let wait = wait_spec(30_000, 1);
-    let output = bed(&[
-        "exec",
-        sys.to_str().unwrap(),
-        "--device",
-        DEVICE,
-        "--open",
-        "2",
-        "--ioctl",
-        &format!("{}::8", code(IOCTL_LOCK)),
-        "--pend",
-        &wait,
-        "--json",
-    ]);
-    let report = json(&output);
+    let (lock, wait) = (format!("{}::8", code(IOCTL_LOCK)), wait_spec(30_000, 1));
+    let (output, report) = exec(&release(), &["--open", "2", "--ioctl", &lock, "--pend", &wait]);
     assert!(output.status.success(), "{report:#}");
     let ends: Vec<&Value> = report["steps"]
         .as_array()

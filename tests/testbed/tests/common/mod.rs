@@ -72,6 +72,21 @@ pub fn rules(report: &Value) -> Vec<String> {
 
 pub const DEVICE: &str = r"\Device\PageLock";
 
+/// The arguments of `exec` of `sys` on pagelock's device, then `args`.
+pub fn exec_args<'a>(sys: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    ["exec", sys, "--device", DEVICE].into_iter().chain(args.iter().copied()).collect()
+}
+
+/// Runs `exec` of `sys` on pagelock's device with `args` and `--json`; returns the output and
+/// the report.
+pub fn exec(sys: &Path, args: &[&str]) -> (Output, Value) {
+    let mut all = exec_args(sys.to_str().unwrap(), args);
+    all.push("--json");
+    let output = bed(&all);
+    let report = json(&output);
+    (output, report)
+}
+
 pub fn code(ioctl: u32) -> String {
     format!("{ioctl:#x}")
 }
@@ -90,16 +105,13 @@ pub fn lock_unlock_from_two_cpus(
         format!("{}::8", code(IOCTL_LOCK)),
         format!("{}::8", code(pagelock_protocol::IOCTL_UNLOCK)),
     );
-    let sys = sys.to_str().unwrap();
-    let mut args = vec!["exec", sys, "--device", DEVICE, "--threads", "2", "--repeat", &repeat];
+    let mut args = vec!["--threads", "2", "--repeat", &repeat];
     if shared {
         args.push("--shared");
     }
     args.extend(["--seed", &seed, "--schedules", &schedules]);
-    args.extend(["--ioctl", &lock, "--ioctl", &unlock, "--json"]);
-    let output = bed(&args);
-    let report = json(&output);
-    (output, report)
+    args.extend(["--ioctl", &lock, "--ioctl", &unlock]);
+    exec(sys, &args)
 }
 
 pub fn lock_unlock_on_a_shared_handle(sys: &Path, seed: u64, schedules: u64) -> (Output, Value) {
@@ -120,26 +132,8 @@ pub fn wait_spec(timeout_ms: u32, cookie: u64) -> String {
 /// Two CPUs each send a long `WAIT` on an overlapped handle of their own and close that handle
 /// with the wait still queued, under the schedule of `seed`.
 pub fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Value) {
-    let wait = wait_spec(30_000, 0x5EED);
-    let seed = seed.to_string();
-    let sys = sys.to_str().unwrap();
-    let output = bed(&[
-        "exec",
-        sys,
-        "--device",
-        DEVICE,
-        "--open",
-        "0",
-        "--threads",
-        "2",
-        "--seed",
-        &seed,
-        "--pend",
-        &wait,
-        "--json",
-    ]);
-    let report = json(&output);
-    (output, report)
+    let (wait, seed) = (wait_spec(30_000, 0x5EED), seed.to_string());
+    exec(sys, &["--open", "0", "--threads", "2", "--seed", &seed, "--pend", &wait])
 }
 
 /// What the bed says when `DriverUnload` begins while a dispatch routine still runs on another
@@ -153,7 +147,7 @@ pub const UNLOAD_MEETS_A_DISPATCH: &str =
 /// request may still be returning from the driver; over `schedules` PCT schedules (depth 2,
 /// change points within the run's 40 first switch points) from seed 1.
 pub fn service_stopped_under_requests(sys: &Path, schedules: u64) -> Vec<String> {
-    let mut args: Vec<String> = ["exec", sys.to_str().unwrap(), "--device", DEVICE, "--open", "0"]
+    let mut args: Vec<String> = exec_args(sys.to_str().unwrap(), &["--open", "0"])
         .into_iter()
         .chain(["--threads", "3", "--repeat", "3", "--shared", "--close-shared", "--stop"])
         .chain(["--policy", "pct:2:40", "--seed", "1"])
