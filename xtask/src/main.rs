@@ -169,6 +169,7 @@ const IMAGES: &[(&str, Option<&str>, bool)] = &[
     ("PAGELOCK_SYS_DEFECT_UNSYNCHRONIZED_OPEN", Some("unsynchronized-open"), false),
     ("PAGELOCK_SYS_DEFECT_UNLOCK_BEFORE_DRAIN", Some("unlock-before-drain"), false),
     ("PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT", Some("unload-without-rundown-wait"), false),
+    ("PAGELOCK_SYS_DEFECT_PAGED_RUNDOWN_RELEASE", Some("paged-rundown-release"), false),
 ];
 
 /// How many mutants `cargo xtask test` tries, and the seed that draws them: about two minutes

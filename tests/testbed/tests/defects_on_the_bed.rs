@@ -205,15 +205,10 @@ fn releasing_the_locks_in_cleanup_before_draining_the_waits_is_caught_for_every_
     }
 }
 
-#[test]
-fn an_unload_that_does_not_wait_for_the_dispatch_routines_frees_the_image_under_one() {
-    let sys = image(
-        "PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT",
-        Some("unload-without-rundown-wait"),
-        false,
-    );
-    // The schedules under which the real driver stays clean (pagelock_on_the_bed.rs).
-    let mut args = service_stopped_under_requests(&sys, 40);
+/// Asserts that a service stop under requests, over the schedules under which the real driver
+/// stays clean (`pagelock_on_the_bed.rs`), makes `sys` touch its freed image: 0xCE.
+fn assert_the_image_is_freed_under_a_dispatch_routine(sys: &std::path::Path) {
+    let mut args = service_stopped_under_requests(sys, 40);
     args.push("--json".to_owned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = bed(&args);
@@ -223,4 +218,24 @@ fn an_unload_that_does_not_wait_for_the_dispatch_routines_frees_the_image_under_
     assert_eq!(bugcheck["rule"], "unloaded-image-touched", "{report:#}");
     assert_eq!(bugcheck["code"], 0xCE, "{report:#}");
     assert!(report["races"].to_string().contains(UNLOAD_MEETS_A_DISPATCH), "{report:#}");
+}
+
+#[test]
+fn an_unload_that_does_not_wait_for_the_dispatch_routines_frees_the_image_under_one() {
+    assert_the_image_is_freed_under_a_dispatch_routine(&image(
+        "PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT",
+        Some("unload-without-rundown-wait"),
+        false,
+    ));
+}
+
+#[test]
+fn a_way_back_through_pageable_code_after_the_rundown_release_faults_in_the_freed_image() {
+    // The bed trims every unlocked page as a reference is released while unload waits: the
+    // return into PAGE faults, unload goes on meanwhile, and the page never comes back.
+    assert_the_image_is_freed_under_a_dispatch_routine(&image(
+        "PAGELOCK_SYS_DEFECT_PAGED_RUNDOWN_RELEASE",
+        Some("paged-rundown-release"),
+        false,
+    ));
 }
