@@ -273,12 +273,16 @@ extern "C" fn report_fault() -> ! {
             };
             let what = if p.gs {
                 " (GS-relative: the processor control region is not emulated)"
+            } else if rule == Rule::UnloadedImageTouched {
+                " (the image was freed when DriverUnload returned)"
             } else {
                 ""
             };
+            // The instruction's bytes, unless its code is no longer there to read.
+            let by = if p.len == 0 { "the instruction".to_owned() } else { instruction };
             (
                 [address, kind, rip, 0],
-                format!("{access} of {} by {instruction} at {at}{what}", mm.describe(p.address)),
+                format!("{access} of {} by {by} at {at}{what}", mm.describe(p.address)),
             )
         }
     };
