@@ -860,7 +860,7 @@ impl Bed {
         record::get().violations.clone()
     }
 
-    /// Runs `DriverUnload` (once) and checks that nothing is left behind.
+    /// Runs `DriverUnload` (once), checks that nothing is left behind, and frees the image.
     pub fn unload(&self) {
         if self.unloaded.swap(true, Ordering::SeqCst) {
             return;
