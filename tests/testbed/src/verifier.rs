@@ -279,7 +279,7 @@ table! {
         "PAGE_FAULT_IN_NONPAGED_AREA: INIT touched after DriverEntry";
     UnloadedImageTouched "unloaded-image-touched" 0xCE Windows true
         "address, 0 read / 2 write / 10 execute, instruction address, 0"
-        "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: the image touched after unload freed it (a thread still returning into it, a timer or DPC left behind)";
+        "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: the image touched once unload freed it";
     InvalidAccess "invalid-access" 0x50 Windows true
         "address, 0 read / 2 write / 10 execute, instruction address, 0"
         "PAGE_FAULT_IN_NONPAGED_AREA: memory the driver does not own";
