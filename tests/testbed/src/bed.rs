@@ -207,6 +207,11 @@ unsafe impl Send for Handle {}
 // SAFETY: as above; the bed itself never writes the file object after create.
 unsafe impl Sync for Handle {}
 
+/// The race the bed names when `DriverUnload` begins while a dispatch routine still runs on
+/// another CPU.
+pub const UNLOAD_MEETS_A_DISPATCH: &str =
+    "DriverUnload called while another CPU is in a dispatch routine";
+
 /// A driver loaded on the bed.
 pub struct Bed {
     image: Image,
@@ -800,6 +805,12 @@ impl Bed {
         self.unload_if_stopped();
     }
 
+    /// Whether the driver's service was stopped.
+    #[must_use]
+    pub fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// Unloads the driver when its service was stopped and no handle is open any more.
     fn unload_if_stopped(&self) {
         if self.stopping.load(Ordering::SeqCst) && *sched::lock(&self.open_handles) == 0 {
@@ -882,7 +893,7 @@ impl Bed {
             record::note("bed: a timer of the driver fell due as DriverUnload began".to_owned());
         }
         if irp::dispatching() > 0 {
-            record::reached("DriverUnload called while another CPU is in a dispatch routine");
+            record::reached(UNLOAD_MEETS_A_DISPATCH);
         }
         // SAFETY: the unload routine with its driver object, at PASSIVE_LEVEL, no handle open.
         unsafe { unload(self.driver) };

@@ -305,6 +305,13 @@ fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
                     stats.irps,
                     stats.failures
                 );
+                if stats.stops > 0 {
+                    println!(
+                        "service stops under a concurrent batch: {}, {} of them unloading while \
+                         a dispatch routine ran",
+                        stats.stops, stats.unloads_under_a_dispatch
+                    );
+                }
                 if let Some((ops, failure)) = &stats.minimal_failure {
                     println!(
                         "minimal failing sequence ({} steps), after step {}: {}",

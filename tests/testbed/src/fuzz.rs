@@ -39,6 +39,9 @@ fn quiet() -> Options {
 struct Outcome {
     failure: Option<Failure>,
     irps: u64,
+    /// The sequence ended with a service stop.
+    #[serde(default)]
+    stopped: bool,
 }
 
 /// Most handles open at once.
@@ -92,6 +95,12 @@ pub enum Op {
         seed: u64,
         /// The requests, each an [`Op::Control`], and at most one [`Op::Close`] that counts.
         requests: Vec<Self>,
+        /// When the batch closes the only open handle: stop the driver's service first, so
+        /// that `DriverUnload` runs as that close returns, on the closing CPU, while the
+        /// others' requests may still be on their way back through the driver. The sequence
+        /// ends there.
+        #[serde(default)]
+        stop: bool,
     },
 }
 
@@ -143,10 +152,15 @@ pub fn random_op(rng: &mut Rng, threads: usize) -> Op {
             .collect();
         // One batch on one handle in three also closes it, from one more CPU, while the
         // others' requests may be in the driver.
-        if let (Some(slot), 0) = (same, rng.below(3)) {
+        let stop = if let (Some(slot), 0) = (same, rng.below(3)) {
             requests.push(Op::Close(slot));
-        }
-        return Op::Parallel { seed, requests };
+            // One closing batch in four also stops the service, by its seed's low bits (no draw
+            // of its own, so the sequences of a seed stay what they were).
+            seed.is_multiple_of(4)
+        } else {
+            false
+        };
+        return Op::Parallel { seed, requests, stop };
     }
     match rng.below(16) {
         0 | 1 => Op::Open,
@@ -447,10 +461,14 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
     // Waits left pending and concurrent batches need overlapped handles: a synchronous
     // handle lets one request in at a time, and a pending wait would hold it.
     let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. } | Op::Wait { .. }));
-    let mut sequence = Sequence { bed, open: Vec::new(), overlapped, irps };
+    let mut sequence = Sequence { bed, open: Vec::new(), overlapped, irps, stopped: false };
     for (step, op) in ops.iter().enumerate() {
         if let Err(reason) = sequence.step(op).and_then(|()| sequence.check_quiescent()) {
             return Some(Failure { step, reason });
+        }
+        if sequence.stopped {
+            // The driver is unloaded: nothing after the stop can reach it.
+            break;
         }
     }
     let reason = sequence.close_all().err().or_else(|| {
@@ -467,6 +485,8 @@ struct Sequence<'a> {
     /// Handles are opened for overlapped I/O.
     overlapped: bool,
     irps: &'a mut u64,
+    /// The service was stopped (by an [`Op::Parallel`] with `stop`): the driver is unloaded.
+    stopped: bool,
 }
 
 impl Sequence<'_> {
@@ -506,7 +526,7 @@ impl Sequence<'_> {
                 }
                 _ => Ok(()),
             },
-            Op::Parallel { seed, requests } => self.parallel(*seed, requests),
+            Op::Parallel { seed, requests, stop } => self.parallel(*seed, requests, *stop),
         }
     }
 
@@ -615,12 +635,23 @@ impl Sequence<'_> {
     }
 
     /// Sends a batch at once, one request per emulated CPU; a close in the batch closes its
-    /// handle while the others' requests may be in the driver.
-    fn parallel(&mut self, seed: u64, requests: &[Op]) -> Result<(), String> {
+    /// handle while the others' requests may be in the driver. With `stop`, when that handle is
+    /// the only one open, the service is stopped first and the batch runs under PCT (depth 2,
+    /// change points within the first 40 switch points), which brings the unload to a request
+    /// still returning through the driver in most schedules, where the uniform policy almost
+    /// never does (see `exec --stop` in the README).
+    fn parallel(&mut self, seed: u64, requests: &[Op], stop: bool) -> Result<(), String> {
         let Some(batch) = Batch::of(requests, self.open.len()) else { return Ok(()) };
         *self.irps += batch.targets.len() as u64 + 2 * u64::from(batch.closing.is_some());
+        self.stopped = stop && batch.closing.is_some() && self.open.len() == 1;
+        let policy = if self.stopped {
+            self.bed.stop_service();
+            crate::sched::Policy::Pct { depth: 2, steps: 40 }
+        } else {
+            crate::sched::Policy::Uniform
+        };
         let (bed, open) = (self.bed, &self.open);
-        let replies = crate::sched::run(batch.cpus(), seed, crate::sched::Policy::Uniform, |cpu| {
+        let replies = crate::sched::run(batch.cpus(), seed, policy, |cpu| {
             let Some(&(index, code, input, output)) = batch.targets.get(cpu as usize) else {
                 // The closing CPU: CloseHandle at a moment the schedule draws.
                 for _ in 0..crate::sched::choose_below(8) {
@@ -900,6 +931,12 @@ pub struct Stats {
     pub irps: u64,
     /// Failures found.
     pub failures: u64,
+    /// Sequences that ended with a service stop under a concurrent batch.
+    #[serde(default)]
+    pub stops: u64,
+    /// Of those, unloads that began while a dispatch routine ran on another CPU.
+    #[serde(default)]
+    pub unloads_under_a_dispatch: u64,
     /// The first failure, shrunk, if any.
     pub minimal_failure: Option<(Vec<Op>, Failure)>,
 }
@@ -930,12 +967,20 @@ pub fn fuzz(driver: &Path, seconds: u64, seed: u64, threads: usize) -> Result<St
             let mut irps = 0;
             let failure = check_sequence(&bed, &sequence, &mut irps);
             let mut report = bed.report();
-            report.scenarios = serde_json::to_string(&Outcome { failure, irps }).ok();
+            let stopped = bed.stopped();
+            report.scenarios = serde_json::to_string(&Outcome { failure, irps, stopped }).ok();
             Ok(report)
         })?;
         let outcome: Option<Outcome> =
             report.scenarios.as_deref().and_then(|o| serde_json::from_str(o).ok());
         stats.irps += outcome.as_ref().map_or(0, |o| o.irps);
+        stats.stops += u64::from(outcome.as_ref().is_some_and(|o| o.stopped));
+        stats.unloads_under_a_dispatch += report
+            .races
+            .iter()
+            .filter(|(race, _)| race == crate::bed::UNLOAD_MEETS_A_DISPATCH)
+            .map(|(_, times)| times)
+            .sum::<u64>();
         let failure = report
             .bugcheck
             .as_ref()
@@ -1096,5 +1141,20 @@ mod tests {
             });
             assert!(on_it, "a close with requests on other handles: {batch:?}");
         }
+    }
+
+    #[test]
+    fn about_one_closing_batch_in_four_stops_the_service_and_no_other_batch_does() {
+        let mut rng = Rng::new(20_261_207);
+        let (mut closing, mut stopping) = (0, 0);
+        for _ in 0..3000 {
+            if let Op::Parallel { requests, stop, .. } = random_op(&mut rng, 2) {
+                let closes = requests.iter().any(|op| matches!(op, Op::Close(_)));
+                assert!(closes || !stop, "a stop with no close: {requests:?}");
+                closing += usize::from(closes);
+                stopping += usize::from(stop);
+            }
+        }
+        assert!(stopping * 8 > closing && stopping * 8 < closing * 3, "{stopping} of {closing}");
     }
 }

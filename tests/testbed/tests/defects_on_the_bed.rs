@@ -173,6 +173,22 @@ fn the_fuzzer_on_two_cpus_catches_the_unsynchronized_per_open_state_and_shrinks_
 }
 
 #[test]
+fn the_fuzzer_on_two_cpus_stops_the_service_under_a_batch_and_catches_an_unload_without_wait() {
+    let sys = image(
+        "PAGELOCK_SYS_DEFECT_UNLOAD_WITHOUT_RUNDOWN_WAIT",
+        Some("unload-without-rundown-wait"),
+        false,
+    );
+    let args = ["fuzz", sys.to_str().unwrap(), "--seconds", "60", "--seed", "1", "--threads", "2"];
+    let stats = json(&bed(&[&args[..], &["--json"]].concat()));
+    let (ops, failure) = (&stats["minimal_failure"][0], &stats["minimal_failure"][1]);
+    // What remains: the open, and the batch that stops the service as it closes the handle.
+    let last = ops.as_array().unwrap().last().unwrap();
+    assert_eq!(last["Parallel"]["stop"], true, "{stats:#}");
+    assert!(failure["reason"].as_str().unwrap().starts_with("bugcheck 0xce"), "{stats:#}");
+}
+
+#[test]
 fn the_stress_run_keeps_force_irql_checking_on_and_catches_an_unlocked_run() {
     let sys = image("PAGELOCK_SYS_DEFECT_UNLOCKED_RUN", Some("unlocked-run"), false);
     let output =

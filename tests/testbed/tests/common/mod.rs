@@ -136,10 +136,7 @@ pub fn waits_closed_pending_from_two_cpus(sys: &Path, seed: u64) -> (Output, Val
     exec(sys, &["--open", "0", "--threads", "2", "--seed", &seed, "--pend", &wait])
 }
 
-/// What the bed says when `DriverUnload` begins while a dispatch routine still runs on another
-/// CPU.
-pub const UNLOAD_MEETS_A_DISPATCH: &str =
-    "DriverUnload called while another CPU is in a dispatch routine";
+pub use pagelock_testbed::bed::UNLOAD_MEETS_A_DISPATCH;
 
 /// `exec` arguments that stop the service of `sys` under requests: three CPUs on one overlapped
 /// handle, two sending `LOCK`, `QUERY_STATE` and `UNLOCK` three times, the third closing the
