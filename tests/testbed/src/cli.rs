@@ -206,6 +206,10 @@ enum Command {
         /// How long to run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Stop after N sequences, if the time is not up before: a run whose figures do not
+        /// depend on the machine's speed.
+        #[arg(long, value_name = "N")]
+        sequences: Option<u64>,
         /// The seed (default: from the clock); the same seed gives the same sequences.
         #[arg(long)]
         seed: Option<u64>,
@@ -284,14 +288,14 @@ fn rules() -> String {
 /// `fuzz` and `stress`: their own figures and verdicts.
 fn reliability(command: &Command) -> Option<anyhow::Result<bool>> {
     match command {
-        Command::Fuzz { driver, seconds, seed, threads, json } => Some((|| {
+        Command::Fuzz { driver, seconds, sequences, seed, threads, json } => Some((|| {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(1))
             });
-            let stats =
-                pagelock_testbed::fuzz::fuzz(driver, *seconds, seed, usize::from(*threads))?;
+            let limit = pagelock_testbed::fuzz::Limit { seconds: *seconds, sequences: *sequences };
+            let stats = pagelock_testbed::fuzz::fuzz(driver, limit, seed, usize::from(*threads))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

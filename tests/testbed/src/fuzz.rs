@@ -461,12 +461,12 @@ pub fn check_sequence(bed: &Bed, ops: &[Op], irps: &mut u64) -> Option<Failure> 
     // Waits left pending and concurrent batches need overlapped handles: a synchronous
     // handle lets one request in at a time, and a pending wait would hold it.
     let overlapped = ops.iter().any(|op| matches!(op, Op::Parallel { .. } | Op::Wait { .. }));
-    let mut sequence = Sequence { bed, open: Vec::new(), overlapped, irps, stopped: false };
+    let mut sequence = Sequence { bed, open: Vec::new(), overlapped, irps };
     for (step, op) in ops.iter().enumerate() {
         if let Err(reason) = sequence.step(op).and_then(|()| sequence.check_quiescent()) {
             return Some(Failure { step, reason });
         }
-        if sequence.stopped {
+        if bed.stopped() {
             // The driver is unloaded: nothing after the stop can reach it.
             break;
         }
@@ -485,8 +485,6 @@ struct Sequence<'a> {
     /// Handles are opened for overlapped I/O.
     overlapped: bool,
     irps: &'a mut u64,
-    /// The service was stopped (by an [`Op::Parallel`] with `stop`): the driver is unloaded.
-    stopped: bool,
 }
 
 impl Sequence<'_> {
@@ -643,8 +641,7 @@ impl Sequence<'_> {
     fn parallel(&mut self, seed: u64, requests: &[Op], stop: bool) -> Result<(), String> {
         let Some(batch) = Batch::of(requests, self.open.len()) else { return Ok(()) };
         *self.irps += batch.targets.len() as u64 + 2 * u64::from(batch.closing.is_some());
-        self.stopped = stop && batch.closing.is_some() && self.open.len() == 1;
-        let policy = if self.stopped {
+        let policy = if stop && batch.closing.is_some() && self.open.len() == 1 {
             self.bed.stop_service();
             crate::sched::Policy::Pct { depth: 2, steps: 40 }
         } else {
@@ -941,19 +938,30 @@ pub struct Stats {
     pub minimal_failure: Option<(Vec<Op>, Failure)>,
 }
 
-/// Fuzzes `driver` for `seconds`, one sequence (one fresh driver load, in its own process)
+/// How long a fuzz run goes on: until `seconds` are up, or `sequences` have run if that comes
+/// first.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit {
+    /// Seconds at most.
+    pub seconds: u64,
+    /// Sequences at most (none: as many as the time allows).
+    pub sequences: Option<u64>,
+}
+
+/// Fuzzes `driver` within `limit`, one sequence (one fresh driver load, in its own process)
 /// after another, each of up to 200 steps.
 ///
 /// # Errors
 /// When a run cannot start.
-pub fn fuzz(driver: &Path, seconds: u64, seed: u64, threads: usize) -> Result<Stats> {
+pub fn fuzz(driver: &Path, limit: Limit, seed: u64, threads: usize) -> Result<Stats> {
+    let seconds = limit.seconds;
     let mut stats = Stats { seed, seconds, threads, ..Stats::default() };
     let mut rng = Rng::new(seed);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     #[expect(clippy::literal_string_with_formatting_args, reason = "an indicatif template")]
     let bar = crate::report::progress(seconds, "{bar:40} {pos}/{len} s, {msg}");
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && limit.sequences.is_none_or(|n| stats.sequences < n) {
         bar.set_position(start.elapsed().as_secs());
         bar.set_message(format!("{} sequences, {} IRPs", stats.sequences, stats.irps));
         let len = 1 + rng.below(200);
