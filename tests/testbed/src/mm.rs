@@ -274,6 +274,21 @@ impl Mm {
         };
     }
 
+    /// The rule a touch of `address` breaks because the memory is gone: the whole image freed
+    /// after `DriverUnload`, or the address's section discarded after `DriverEntry`; None when
+    /// neither is the case (async-signal-safe).
+    #[must_use]
+    pub fn gone(&self, address: usize) -> Option<Rule> {
+        if self.freed() && self.in_image(address) {
+            Some(Rule::UnloadedImageTouched)
+        } else if self.section_of(address).is_some_and(|(_, s)| s.discarded.load(Ordering::SeqCst))
+        {
+            Some(Rule::DiscardedSectionTouched)
+        } else {
+            None
+        }
+    }
+
     /// Whether the image was freed after `DriverUnload`.
     #[must_use]
     pub fn freed(&self) -> bool {
@@ -535,6 +550,8 @@ mod tests {
         assert_eq!(mm.unreadable(base - 2, 4), None, "not the image's: not its business");
         mm.sections[2].discarded.store(true, Ordering::SeqCst);
         assert_eq!(mm.unreadable(base + 0x3010, 2), Some(base + 0x3010), "INIT once freed");
+        assert_eq!(mm.gone(base + 0x3010), Some(Rule::DiscardedSectionTouched));
+        assert_eq!(mm.gone(base + 0x1000), None, ".rdata is there");
     }
 
     #[test]
@@ -543,6 +560,8 @@ mod tests {
         assert!(!mm.freed());
         mm.free_image();
         assert!(mm.freed());
+        assert_eq!(mm.gone(base + 0x1000), Some(Rule::UnloadedImageTouched));
+        assert_eq!(mm.gone(base - 2), None, "not the image's");
         assert_eq!(mm.unreadable(base + 0x1000, 4), Some(base + 0x1000), ".rdata once freed");
         assert_eq!(mm.unreadable(base - 2, 4), None, "not the image's: not its business");
         mm.fault_in(&mm.sections[0]);

@@ -91,6 +91,12 @@ mod tests {
         dir
     }
 
+    /// Rewrites the file at `path` with what `change` makes of its text.
+    fn edit(path: &Path, change: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(path).expect("reading");
+        std::fs::write(path, change(text)).expect("writing");
+    }
+
     /// The problems `check` finds at `root`, asserting that one of them mentions `needle`.
     #[track_caller]
     fn assert_reported(root: &Path, needle: &str) {
@@ -134,21 +140,19 @@ mod tests {
     #[test]
     fn a_renamed_package_is_reported() {
         let dir = scratch();
-        let manifest = dir.path().join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest).expect("reading");
-        assert_eq!(text.matches("name = \"pagelock\"").count(), 1);
-        std::fs::write(&manifest, text.replace("name = \"pagelock\"", "name = \"pagelock2\""))
-            .expect("writing");
+        edit(&dir.path().join("Cargo.toml"), |text| {
+            assert_eq!(text.matches("name = \"pagelock\"").count(), 1);
+            text.replace("name = \"pagelock\"", "name = \"pagelock2\"")
+        });
         assert_reported(dir.path(), "pagelock2.inx is missing");
     }
 
     #[test]
     fn a_makefile_that_redefines_the_copy_is_reported() {
         let dir = scratch();
-        let makefile = dir.path().join("Makefile.toml");
-        let mut text = std::fs::read_to_string(&makefile).expect("reading");
-        text.push_str("\n[tasks.copy-inx-to-output]\nclear = true\nscript = \"cp driver.inx x\"\n");
-        std::fs::write(&makefile, text).expect("writing");
+        edit(&dir.path().join("Makefile.toml"), |text| {
+            text + "\n[tasks.copy-inx-to-output]\nclear = true\nscript = \"cp driver.inx x\"\n"
+        });
         assert_reported(dir.path(), "redefines [tasks.copy-inx-to-output]");
     }
 

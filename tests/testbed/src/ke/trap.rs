@@ -191,13 +191,10 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
 /// else the rule it breaks (async-signal-safe).
 fn page_fault(mm: &mm::Mm, p: &Pending) -> Option<Rule> {
     use std::sync::atomic::Ordering::SeqCst;
-    if mm.freed() && mm.in_image(p.address) {
-        return Some(Rule::UnloadedImageTouched);
+    if let Some(rule) = mm.gone(p.address) {
+        return Some(rule);
     }
     let Some((_, s)) = mm.section_of(p.address) else { return Some(Rule::InvalidAccess) };
-    if s.discarded.load(SeqCst) {
-        return Some(Rule::DiscardedSectionTouched);
-    }
     if !s.pageable() {
         return Some(Rule::InvalidAccess);
     }

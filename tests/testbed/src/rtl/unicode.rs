@@ -8,8 +8,6 @@
 //! naming what is wrong ([`Rule::MalformedUnicodeString`]; a copy that would fault on the
 //! image's memory stops with Windows' 0x50, as the kernel's would).
 
-use std::sync::atomic::Ordering;
-
 use pagelock_ddk as ddk;
 
 use crate::{
@@ -125,14 +123,7 @@ fn check_readable(
 /// section or for any other memory. The faulting instruction is the routine's.
 fn faulted(routine: Routine, what: &str, at: usize) -> ! {
     let mm = mm::get();
-    let discarded = mm.section_of(at).is_some_and(|(_, s)| s.discarded.load(Ordering::SeqCst));
-    let rule = if mm.freed() {
-        Rule::UnloadedImageTouched
-    } else if discarded {
-        Rule::DiscardedSectionTouched
-    } else {
-        Rule::InvalidAccess
-    };
+    let rule = mm.gone(at).unwrap_or(Rule::InvalidAccess);
     let detail = format!("read of {} by {}, copying its {what}", mm.describe(at), routine.name());
     record::stop(rule, None, [at as u64, 0, routine.address() as u64, 0], detail)
 }
